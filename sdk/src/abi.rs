@@ -1,0 +1,330 @@
+//! The stable surface: every type that crosses between the `mist` host and a
+//! plugin library.
+//!
+//! Everything here is `#[repr(C)]` and derives [`StableAbi`], so `abi_stable`
+//! can compare the layout the host was built with against the layout a library
+//! was built with when the library is loaded. Plugin authors rarely touch these
+//! types directly: [`crate::Plugin`] and [`crate::export_plugin!`] build them.
+//!
+//! # Growing this module
+//!
+//! The root module ([`Module`]) is a prefix type and every trait object here
+//! marks its last method with `#[sabi(last_prefix_field)]`: new fields and
+//! methods go *after* the existing ones, so a library built against an older
+//! sdk of the same major version keeps loading. Plain structs passed by value
+//! ([`PluginInfo`], [`SessionInfo`], [`Message`], ...) cannot grow without a
+//! new minor version of a `0.x` sdk, which `abi_stable` refuses at load.
+
+// abi_stable 0.11's `#[sabi_trait]` expands to impls the `non_local_definitions` lint flags.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+    StableAbi,
+};
+use async_ffi::FfiFuture;
+
+use crate::error::SdkError;
+
+/// What every plugin library exports: how to describe it and how to start it.
+///
+/// Built by [`crate::module`]; exported with [`crate::export_plugin!`].
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct Module {
+    /// The plugin's name, version and what it provides. Cannot fail.
+    pub describe: extern "C" fn() -> PluginInfo,
+    /// Starts the plugin. Called once per process, before any other call.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(host: HostContext) -> RResult<PluginBox, SdkError>,
+}
+
+impl RootModule for ModuleRef {
+    declare_root_module_statics! {ModuleRef}
+    const BASE_NAME: &'static str = "mist_plugin";
+    const NAME: &'static str = "mist_plugin";
+    // The sdk's own package version: a library built against an sdk whose
+    // version is incompatible (0.x: another minor) is refused at load.
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// A plugin's declaration, read before it is started.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Short name, used in logs and errors (`"tcp"`).
+    pub name: RString,
+    /// The plugin's own version (its crate version).
+    pub version: RString,
+    /// URI schemes of the listeners it serves (`["tcp"]`).
+    pub listeners: RVec<RString>,
+    /// URI schemes of the authenticators it provides (`["memory"]`).
+    pub authenticators: RVec<RString>,
+    /// Names of the custom commands it handles (`["echo"]`).
+    pub commands: RVec<RString>,
+}
+
+/// What the host hands a plugin when it starts it.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostContext {
+    /// The plugin's `settings` table from `plugins.toml`, as a JSON object.
+    pub settings: RString,
+    /// The broker, for listeners (to open sessions) and commands (to publish).
+    pub broker: BrokerBox,
+    /// Where the plugin's `tracing` events go.
+    pub logger: LoggerBox,
+    /// The most verbose level the host will print, so plugins skip the rest early.
+    pub max_level: LogLevel,
+}
+
+/// A started plugin. Implemented by the sdk around a [`crate::Plugin`].
+#[sabi_trait]
+pub trait PluginApi: Send + Sync + 'static {
+    /// Binds and starts serving `uri` (whose scheme is one this plugin declared).
+    fn start_listener(&self, uri: RStr<'_>) -> RResult<ListenerBox, SdkError>;
+
+    /// Opens the store named by `uri` (whose scheme this plugin declared).
+    fn open_authenticator(&self, uri: RString) -> FfiFuture<RResult<AuthenticatorBox, SdkError>>;
+
+    /// Runs the custom command `request.command` for a session.
+    #[sabi(last_prefix_field)]
+    fn call_command(
+        &self,
+        context: CommandContext,
+        request: Message,
+    ) -> FfiFuture<RResult<(), SdkError>>;
+}
+
+/// A started plugin, owned by the host.
+pub type PluginBox = PluginApi_TO<RBox<()>>;
+
+/// A running listener.
+#[sabi_trait]
+pub trait ListenerApi: Send + Sync + 'static {
+    /// The address actually bound (useful after binding port 0), e.g. `127.0.0.1:40123`.
+    fn local_addr(&self) -> RString;
+
+    /// Stops accepting and closes this listener's connections. Idempotent.
+    #[sabi(last_prefix_field)]
+    fn stop(&self);
+}
+
+/// A running listener, owned by the host.
+pub type ListenerBox = ListenerApi_TO<RBox<()>>;
+
+/// The broker, as a plugin sees it. Implemented by the host.
+#[sabi_trait]
+pub trait BrokerApi: Clone + Send + Sync + 'static {
+    /// Opens a session for a new client. `waker` is called whenever output
+    /// becomes available for it; it must be cheap and must not block.
+    fn open_session(&self, info: SessionInfo, waker: OutputWakerBox) -> SessionBox;
+
+    /// Publishes a message as the broker itself (not as a session), skipping
+    /// session `exclude` if given. Returns how many clients it was queued for.
+    fn publish(
+        &self,
+        tags: RVec<RString>,
+        data: RString,
+        exclude: ROption<u64>,
+    ) -> RResult<u64, SdkError>;
+
+    /// Current figures.
+    #[sabi(last_prefix_field)]
+    fn stats(&self) -> BrokerStats;
+}
+
+/// A cheap, clonable handle to the broker.
+pub type BrokerBox = BrokerApi_TO<RArc<()>>;
+
+/// Facts about a new client, given when its session is opened.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// The listener's scheme (`"tcp"`, `"ws"`, ...), used in per-listener counts.
+    pub listener: RString,
+    /// The peer's address, for logs.
+    pub peer: RString,
+    /// A token presented at connect time (WebSocket / HTTP `X-AUTH-TOKEN`).
+    pub token: ROption<RString>,
+}
+
+/// One client's conversation with the broker. Implemented by the host.
+///
+/// Input goes in through [`feed`](SessionApi::feed) (a byte stream of
+/// newline-terminated JSON lines) or [`feed_message`](SessionApi::feed_message)
+/// (one JSON message); output comes out of [`drain`](SessionApi::drain) as
+/// newline-terminated JSON lines, replies and deliveries in order.
+#[sabi_trait]
+pub trait SessionApi: Clone + Send + Sync + 'static {
+    /// The session's id, unique while it is open.
+    fn id(&self) -> u64;
+
+    /// Hands the broker bytes read from a line-framed stream; an incomplete
+    /// last line is kept for the next call. When this returns a future, the
+    /// caller must await it before feeding more: the session is waiting on an
+    /// authenticator or on its own output backlog.
+    fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>>;
+
+    /// Like [`feed`](SessionApi::feed), for transports that frame messages
+    /// themselves (one WebSocket text frame is one message).
+    fn feed_message(&self, message: RSlice<'_, u8>) -> ROption<FfiFuture<()>>;
+
+    /// Appends all waiting output to `out`. Returns `false` once the session
+    /// is closed and nothing more will come.
+    fn drain(&self, out: &mut RVec<u8>) -> bool;
+
+    /// Ends the session: its subscriptions are removed at once. Output already
+    /// queued can still be drained. Idempotent; dropping the last handle closes too.
+    #[sabi(last_prefix_field)]
+    fn close(&self);
+}
+
+/// A session handle, shared by a connection's reader and writer.
+pub type SessionBox = SessionApi_TO<RArc<()>>;
+
+/// Wakes a session's writer. Implemented by the sdk for listeners.
+#[sabi_trait]
+pub trait OutputWakerApi: Send + Sync + 'static {
+    /// Called by the broker, from any thread, when output is waiting.
+    #[sabi(last_prefix_field)]
+    fn wake(&self);
+}
+
+/// A session's writer waker, owned by the broker.
+pub type OutputWakerBox = OutputWakerApi_TO<RBox<()>>;
+
+/// A token store. Implemented by the sdk around a [`crate::Authenticator`].
+///
+/// Every call returns a future so that a remote store (PostgreSQL) never
+/// stalls the broker's other sessions while it waits.
+#[sabi_trait]
+pub trait AuthenticatorApi: Clone + Send + Sync + 'static {
+    /// Registers `token` with `tags`; an error of kind `ALREADY_EXISTS` if it exists.
+    fn add_token(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>>;
+    /// Removes `token`; `NOT_FOUND` if there is no such token.
+    fn remove_token(&self, token: RString) -> FfiFuture<RResult<(), SdkError>>;
+    /// Adds tags to `token`; `NOT_FOUND` if there is no such token.
+    fn add_tags(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>>;
+    /// Removes tags from `token`; `NOT_FOUND` if there is no such token.
+    fn remove_tags(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>>;
+    /// The tags of `token`, sorted; `NOT_FOUND` if there is no such token.
+    fn tags(&self, token: RString) -> FfiFuture<RResult<RVec<RString>, SdkError>>;
+    /// Whether `token` exists and holds every one of `tags`.
+    #[sabi(last_prefix_field)]
+    fn may_use(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<bool, SdkError>>;
+}
+
+/// An open token store, owned by the host.
+pub type AuthenticatorBox = AuthenticatorApi_TO<RArc<()>>;
+
+/// A protocol message: a request, a reply or a delivery.
+///
+/// Empty `data` and `error` are left out when the message is written as JSON.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The command (`"publish"`, `"ping"`, a custom command's name, ...).
+    pub command: RString,
+    /// The tags, in the order given.
+    pub tags: RVec<RString>,
+    /// The payload; empty when absent.
+    pub data: RString,
+    /// The error; empty when there is none.
+    pub error: RString,
+}
+
+/// What a custom command knows about the session that sent it.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct CommandContext {
+    /// The session's id.
+    pub session: u64,
+    /// What the session may do.
+    pub access: Access,
+    /// For [`Access::TOKEN`]: the tags its token holds, read at the time of the call.
+    pub allowed_tags: RVec<RString>,
+    /// Sends replies to the session, in order with its other output.
+    pub replies: ReplierBox,
+}
+
+/// A session's standing with the broker's authenticator.
+///
+/// A number rather than an enum so that new kinds can be added without
+/// breaking the ABI; unknown values should be treated like [`Access::ANONYMOUS`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Access(pub u8);
+
+impl Access {
+    /// No authenticator is configured: every tag is allowed.
+    pub const OPEN: Access = Access(0);
+    /// Authenticated with the server token: every tag and the admin commands.
+    pub const ADMIN: Access = Access(1);
+    /// Authenticated with a registered token: only that token's tags.
+    pub const TOKEN: Access = Access(2);
+    /// An authenticator is configured and no valid token was given: `ping` only.
+    pub const ANONYMOUS: Access = Access(3);
+}
+
+/// Sends messages to one session. Implemented by the host.
+#[sabi_trait]
+pub trait ReplierApi: Clone + Send + Sync + 'static {
+    /// Queues `message` for the session; `false` if the session is gone.
+    #[sabi(last_prefix_field)]
+    fn send(&self, message: Message) -> bool;
+}
+
+/// A handle for replying to one session; can be kept after the command returns.
+pub type ReplierBox = ReplierApi_TO<RArc<()>>;
+
+/// The broker's running figures.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Open sessions.
+    pub sessions: u64,
+    /// Subscriptions held by open sessions.
+    pub subscriptions: u64,
+    /// Messages published.
+    pub messages_in: u64,
+    /// Deliveries queued for subscribers.
+    pub messages_out: u64,
+    /// Deliveries dropped because a subscriber's queue was full.
+    pub dropped: u64,
+}
+
+/// A log level, most severe first. Numbers match `tracing`'s order.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogLevel(pub u8);
+
+impl LogLevel {
+    /// Errors.
+    pub const ERROR: LogLevel = LogLevel(1);
+    /// Warnings.
+    pub const WARN: LogLevel = LogLevel(2);
+    /// Information.
+    pub const INFO: LogLevel = LogLevel(3);
+    /// Debugging detail.
+    pub const DEBUG: LogLevel = LogLevel(4);
+    /// Everything.
+    pub const TRACE: LogLevel = LogLevel(5);
+}
+
+/// Receives a plugin's log events. Implemented by the host.
+#[sabi_trait]
+pub trait LoggerApi: Clone + Send + Sync + 'static {
+    /// Records one event. `target` is the plugin module that logged it.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
+}
+
+/// The host's logger.
+pub type LoggerBox = LoggerApi_TO<RArc<()>>;

@@ -1,0 +1,159 @@
+//! The broker as a listener plugin uses it: open a session per client, feed
+//! it what the client sends, write out what it drains.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RNone, ROption, RSome, RString, RVec};
+use async_ffi::FfiFuture;
+use tokio::sync::Notify;
+
+use crate::abi::{
+    BrokerBox, BrokerStats, OutputWakerApi, OutputWakerApi_TO, SessionBox, SessionInfo,
+};
+use crate::error::SdkError;
+
+/// A handle to the broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: BrokerBox,
+}
+
+impl Broker {
+    /// Wraps the host's broker handle.
+    pub fn from_abi(inner: BrokerBox) -> Self {
+        Broker { inner }
+    }
+
+    /// Opens a session for a new client.
+    pub fn open_session(&self, info: SessionInfo) -> Session {
+        let ready = Arc::new(Notify::new());
+        let waker = OutputWakerApi_TO::from_value(NotifyWaker(ready.clone()), TD_Opaque);
+        Session {
+            inner: self.inner.open_session(info, waker),
+            ready,
+        }
+    }
+
+    /// Publishes `data` on `tags` as the broker itself, skipping session
+    /// `exclude`. Returns how many clients it was queued for.
+    pub fn publish<T: AsRef<str>>(
+        &self,
+        tags: &[T],
+        data: &str,
+        exclude: Option<u64>,
+    ) -> Result<u64, SdkError> {
+        let tags = tags.iter().map(|t| RString::from(t.as_ref())).collect();
+        let exclude = match exclude {
+            Some(id) => RSome(id),
+            None => RNone,
+        };
+        self.inner.publish(tags, data.into(), exclude).into()
+    }
+
+    /// The broker's current figures.
+    pub fn stats(&self) -> BrokerStats {
+        self.inner.stats()
+    }
+}
+
+/// One client's session. Clone it to give the reader and the writer half of
+/// a connection each a handle; the session closes when [`Session::close`] is
+/// called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Session {
+    inner: SessionBox,
+    ready: Arc<Notify>,
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id()
+    }
+
+    /// Hands the broker bytes read from a newline-delimited stream. The
+    /// bytes are consumed before this returns, so the read buffer can be
+    /// reused at once; await the returned [`Feed`] before feeding more.
+    pub fn feed(&self, bytes: &[u8]) -> Feed {
+        Feed(self.inner.feed(bytes.into()).into_option())
+    }
+
+    /// Hands the broker one complete message (a WebSocket text frame).
+    /// Await the returned [`Feed`] before feeding more.
+    pub fn feed_message(&self, message: &[u8]) -> Feed {
+        Feed(self.inner.feed_message(message.into()).into_option())
+    }
+
+    /// Waits for output and appends it to `out`: whole newline-terminated
+    /// JSON lines. Returns `false` once the session is closed and drained.
+    pub async fn output(&self, out: &mut RVec<u8>) -> bool {
+        loop {
+            let open = self.inner.drain(out);
+            if !out.is_empty() || !open {
+                return open;
+            }
+            // A wake between the drain above and this await is not lost:
+            // `notify_one` leaves a permit when nobody is waiting yet.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Ends the session; output already queued can still be drained.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// Completes when the session is ready for more input. Usually ready at
+/// once; it waits while the session asks the authenticator or a plugin, or
+/// while its client has not read its replies (that client is slowed down,
+/// nobody else is).
+#[must_use = "await it before feeding more input"]
+pub struct Feed(Option<FfiFuture<()>>);
+
+impl Feed {
+    /// A `Feed` with nothing to wait for.
+    pub fn ready() -> Self {
+        Feed(None)
+    }
+}
+
+impl Future for Feed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            None => Poll::Ready(()),
+            Some(wait) => Pin::new(wait).poll(cx),
+        }
+    }
+}
+
+struct NotifyWaker(Arc<Notify>);
+
+impl OutputWakerApi for NotifyWaker {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl SessionInfo {
+    /// Facts about a client connected through `listener` from `peer`.
+    pub fn new(listener: &str, peer: impl ToString) -> Self {
+        SessionInfo {
+            listener: listener.into(),
+            peer: peer.to_string().into(),
+            token: ROption::RNone,
+        }
+    }
+
+    /// The same, with a token presented at connect time.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(RString::from).into();
+        self
+    }
+}
