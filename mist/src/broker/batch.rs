@@ -1,0 +1,166 @@
+//! The publish path: the deliveries of the publishes in one chunk of a
+//! session's input are serialized once into one buffer, which is then
+//! shared by every subscriber's queue.
+//!
+//! Consecutive publishes with identical tags form a *run*: they are matched
+//! once, their delivery lines share one serialized prefix, and each
+//! subscriber receives the whole run as one contiguous range. Under a flood
+//! on one topic this makes the per-subscriber cost per chunk, not per message.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::output::Output;
+use super::protocol::{self, ProtocolError};
+use super::router::RouteScratch;
+use super::Shared;
+
+#[derive(Default)]
+pub(crate) struct Batch {
+    buf: Vec<u8>,
+    /// End offset in `buf` of every message serialized so far.
+    ends: Vec<usize>,
+    runs: Vec<Run>,
+    /// The targets of all runs, each run owning a range.
+    targets: Vec<Arc<Output>>,
+    /// The raw tags JSON of the open run, to recognise the next publish as part of it.
+    run_tags: Vec<u8>,
+    publishes: u64,
+    scratch: RouteScratch,
+}
+
+struct Run {
+    /// Where the run's first message starts in `buf`.
+    start: usize,
+    /// The shared delivery prefix (`{"command":"publish","tags":..,"data":`).
+    prefix: Range<usize>,
+    ends: Range<usize>,
+    targets: Range<usize>,
+}
+
+impl Batch {
+    /// Adds a publish from session `from` with the request's raw tags and
+    /// data. Nothing is delivered until [`Batch::flush`].
+    pub(crate) fn publish(
+        &mut self,
+        shared: &Shared,
+        from: Option<u32>,
+        raw_tags: Option<&RawValue>,
+        raw_data: &str,
+    ) -> Result<(), ProtocolError> {
+        let same_run = matches!(raw_tags, Some(raw) if !self.runs.is_empty() && raw.get().as_bytes() == self.run_tags);
+        if !same_run {
+            let tags = protocol::parse_tags(raw_tags)?;
+            self.start_run(shared, from, &tags);
+            self.run_tags.clear();
+            if let Some(raw) = raw_tags {
+                self.run_tags.extend_from_slice(raw.get().as_bytes());
+            }
+        }
+        self.add_to_run(raw_data);
+        Ok(())
+    }
+
+    /// Adds a publish whose tags are already validated (from a plugin or
+    /// after an authenticator check); `raw_data` is a JSON string token.
+    pub(crate) fn publish_tags<S: AsRef<str> + serde::Serialize>(
+        &mut self,
+        shared: &Shared,
+        from: Option<u32>,
+        tags: &[S],
+        raw_data: &str,
+    ) {
+        self.start_run(shared, from, tags);
+        // Not a raw form another request could equal: no run continues it.
+        self.run_tags.clear();
+        self.add_to_run(raw_data);
+    }
+
+    fn start_run<S: AsRef<str> + serde::Serialize>(
+        &mut self,
+        shared: &Shared,
+        from: Option<u32>,
+        tags: &[S],
+    ) {
+        let first_target = self.targets.len();
+        shared
+            .router
+            .read()
+            .route(tags, from, &mut self.scratch, &mut self.targets);
+        let start = self.buf.len();
+        if self.targets.len() > first_target {
+            protocol::delivery_prefix(&mut self.buf, tags);
+        }
+        self.runs.push(Run {
+            start,
+            prefix: start..self.buf.len(),
+            ends: self.ends.len()..self.ends.len(),
+            targets: first_target..self.targets.len(),
+        });
+    }
+
+    fn add_to_run(&mut self, raw_data: &str) {
+        self.publishes += 1;
+        let Some(run) = self.runs.last_mut() else {
+            return;
+        };
+        // Nobody to deliver to: the message is gone (SPEC §1).
+        if run.targets.is_empty() {
+            return;
+        }
+        if run.ends.is_empty() {
+            // The prefix was written just now, right where the line starts.
+        } else {
+            self.buf.extend_from_within(run.prefix.clone());
+        }
+        protocol::delivery_rest(&mut self.buf, raw_data);
+        self.ends.push(self.buf.len());
+        run.ends.end = self.ends.len();
+    }
+
+    /// Hands the batch to every subscriber's queue and counts it.
+    /// Returns how many deliveries were queued.
+    pub(crate) fn flush(&mut self, shared: &Shared) -> u64 {
+        if self.runs.is_empty() {
+            return 0;
+        }
+        let (mut queued, mut dropped) = (0, 0);
+        let batch = if self.ends.is_empty() {
+            // No publish had a subscriber: nothing to share.
+            self.runs.clear();
+            self.buf.clear();
+            None
+        } else {
+            Some(Arc::new(std::mem::take(&mut self.buf)))
+        };
+        for run in self.runs.drain(..) {
+            let Some(batch) = &batch else { break };
+            let ends = &self.ends[run.ends];
+            if ends.is_empty() {
+                continue;
+            }
+            for target in &self.targets[run.targets] {
+                let pushed = target.push_deliveries(batch, run.start, ends);
+                queued += pushed.queued;
+                dropped += pushed.dropped;
+            }
+        }
+        self.ends.clear();
+        self.targets.clear();
+        self.run_tags.clear();
+        let stats = &shared.stats;
+        stats
+            .messages_in
+            .fetch_add(std::mem::take(&mut self.publishes), Ordering::Relaxed);
+        if queued > 0 {
+            stats.messages_out.fetch_add(queued, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        queued
+    }
+}

@@ -1,0 +1,95 @@
+//! The broker as plugins see it: the host's implementations of the sdk's
+//! `BrokerApi` and `SessionApi`.
+//!
+//! These are the entry points from plugin code into the host, so each one
+//! catches a panic (a bug in the broker) instead of letting it unwind into
+//! an `extern "C"` frame, which would abort the process.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, RErr, ROk, ROption, RResult, RSlice, RString, RVec};
+use async_ffi::FfiFuture;
+use mist_sdk::abi::{
+    BrokerApi, BrokerApi_TO, BrokerBox, OutputWakerBox, SessionApi, SessionApi_TO, SessionBox,
+};
+use mist_sdk::{BrokerStats, SdkError, SessionInfo};
+
+use super::batch::Batch;
+use super::session::Session;
+use super::Shared;
+
+pub(crate) fn broker_box(shared: Arc<Shared>) -> BrokerBox {
+    BrokerApi_TO::from_ptr(RArc::new(HostBroker(shared)), TD_Opaque)
+}
+
+fn guard<T>(what: &str, default: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("internal error in {what}; please report this bug");
+        default
+    })
+}
+
+#[derive(Clone)]
+struct HostBroker(Arc<Shared>);
+
+impl BrokerApi for HostBroker {
+    fn open_session(&self, info: SessionInfo, waker: OutputWakerBox) -> SessionBox {
+        let session = Session::open(self.0.clone(), info, waker);
+        SessionApi_TO::from_ptr(RArc::new(SessionHandle(session)), TD_Opaque)
+    }
+
+    fn publish(
+        &self,
+        tags: RVec<RString>,
+        data: RString,
+        exclude: ROption<u64>,
+    ) -> RResult<u64, SdkError> {
+        guard("publish", RErr(SdkError::other("internal error")), || {
+            if tags.is_empty() || tags.iter().any(|t| t.is_empty()) {
+                return RErr(SdkError::invalid_input(
+                    "tags must be a non-empty list of non-empty strings",
+                ));
+            }
+            let tags: Vec<&str> = tags.iter().map(|t| t.as_str()).collect();
+            let raw_data = serde_json::Value::String(data.into_string()).to_string();
+            let exclude = exclude.into_option().and_then(|id| u32::try_from(id).ok());
+            let mut batch = Batch::default();
+            batch.publish_tags(&self.0, exclude, &tags, &raw_data);
+            ROk(batch.flush(&self.0))
+        })
+    }
+
+    fn stats(&self) -> BrokerStats {
+        self.0.stats()
+    }
+}
+
+#[derive(Clone)]
+struct SessionHandle(Arc<Session>);
+
+impl SessionApi for SessionHandle {
+    fn id(&self) -> u64 {
+        u64::from(self.0.id)
+    }
+
+    fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
+        guard("feed", None, || self.0.feed(bytes.as_slice())).into()
+    }
+
+    fn feed_message(&self, message: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
+        guard("feed_message", None, || {
+            self.0.feed_message(message.as_slice())
+        })
+        .into()
+    }
+
+    fn drain(&self, out: &mut RVec<u8>) -> bool {
+        guard("drain", false, || self.0.drain(out))
+    }
+
+    fn close(&self) {
+        guard("close", (), || self.0.close())
+    }
+}

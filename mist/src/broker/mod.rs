@@ -1,0 +1,176 @@
+//! The broker core: sessions, subscriptions, routing and delivery.
+//!
+//! # How a message travels
+//!
+//! A listener plugin feeds a session the bytes its client sends
+//! ([`session`]). The session splits them into lines ([`framing`]), parses
+//! each ([`protocol`]) and carries out the command ([`commands`]). Publishes
+//! are collected into a [`batch`]: serialized once, matched against the
+//! subscription index through the [`router`], and handed as shared ranges to
+//! each subscriber's bounded [`output`] queue, which wakes that subscriber's
+//! listener to drain and write it. Nothing on this path waits for a slow
+//! subscriber: its queue drops instead.
+
+mod batch;
+mod commands;
+mod framing;
+mod handle;
+mod output;
+mod protocol;
+mod router;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use mist_sdk::abi::{AuthenticatorBox, BrokerBox, PluginBox};
+use mist_sdk::BrokerStats;
+use parking_lot::RwLock;
+
+use router::Router;
+
+/// Size limits (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest accepted line or message, in bytes, without the newline.
+    pub max_message_bytes: usize,
+    /// Bytes of deliveries a subscriber's queue may hold before the newest
+    /// messages for it are dropped.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1 << 20,
+            max_queue_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The broker: cheap to clone, shared by every listener.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) router: RwLock<Router>,
+    pub(crate) limits: Limits,
+    pub(crate) stats: Counters,
+    /// Set once at start-up when an authenticator is configured.
+    pub(crate) auth: OnceLock<Auth>,
+    /// Custom commands by name, set once at start-up.
+    pub(crate) commands: OnceLock<HashMap<String, CommandRoute>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// Admin mode: the store of registered tokens and the server's own token.
+pub(crate) struct Auth {
+    pub(crate) store: AuthenticatorBox,
+    pub(crate) server_token: String,
+}
+
+/// Where a custom command goes.
+#[derive(Clone)]
+pub struct CommandRoute {
+    /// The plugin's name, for errors.
+    pub plugin: Arc<str>,
+    /// The started plugin.
+    pub handler: Arc<PluginBox>,
+}
+
+/// Why the broker's configuration could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// `set_authenticator` was called twice.
+    #[error("an authenticator is already set")]
+    AuthenticatorSet,
+    /// `set_commands` was called twice.
+    #[error("custom commands are already set")]
+    CommandsSet,
+}
+
+impl Broker {
+    /// A broker with no sessions, no authenticator and no custom commands.
+    pub fn new(limits: Limits) -> Self {
+        Broker {
+            shared: Arc::new(Shared {
+                router: RwLock::new(Router::new()),
+                limits,
+                stats: Counters::default(),
+                auth: OnceLock::new(),
+                commands: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Enables admin mode (SPEC §3) with `store` and the server token.
+    pub fn set_authenticator(
+        &self,
+        store: AuthenticatorBox,
+        server_token: String,
+    ) -> Result<(), BrokerError> {
+        self.shared
+            .auth
+            .set(Auth {
+                store,
+                server_token,
+            })
+            .map_err(|_| BrokerError::AuthenticatorSet)
+    }
+
+    /// Routes each named custom command to its plugin.
+    pub fn set_commands(&self, commands: HashMap<String, CommandRoute>) -> Result<(), BrokerError> {
+        self.shared
+            .commands
+            .set(commands)
+            .map_err(|_| BrokerError::CommandsSet)
+    }
+
+    /// The handle plugins receive.
+    pub fn handle(&self) -> BrokerBox {
+        handle::broker_box(self.shared.clone())
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> BrokerStats {
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> BrokerStats {
+        let router = self.router.read();
+        BrokerStats {
+            sessions: router.open_sessions() as u64,
+            subscriptions: router.subscription_count() as u64,
+            messages_in: self.stats.messages_in.load(Ordering::Relaxed),
+            messages_out: self.stats.messages_out.load(Ordering::Relaxed),
+            dropped: self.stats.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Names the broker itself answers; plugins may not register them.
+pub const BUILTIN_COMMANDS: &[&str] = &[
+    "ping",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "list",
+    "auth",
+    "who",
+    "register",
+    "unregister",
+    "set",
+    "unset",
+    "tags",
+];

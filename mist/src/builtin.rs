@@ -1,0 +1,11 @@
+//! The first-party plugins linked into the binary, so that `mist --server`
+//! works with no plugin files at all. Each is the same root module its
+//! `cdylib` crate exports; a library loaded from `plugins.toml` takes over
+//! the schemes of a built-in one.
+
+use mist_sdk::abi::ModuleRef;
+
+/// The root modules of the built-in plugins.
+pub fn modules() -> Vec<ModuleRef> {
+    vec![mist_plugin_tcp::module()]
+}

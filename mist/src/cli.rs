@@ -1,0 +1,61 @@
+//! The command line (SPEC §5).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser};
+
+/// A tagged publish/subscribe broker.
+#[derive(Debug, Parser)]
+#[command(name = "mist", version, disable_version_flag = true)]
+pub struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Display the version.
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+}
+
+/// Flags of `mist --server`; each overrides the same key of `--config`.
+#[derive(Debug, Default, Args)]
+pub struct ServerArgs {
+    /// Run mist as a server.
+    #[arg(long)]
+    pub server: bool,
+
+    /// Listeners to start, comma separated
+    /// [default: tcp://127.0.0.1:1445,http://127.0.0.1:8080,ws://127.0.0.1:8888]
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub listeners: Vec<String>,
+
+    /// Enables admin mode, storing tokens in this authenticator
+    /// (memory://, scribble://?db=DIR, postgres://user:pass@host:port?db=NAME).
+    #[arg(long)]
+    pub authenticator: Option<String>,
+
+    /// The server token: authenticating with it enters admin mode.
+    #[arg(long)]
+    pub token: Option<String>,
+
+    /// A configuration file (YAML or TOML) with the same keys as these flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// The plugins file [default: ./plugins.toml when it exists].
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+
+    /// TRACE, DEBUG, INFO, WARN, ERROR or FATAL [default: INFO].
+    #[arg(long)]
+    pub log_level: Option<String>,
+
+    /// Longest accepted line or message, in bytes [default: 1048576].
+    #[arg(long)]
+    pub max_message_bytes: Option<usize>,
+
+    /// Bytes of deliveries a subscriber may have waiting before its newest
+    /// messages are dropped [default: 67108864].
+    #[arg(long)]
+    pub max_queue_bytes: Option<usize>,
+}

@@ -1,0 +1,38 @@
+//! The Mist broker: a tagged publish/subscribe server whose listeners,
+//! authenticators and custom commands are plugins.
+//!
+//! This crate is the host: the `mist` binary (server and CLI), the broker
+//! core, the subscription matcher and the plugin loader. Plugins depend only
+//! on `mist-sdk`. The behaviour contract is the project's `SPEC.md`; how a
+//! message travels through the code is in `docs/architecture.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mist::cli::ServerArgs;
+//! use mist::config::ServerConfig;
+//! use mist::server::Server;
+//!
+//! let args = ServerArgs { listeners: vec!["tcp://127.0.0.1:0".into()], ..Default::default() };
+//! let server = Server::start(&ServerConfig::resolve(&args)?).await?;
+//! println!("serving on {:?}", server.listener_uris());
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`cli`], [`config`], [`logging`]: the command line, the configuration
+//!   file and the log.
+//! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
+//! - [`broker`]: sessions, commands, publish → match → deliver, queues.
+//! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
+//! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
+//! - [`builtin`]: the first-party plugins linked into the binary.
+
+pub mod broker;
+pub mod builtin;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod plugins;
+pub mod server;
+pub mod tags;

@@ -1,0 +1,226 @@
+//! `mist --server`: load the plugins, open the authenticator, start the
+//! listeners, serve until told to stop.
+
+use std::future::Future;
+
+use mist_sdk::abi::ListenerBox;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::ServerConfig;
+use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Registry, Source};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// `--authenticator` without `--token`.
+    #[error("an authenticator needs a server token: start with --token TOKEN (or token: in the config file)")]
+    TokenRequired,
+    /// `plugins.toml` is unusable.
+    #[error(transparent)]
+    PluginsFile(#[from] PluginsFileError),
+    /// A required plugin failed to load or start.
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+    /// No plugin provides the authenticator's scheme.
+    #[error("no loaded plugin provides authenticator {uri} (available: {available})")]
+    NoAuthenticator {
+        /// The URI, without credentials.
+        uri: String,
+        /// The schemes that are available.
+        available: String,
+    },
+    /// The authenticator could not be opened.
+    #[error("cannot open authenticator {uri}: {message}")]
+    Authenticator {
+        /// The URI, without credentials.
+        uri: String,
+        /// What the plugin said.
+        message: String,
+    },
+    /// A listener could not start (for example, its port is taken).
+    #[error("cannot start listener {uri}: {message}")]
+    Listener {
+        /// The URI.
+        uri: String,
+        /// What the plugin said.
+        message: String,
+    },
+    /// Configuring the broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A started server: its plugins, broker and running listeners.
+pub struct Server {
+    broker: Broker,
+    listeners: Vec<(String, ListenerBox)>,
+    _registry: Registry,
+}
+
+impl Server {
+    /// Starts everything `config` asks for, built-in plugins included.
+    pub async fn start(config: &ServerConfig) -> Result<Server, ServerError> {
+        if config.authenticator.is_some() && config.token.as_deref().unwrap_or("").is_empty() {
+            return Err(ServerError::TokenRequired);
+        }
+        let broker = Broker::new(config.limits);
+        let registry = load_plugins(config, &broker)?;
+        broker.set_commands(registry.command_routes())?;
+
+        if let (Some(uri), Some(token)) = (&config.authenticator, &config.token) {
+            let shown = redact(uri);
+            let scheme = scheme_of(uri);
+            let plugin =
+                registry
+                    .authenticator(scheme)
+                    .ok_or_else(|| ServerError::NoAuthenticator {
+                        uri: shown.clone(),
+                        available: registry.authenticator_schemes().join(", "),
+                    })?;
+            let store = plugin
+                .handle
+                .open_authenticator(uri.as_str().into())
+                .await
+                .into_result()
+                .map_err(|e| ServerError::Authenticator {
+                    uri: shown.clone(),
+                    message: e.message.into_string(),
+                })?;
+            broker.set_authenticator(store, token.clone())?;
+            tracing::info!("admin mode on, tokens stored in {shown}");
+        }
+
+        let mut server = Server {
+            broker,
+            listeners: Vec::new(),
+            _registry: registry,
+        };
+        for uri in &config.listeners {
+            let scheme = scheme_of(uri);
+            let Some(plugin) = server._registry.listener(scheme) else {
+                tracing::error!(
+                    "skipping listener {uri}: no loaded plugin serves {scheme}:// (available: {})",
+                    server._registry.listener_schemes().join(", ")
+                );
+                continue;
+            };
+            match plugin
+                .handle
+                .start_listener(uri.as_str().into())
+                .into_result()
+            {
+                Ok(listener) => {
+                    let addr = listener.local_addr();
+                    tracing::info!("listening on {scheme}://{addr}");
+                    server
+                        .listeners
+                        .push((format!("{scheme}://{addr}"), listener));
+                }
+                Err(e) => {
+                    server.stop();
+                    return Err(ServerError::Listener {
+                        uri: uri.clone(),
+                        message: e.message.into_string(),
+                    });
+                }
+            }
+        }
+        if server.listeners.is_empty() {
+            tracing::warn!("no listener is running: clients cannot connect");
+        }
+        Ok(server)
+    }
+
+    /// The running listeners' URIs with the addresses actually bound.
+    pub fn listener_uris(&self) -> Vec<String> {
+        self.listeners.iter().map(|(uri, _)| uri.clone()).collect()
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Stops every listener, closing its connections.
+    pub fn stop(&mut self) {
+        for (uri, listener) in self.listeners.drain(..) {
+            listener.stop();
+            tracing::debug!("stopped {uri}");
+        }
+    }
+}
+
+/// Runs a server until `shutdown` completes.
+pub async fn run(
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let mut server = Server::start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    server.stop();
+    Ok(())
+}
+
+fn load_plugins(config: &ServerConfig, broker: &Broker) -> Result<Registry, ServerError> {
+    let mut registry = Registry::new();
+    for module in crate::builtin::modules() {
+        registry.start(module, Source::Builtin, "{}".into(), broker)?;
+    }
+    let Some(path) = &config.plugins_file else {
+        return Ok(registry);
+    };
+    let file = PluginsFile::read(path)?;
+    for entry in &file.plugins {
+        let started = load_library(&entry.path).and_then(|module| {
+            registry.start(
+                module,
+                Source::File(entry.path.clone()),
+                entry.settings_json(),
+                broker,
+            )
+        });
+        match started {
+            Ok(()) => tracing::info!("loaded plugin {}", entry.path.display()),
+            Err(e) if entry.required => return Err(e.into()),
+            Err(e) => tracing::error!("skipping plugin (required = false): {e}"),
+        }
+    }
+    Ok(registry)
+}
+
+fn scheme_of(uri: &str) -> &str {
+    uri.split_once("://").map_or(uri, |(scheme, _)| scheme)
+}
+
+/// The URI without a password, for logs and errors.
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432?db=x"),
+            "postgres://u:***@h:5432?db=x"
+        );
+        assert_eq!(redact("memory://"), "memory://");
+        assert_eq!(redact("scribble://?db=/tmp/a@b"), "scribble://?db=/tmp/a@b");
+    }
+}
