@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `mist` binary and plugin libraries, real
+//! sockets, no mocks. `mist_e2e::artifacts()` builds them once per run.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod plugins;
+mod startup;
+mod tcp;

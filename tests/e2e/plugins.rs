@@ -1,0 +1,224 @@
+//! Loading plugin libraries from `plugins.toml` (SPEC §5a): the real loader,
+//! the real shared libraries, and the ways a library can be refused.
+
+use std::path::Path;
+
+use mist_e2e::client::{delivery, error_of};
+use mist_e2e::{artifacts, Client, MistServer};
+use serde_json::json;
+
+fn plugins_file(dir: &Path, body: &str) -> String {
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn entry(library: &Path, extra: &str) -> String {
+    format!(
+        "[[plugin]]\npath = {:?}\n{extra}\n",
+        library.to_str().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn the_tcp_plugin_loaded_from_its_library_carries_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = artifacts().library("mist_tcp");
+    let file = plugins_file(dir.path(), &entry(&library, ""));
+    let server = MistServer::start(&["--plugins", &file, "--log-level", "DEBUG"]);
+    server.wait_for_log(&format!("source={}", library.display()));
+    server.wait_for_log("now served by this plugin instead of the built-in one");
+
+    let mut c = [
+        Client::connect(&server.tcp()).await,
+        Client::connect(&server.tcp()).await,
+    ];
+    c[0].subscribe(&["via", "library"]).await;
+    c[1].publish(&["library", "via", "x"], "loaded").await;
+    c[1].expect_nothing().await;
+    assert_eq!(
+        c[0].sync().await,
+        [delivery(&["library", "via", "x"], "loaded")]
+    );
+}
+
+fn refused(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugins_file(dir.path(), body);
+    let (status, log) =
+        MistServer::run_to_exit(&["--listeners", "tcp://127.0.0.1:0", "--plugins", &file]);
+    assert!(
+        !status.success(),
+        "a required plugin that fails stops the start:\n{log}"
+    );
+    log
+}
+
+#[test]
+fn a_missing_library_is_refused_by_name() {
+    let log = refused("[[plugin]]\npath = \"/nonexistent/libnothing.so\"\n");
+    assert!(
+        log.contains("plugin library /nonexistent/libnothing.so: no such file"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libfake.so");
+    std::fs::write(&fake, "this is text, not ELF").unwrap();
+    let log = refused(&entry(&fake, ""));
+    assert!(
+        log.contains(&format!(
+            "plugin library {} is not a Mist plugin",
+            fake.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("cannot be loaded as a shared library"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_shared_library_that_is_not_a_plugin_is_refused_by_name() {
+    // A real shared library without Mist's root module: any of ours that
+    // is not a plugin will do; the sdk-less fixture below is one, libz another.
+    let not_plugin = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/aarch64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libz, a shared library every Debian has");
+    let log = refused(&entry(Path::new(not_plugin), ""));
+    assert!(
+        log.contains(&format!("plugin library {not_plugin} is not a Mist plugin")),
+        "{log}"
+    );
+    assert!(log.contains("exports no Mist root module"), "{log}");
+}
+
+#[test]
+fn a_library_built_against_an_older_sdk_is_refused_by_name() {
+    let library = artifacts().library("mist_fixture_old_sdk");
+    let log = refused(&entry(&library, ""));
+    assert!(
+        log.contains(&format!(
+            "plugin library {} was built against an incompatible mist-sdk",
+            library.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("0.0.1"), "the mismatch is named: {log}");
+}
+
+#[test]
+fn a_library_with_a_different_interface_layout_is_refused_by_name() {
+    let library = artifacts().library("mist_fixture_changed_abi");
+    let log = refused(&entry(&library, ""));
+    assert!(
+        log.contains(&format!(
+            "plugin library {} was built against an incompatible mist-sdk",
+            library.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("interface differs"), "{log}");
+}
+
+#[test]
+fn a_plugin_whose_init_fails_is_refused_by_name() {
+    let library = artifacts().library("mist_fixture_faulty");
+    let log = refused(&entry(&library, "[plugin.settings]\nfail_init = true"));
+    assert!(
+        log.contains(&format!(
+            "plugin faulty ({}) failed to start: fail_init is set",
+            library.display()
+        )),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_optional_plugin_that_fails_is_skipped_and_the_broker_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}{}",
+        entry(Path::new("/nonexistent/libgone.so"), "required = false"),
+        entry(
+            &artifacts().library("mist_fixture_old_sdk"),
+            "required = false"
+        )
+    );
+    let file = plugins_file(dir.path(), &body);
+    let server = MistServer::start(&["--plugins", &file]);
+    let line = server
+        .wait_for_log("skipping plugin (required = false): plugin library /nonexistent/libgone.so");
+    assert!(line.contains("ERROR"), "{line}");
+    server.wait_for_log("incompatible mist-sdk");
+    let mut c = Client::connect(&server.tcp()).await;
+    c.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_panics_or_fails_does_not_bring_the_broker_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugins_file(
+        dir.path(),
+        &entry(&artifacts().library("mist_fixture_faulty"), ""),
+    );
+    let server = MistServer::start(&["--plugins", &file]);
+    let mut c = [
+        Client::connect(&server.tcp()).await,
+        Client::connect(&server.tcp()).await,
+    ];
+    c[1].subscribe(&["still"]).await;
+
+    let reply = c[0].request(json!({"command": "boom"})).await;
+    assert_eq!(reply["command"], "boom");
+    assert!(
+        error_of(&reply).contains("plugin panicked: boom was called"),
+        "{reply}"
+    );
+    let reply = c[0].request(json!({"command": "fail"})).await;
+    assert!(error_of(&reply).contains("fail always fails"), "{reply}");
+
+    // The same connection and everyone else carry on.
+    c[0].publish(&["still"], "alive").await;
+    c[0].expect_nothing().await;
+    assert_eq!(c[1].sync().await, [delivery(&["still"], "alive")]);
+}
+
+#[test]
+fn a_listener_that_panics_on_start_is_a_start_up_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugins_file(
+        dir.path(),
+        &entry(&artifacts().library("mist_fixture_faulty"), ""),
+    );
+    let (status, log) =
+        MistServer::run_to_exit(&["--plugins", &file, "--listeners", "faulty://127.0.0.1:0"]);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a clean exit with an error, not an abort:\n{log}"
+    );
+    assert!(
+        log.contains("cannot start listener faulty://127.0.0.1:0: plugin panicked"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_command_that_clashes_with_a_builtin_or_another_plugin_is_refused() {
+    let faulty = artifacts().library("mist_fixture_faulty");
+    let log = refused(&format!("{}{}", entry(&faulty, ""), entry(&faulty, "")));
+    assert!(
+        log.contains("command \"boom\" is provided by plugin faulty already"),
+        "{log}"
+    );
+}

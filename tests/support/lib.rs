@@ -1,0 +1,18 @@
+//! Support for the end-to-end tests: build the real artifacts once, start
+//! `mist` on port 0, and talk to it with timeouts everywhere.
+//!
+//! Every wait here is bounded: a test that would hang fails instead, with
+//! the server's log in the message.
+
+#![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
+
+pub mod client;
+pub mod server;
+
+pub use client::Client;
+pub use server::{artifacts, Artifacts, MistServer};
+
+use std::time::Duration;
+
+/// How long any single expected event may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
