@@ -182,8 +182,13 @@ pub trait SessionApi: Clone + Send + Sync + 'static {
 
     /// Ends the session: its subscriptions are removed at once. Output already
     /// queued can still be drained. Idempotent; dropping the last handle closes too.
-    #[sabi(last_prefix_field)]
     fn close(&self);
+
+    /// Answers input the listener itself cannot accept (a binary WebSocket
+    /// frame) with `{"command":"","error":<error>}`, in order with the
+    /// replies to what was fed before it.
+    #[sabi(last_prefix_field)]
+    fn refuse(&self, error: RStr<'_>);
 }
 
 /// A session handle, shared by a connection's reader and writer.

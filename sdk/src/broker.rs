@@ -106,6 +106,12 @@ impl Session {
     pub fn close(&self) {
         self.inner.close();
     }
+
+    /// Answers input the listener cannot accept (a binary WebSocket frame,
+    /// say) with an error reply, in order with the session's other output.
+    pub fn refuse(&self, error: &str) {
+        self.inner.refuse(error.into());
+    }
 }
 
 /// Completes when the session is ready for more input. Usually ready at

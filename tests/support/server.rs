@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::TIMEOUT;
 
-/// The packages whose binaries and libraries the tests use.
-const PACKAGES: &[&str] = &[
-    "mist",
-    "mist-tcp",
-    "mist-fixture-faulty",
-    "mist-fixture-old-sdk",
-    "mist-fixture-changed-abi",
-];
-
 /// Where the built artifacts are.
 pub struct Artifacts {
     /// `target/<profile>`.
@@ -39,8 +30,9 @@ impl Artifacts {
     }
 }
 
-/// Builds the binary and plugin libraries once per test run, with the same
-/// profile as the tests, so tests never run against stale artifacts.
+/// Builds the binary and every plugin library of the workspace once per
+/// test run, with the same profile as the tests, so tests never run against
+/// stale artifacts.
 pub fn artifacts() -> &'static Artifacts {
     static BUILT: OnceLock<Artifacts> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -51,12 +43,11 @@ pub fn artifacts() -> &'static Artifacts {
         let profile = dir.file_name().unwrap().to_str().unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.arg("build").arg("--target-dir").arg(target);
+        build
+            .args(["build", "--workspace", "--target-dir"])
+            .arg(target);
         if profile == "release" {
             build.arg("--release");
-        }
-        for package in PACKAGES {
-            build.args(["-p", package]);
         }
         let status = build.status().expect("running cargo build");
         assert!(status.success(), "cargo build of the test artifacts failed");

@@ -27,7 +27,7 @@ pub(crate) struct State {
     /// The registered token of an `Access::TOKEN` session. Never logged.
     token: Option<String>,
     /// A command has been processed: `auth` is no longer allowed.
-    commands_seen: bool,
+    pub(crate) commands_seen: bool,
     /// A token given at connect, not yet checked with the authenticator.
     connect_token: Option<String>,
     pub(crate) batch: Batch,
@@ -483,7 +483,7 @@ impl Session {
         }
     }
 
-    fn send_error(&self, command: &str, error: impl Display) {
+    pub(crate) fn send_error(&self, command: &str, error: impl Display) {
         let mut out = Vec::new();
         protocol::error_reply(&mut out, command, &error.to_string());
         self.output.push_reply(&out);

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RErr, ROk, ROption, RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{RArc, RErr, ROk, ROption, RResult, RSlice, RStr, RString, RVec};
 use async_ffi::FfiFuture;
 use mist_sdk::abi::{
     BrokerApi, BrokerApi_TO, BrokerBox, OutputWakerBox, SessionApi, SessionApi_TO, SessionBox,
@@ -91,5 +91,9 @@ impl SessionApi for SessionHandle {
 
     fn close(&self) {
         guard("close", (), || self.0.close())
+    }
+
+    fn refuse(&self, error: RStr<'_>) {
+        guard("refuse", (), || self.0.refuse(error.as_str()))
     }
 }

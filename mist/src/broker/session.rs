@@ -32,12 +32,18 @@ pub(crate) struct Session {
     closed: AtomicBool,
 }
 
+/// Framed input waiting for an async step to finish.
+enum Backlogged {
+    Message(Vec<u8>),
+    Refusal(String),
+}
+
 pub(crate) struct Input {
     framer: LineFramer,
     /// Stream input that arrived during, or was left after, an async step.
     backlog_bytes: Vec<u8>,
-    /// Framed messages that arrived during an async step.
-    backlog_messages: VecDeque<Vec<u8>>,
+    /// Framed messages (and refusals) that arrived during an async step.
+    backlog_messages: VecDeque<Backlogged>,
     /// An async step is in progress: new input joins the backlog.
     busy: bool,
     pub(crate) state: State,
@@ -116,11 +122,15 @@ impl Session {
         }
         let mut input = self.input.lock();
         if input.busy {
-            input.backlog_messages.push_back(message.to_vec());
+            input
+                .backlog_messages
+                .push_back(Backlogged::Message(message.to_vec()));
             return None;
         }
         if let Some(pending) = input.state.take_connect_check() {
-            input.backlog_messages.push_back(message.to_vec());
+            input
+                .backlog_messages
+                .push_back(Backlogged::Message(message.to_vec()));
             return Some(self.begin(input, pending));
         }
         match self.run_message(&mut input, message) {
@@ -130,6 +140,26 @@ impl Session {
                 self.backpressure()
             }
         }
+    }
+
+    /// Input the listener could not accept: answered with an error, in order.
+    pub(crate) fn refuse(&self, error: &str) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut input = self.input.lock();
+        if input.busy {
+            input
+                .backlog_messages
+                .push_back(Backlogged::Refusal(error.to_string()));
+        } else {
+            self.refuse_now(&mut input, error);
+        }
+    }
+
+    fn refuse_now(&self, input: &mut Input, error: &str) {
+        input.state.commands_seen = true;
+        self.send_error("", error);
     }
 
     /// Carries out every complete line of `data` until one needs to wait;
@@ -185,11 +215,18 @@ impl Session {
     fn resume(&self) -> Option<Pending> {
         let mut input = self.input.lock();
         loop {
-            if let Some(message) = input.backlog_messages.pop_front() {
-                if let Some(pending) = self.run_message(&mut input, &message) {
-                    return Some(pending);
+            match input.backlog_messages.pop_front() {
+                Some(Backlogged::Message(message)) => {
+                    if let Some(pending) = self.run_message(&mut input, &message) {
+                        return Some(pending);
+                    }
+                    continue;
                 }
-                continue;
+                Some(Backlogged::Refusal(error)) => {
+                    self.refuse_now(&mut input, &error);
+                    continue;
+                }
+                None => {}
             }
             if !input.backlog_bytes.is_empty() {
                 let bytes = std::mem::take(&mut input.backlog_bytes);
