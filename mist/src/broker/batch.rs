@@ -11,10 +11,8 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use super::output::Output;
-use super::protocol::{self, ProtocolError};
+use super::protocol::{self, ProtocolError, RawTags};
 use super::router::RouteScratch;
 use super::Shared;
 
@@ -48,16 +46,16 @@ impl Batch {
         &mut self,
         shared: &Shared,
         from: Option<u32>,
-        raw_tags: Option<&RawValue>,
+        raw_tags: RawTags<'_>,
         raw_data: &str,
     ) -> Result<(), ProtocolError> {
-        let same_run = matches!(raw_tags, Some(raw) if !self.runs.is_empty() && raw.get().as_bytes() == self.run_tags);
+        let same_run = matches!(raw_tags.text(), Some(text) if !self.runs.is_empty() && text.as_bytes() == self.run_tags);
         if !same_run {
-            let tags = protocol::parse_tags(raw_tags)?;
-            self.start_run(shared, from, &tags);
+            let tags = raw_tags.parse()?;
+            self.start_run(shared, from, raw_tags, &tags);
             self.run_tags.clear();
-            if let Some(raw) = raw_tags {
-                self.run_tags.extend_from_slice(raw.get().as_bytes());
+            if let Some(text) = raw_tags.text() {
+                self.run_tags.extend_from_slice(text.as_bytes());
             }
         }
         self.add_to_run(raw_data);
@@ -73,7 +71,7 @@ impl Batch {
         tags: &[S],
         raw_data: &str,
     ) {
-        self.start_run(shared, from, tags);
+        self.start_run(shared, from, RawTags::Json(None), tags);
         // Not a raw form another request could equal: no run continues it.
         self.run_tags.clear();
         self.add_to_run(raw_data);
@@ -83,6 +81,7 @@ impl Batch {
         &mut self,
         shared: &Shared,
         from: Option<u32>,
+        raw_tags: RawTags<'_>,
         tags: &[S],
     ) {
         let first_target = self.targets.len();
@@ -92,7 +91,7 @@ impl Batch {
             .route(tags, from, &mut self.scratch, &mut self.targets);
         let start = self.buf.len();
         if self.targets.len() > first_target {
-            protocol::delivery_prefix(&mut self.buf, tags);
+            protocol::delivery_prefix(&mut self.buf, raw_tags, tags);
         }
         self.runs.push(Run {
             start,

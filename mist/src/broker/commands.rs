@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use super::batch::Batch;
 use super::framing::Frame;
 use super::output::Output;
-use super::protocol::{self, ProtocolError, Request};
+use super::protocol::{self, ProtocolError, RawTags, Request};
 use super::session::Session;
 use super::{CommandRoute, Shared};
 
@@ -163,6 +163,12 @@ impl Session {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Step::Done; // a blank line from a person typing into netcat
         }
+        if let Some((tags, data)) = protocol::canonical_publish(line) {
+            // Nearly every publish: the same as the general path below,
+            // without a general JSON parse.
+            st.commands_seen = true;
+            return self.publish(st, RawTags::Plain(tags), Ok(data));
+        }
         let request = match protocol::parse_request(line) {
             Ok(request) => request,
             Err(e) => return self.error(st, "", e),
@@ -179,7 +185,11 @@ impl Session {
                 self.reply(st, "ping", "pong");
                 Step::Done
             }
-            "publish" => self.publish(st, &request),
+            "publish" => self.publish(
+                st,
+                RawTags::Json(request.tags),
+                protocol::raw_data(request.data),
+            ),
             "subscribe" | "unsubscribe" => self.subscription(st, command, &request),
             "list" => self.list(st),
             "auth" => self.auth(st, &request, first),
@@ -193,22 +203,25 @@ impl Session {
         }
     }
 
-    fn publish(&self, st: &mut State, request: &Request<'_>) -> Step {
-        let raw_data = match protocol::raw_data(request.data) {
+    fn publish(
+        &self,
+        st: &mut State,
+        tags: RawTags<'_>,
+        raw_data: Result<&str, ProtocolError>,
+    ) -> Step {
+        let raw_data = match raw_data {
             Ok(raw) => raw,
             Err(e) => return self.error(st, "publish", e),
         };
         match st.gate() {
-            Gate::Free => {
-                let result = st
-                    .batch
-                    .publish(&self.shared, Some(self.id), request.tags, raw_data);
-                match result {
-                    Ok(()) => Step::Done,
-                    Err(e) => self.error(st, "publish", e),
-                }
-            }
-            Gate::Check(token) => match protocol::parse_tags(request.tags) {
+            Gate::Free => match st
+                .batch
+                .publish(&self.shared, Some(self.id), tags, raw_data)
+            {
+                Ok(()) => Step::Done,
+                Err(e) => self.error(st, "publish", e),
+            },
+            Gate::Check(token) => match tags.parse() {
                 Ok(tags) => Step::Wait(Pending::Checked {
                     token,
                     op: Checked::Publish {
