@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::bench::BenchArgs;
 
 /// A tagged publish/subscribe broker.
 #[derive(Debug, Parser)]
@@ -12,9 +14,20 @@ pub struct Cli {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// A client command; without one, `mist --server` runs the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Display the version.
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
+}
+
+/// The client commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load a running broker and measure it (see `mist bench --help`).
+    Bench(BenchArgs),
 }
 
 /// Flags of `mist --server`; each overrides the same key of `--config`.

@@ -27,7 +27,9 @@
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
+//! - [`bench`]: `mist bench`, the load tool.
 
+pub mod bench;
 pub mod broker;
 pub mod builtin;
 pub mod cli;

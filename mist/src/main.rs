@@ -1,11 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mist::cli::Cli;
+use mist::cli::{Cli, Command};
 use mist::config::ServerConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return client_command(command);
+    }
     let config = match ServerConfig::resolve(&cli.server) {
         Ok(config) => config,
         Err(e) => return fail(&e),
@@ -20,6 +23,29 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+fn client_command(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    match command {
+        Command::Bench(args) => match runtime.block_on(mist::bench::run(&args)) {
+            Ok(report) if args.json => {
+                println!("{}", report.to_json());
+                ExitCode::SUCCESS
+            }
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
     }
 }
 

@@ -1,0 +1,470 @@
+//! Publishers, subscribers and the run that ties them together.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memchr::memmem;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::conn::{self, Line, Lines, REPLY_TIMEOUT};
+use super::report::{Latency, Memory, Report};
+use super::{BenchArgs, BenchError, Scenario};
+
+/// `~t` + 20 digits of nanoseconds + `~`: the send time at the start of
+/// every payload (the shared load tool's format too).
+pub(super) const STAMP_LEN: usize = 23;
+const STAMP_DIGITS: usize = 20;
+
+/// Connections opened at once while setting up.
+const CONNECT_PARALLELISM: usize = 128;
+/// A publisher writes once this much is buffered.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Who subscribes to what and what gets published.
+struct Plan {
+    /// One entry per subscriber: its tag set.
+    subscriptions: Vec<Vec<String>>,
+    /// Messages are published on these tag sets in turn.
+    publish_tags: Vec<Vec<String>>,
+    publishers: usize,
+    messages: u64,
+    /// Subscribers each message is meant for.
+    fan: u64,
+}
+
+impl Plan {
+    fn of(args: &BenchArgs) -> Plan {
+        let one = |tag: &str| vec![vec![tag.to_owned()]];
+        match args.scenario {
+            Scenario::Pubsub | Scenario::Fanout => {
+                let subscribers = args.subscribers.unwrap_or(match args.scenario {
+                    Scenario::Pubsub => 1,
+                    _ => 100,
+                });
+                Plan {
+                    subscriptions: vec![vec!["bench".to_owned()]; subscribers],
+                    publish_tags: one("bench"),
+                    publishers: match args.scenario {
+                        Scenario::Pubsub => args.publishers,
+                        _ => 1,
+                    },
+                    messages: args.messages,
+                    fan: subscribers as u64,
+                }
+            }
+            Scenario::Routing => {
+                let rooms = args.subscribers.unwrap_or(100).max(1);
+                let room = |i: usize| format!("room:{i}");
+                Plan {
+                    subscriptions: (0..rooms).map(|i| vec![room(i), "app".into()]).collect(),
+                    publish_tags: (0..rooms)
+                        .map(|i| vec![room(i), "app".into(), "extra".into()])
+                        .collect(),
+                    publishers: 1,
+                    messages: args.messages,
+                    fan: 1,
+                }
+            }
+            Scenario::Conns => {
+                let conns = args.subscribers.unwrap_or(1000);
+                Plan {
+                    subscriptions: vec![vec!["bench".to_owned()]; conns],
+                    publish_tags: one("bench"),
+                    publishers: 1,
+                    messages: 1,
+                    fan: conns as u64,
+                }
+            }
+        }
+    }
+}
+
+/// Figures every task adds to as it goes, for the progress bar.
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+}
+
+pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let plan = Plan::of(args);
+    let base = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let (finish, finished) = watch::channel(false);
+
+    let memory_before = args.server_pid.and_then(rss_kib);
+    let connect_started = Instant::now();
+    let mut subscribers = JoinSet::new();
+    let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let mut ready = JoinSet::new();
+    for tags in plan.subscriptions.iter().cloned() {
+        let (host, token, gate) = (args.host.clone(), args.token.clone(), gate.clone());
+        ready.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let (mut lines, mut write) = conn::open(&host, token.as_deref()).await?;
+            conn::subscribe(&mut lines, &mut write, &[tags]).await?;
+            Ok::<_, BenchError>((lines, write))
+        });
+    }
+    while let Some(joined) = ready.join_next().await {
+        let (lines, write) = joined.map_err(join_error)??;
+        subscribers.spawn(subscriber(
+            lines,
+            write,
+            base,
+            counters.clone(),
+            finished.clone(),
+        ));
+    }
+    let connect_time = connect_started.elapsed();
+    let memory = match (memory_before, args.server_pid.and_then(rss_kib)) {
+        (Some(before), Some(after)) => Some(Memory {
+            connections: plan.subscriptions.len(),
+            kib_per_connection: after.saturating_sub(before) as f64
+                / plan.subscriptions.len().max(1) as f64,
+        }),
+        _ => None,
+    };
+
+    let mut publishers = JoinSet::new();
+    for _ in 0..plan.publishers {
+        let (lines, write) = conn::open(&args.host, args.token.as_deref()).await?;
+        let job = Publish {
+            templates: templates(&plan.publish_tags, args.size),
+            messages: plan.messages,
+            rate: args.rate,
+            duration: args.duration,
+            base,
+            counters: counters.clone(),
+        };
+        publishers.spawn(job.run(lines, write));
+    }
+    let progress = progress_bar(args, &plan, counters.clone());
+
+    let mut sent = 0;
+    let mut publish_window: Option<(Duration, Duration)> = None;
+    let mut errors = 0;
+    let mut first_error = None;
+    while let Some(joined) = publishers.join_next().await {
+        let done = joined.map_err(join_error)??;
+        sent += done.sent;
+        errors += done.errors;
+        first_error = first_error.or(done.first_error);
+        publish_window = Some(match publish_window {
+            None => (done.started, done.ended),
+            Some((s, e)) => (s.min(done.started), e.max(done.ended)),
+        });
+    }
+    let _ = finish.send(true);
+
+    let mut delivered = 0;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| BenchError::Usage(format!("histogram: {e}")))?;
+    let mut last_delivery = Duration::ZERO;
+    while let Some(joined) = subscribers.join_next().await {
+        let done = joined.map_err(join_error)??;
+        delivered += done.received;
+        errors += done.errors;
+        first_error = first_error.or(done.first_error);
+        last_delivery = last_delivery.max(done.last);
+        // Same bounds on both sides: adding cannot fail.
+        let _ = latency.add(&done.latency);
+    }
+    progress.finish_and_clear();
+
+    let (started, ended) = publish_window.unwrap_or_default();
+    let expected = sent * plan.fan;
+    Ok(Report {
+        scenario: args.scenario.name(),
+        host: args.host.clone(),
+        publishers: plan.publishers,
+        subscribers: plan.subscriptions.len(),
+        payload_bytes: args.size,
+        messages_sent: sent,
+        deliveries_expected: expected,
+        delivered,
+        publish_seconds: (ended - started).as_secs_f64(),
+        delivery_seconds: last_delivery.saturating_sub(started).as_secs_f64(),
+        connect_seconds: connect_time.as_secs_f64(),
+        latency: Latency::of(&latency),
+        errors,
+        first_error,
+        memory,
+    })
+}
+
+fn join_error(e: tokio::task::JoinError) -> BenchError {
+    BenchError::Io(std::io::Error::other(format!("a bench task failed: {e}")))
+}
+
+/// A publish line with room for the send time, and where that room is.
+struct Template {
+    line: Vec<u8>,
+    stamp_at: usize,
+}
+
+fn templates(tag_sets: &[Vec<String>], size: usize) -> Vec<Template> {
+    tag_sets
+        .iter()
+        .map(|tags| {
+            let mut line = format!(
+                r#"{{"command":"publish","tags":{},"data":""#,
+                serde_json::Value::from(tags.clone())
+            )
+            .into_bytes();
+            let stamp_at = line.len();
+            line.extend_from_slice(b"~t");
+            line.extend_from_slice(&[b'0'; STAMP_DIGITS]);
+            line.push(b'~');
+            line.resize(stamp_at + size, b'x');
+            line.extend_from_slice(b"\"}\n");
+            Template { line, stamp_at }
+        })
+        .collect()
+}
+
+fn write_stamp(at: &mut [u8], mut nanos: u64) {
+    for digit in at.iter_mut().rev() {
+        *digit = b'0' + (nanos % 10) as u8;
+        nanos /= 10;
+    }
+}
+
+fn since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+struct Publish {
+    templates: Vec<Template>,
+    messages: u64,
+    rate: u64,
+    duration: Duration,
+    base: Instant,
+    counters: Arc<Counters>,
+}
+
+struct Published {
+    sent: u64,
+    started: Duration,
+    ended: Duration,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Publish {
+    async fn run(self, lines: Lines, mut write: OwnedWriteHalf) -> Result<Published, BenchError> {
+        // Replies are read while publishing: a broker refusing every
+        // publish would otherwise fill this connection's queue and stall it.
+        let replies = tokio::spawn(publisher_replies(lines));
+        let started = self.base.elapsed();
+        let mut out = Vec::with_capacity(WRITE_CHUNK + 4096);
+        let mut sent = 0u64;
+        let mut next = 0usize;
+        while sent < self.messages && started + self.duration > self.base.elapsed() {
+            let due = if self.rate == 0 {
+                self.messages
+            } else {
+                let elapsed = self.base.elapsed().saturating_sub(started);
+                let due = (elapsed.as_secs_f64() * self.rate as f64) as u64 + 1;
+                if due <= sent {
+                    let wait = Duration::from_secs_f64((sent + 1) as f64 / self.rate as f64);
+                    tokio::time::sleep_until((self.base + started + wait).into()).await;
+                    continue;
+                }
+                due.min(self.messages)
+            };
+            let batch_start = sent;
+            while sent < due && out.len() < WRITE_CHUNK {
+                let template = &self.templates[next];
+                next = (next + 1) % self.templates.len();
+                let at = out.len() + template.stamp_at + 2;
+                out.extend_from_slice(&template.line);
+                write_stamp(&mut out[at..at + STAMP_DIGITS], since(self.base));
+                sent += 1;
+            }
+            write.write_all(&out).await?;
+            self.counters
+                .published
+                .fetch_add(sent - batch_start, Ordering::Relaxed);
+            out.clear();
+        }
+        let ended = self.base.elapsed();
+        write.write_all(b"{\"command\":\"ping\"}\n").await?;
+        let (errors, first_error) = tokio::time::timeout(REPLY_TIMEOUT, replies)
+            .await
+            .map_err(|_| BenchError::Timeout(REPLY_TIMEOUT))?
+            .map_err(join_error)??;
+        Ok(Published {
+            sent,
+            started,
+            ended,
+            errors,
+            first_error,
+        })
+    }
+}
+
+/// Counts a publisher's error replies until the `pong` that ends its run.
+async fn publisher_replies(mut lines: Lines) -> Result<(u64, Option<String>), BenchError> {
+    let mut errors = 0;
+    let mut first = None;
+    loop {
+        while let Some(line) = lines.next_line() {
+            match line {
+                Line::Pong => return Ok((errors, first)),
+                Line::Error { command, error } => {
+                    errors += 1;
+                    first.get_or_insert_with(|| format!("{command}: {error}"));
+                }
+                Line::Delivery(_) | Line::Other => {}
+            }
+        }
+        if !lines.fill().await? {
+            return Err(BenchError::Closed);
+        }
+    }
+}
+
+struct Received {
+    received: u64,
+    latency: Histogram<u64>,
+    last: Duration,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn subscriber(
+    mut lines: Lines,
+    mut write: OwnedWriteHalf,
+    base: Instant,
+    counters: Arc<Counters>,
+    mut finished: watch::Receiver<bool>,
+) -> Result<Received, BenchError> {
+    let stamp = memmem::Finder::new(br#""data":"~t"#);
+    let mut done = Received {
+        received: 0,
+        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| BenchError::Usage(format!("histogram: {e}")))?,
+        last: Duration::ZERO,
+        errors: 0,
+        first_error: None,
+    };
+    let mut asked = false;
+    loop {
+        // Every message in one read arrived at about the same time.
+        let now = since(base);
+        let mut batch = 0;
+        while let Some(line) = lines.next_line() {
+            match line {
+                Line::Delivery(line) => {
+                    batch += 1;
+                    if let Some(sent) = stamp.find(line).and_then(|at| read_stamp(&line[at + 10..]))
+                    {
+                        let micros = now.saturating_sub(sent) / 1000;
+                        let _ = done.latency.record(micros.max(1));
+                    }
+                }
+                Line::Pong if asked => {
+                    done.received += batch;
+                    counters.delivered.fetch_add(batch, Ordering::Relaxed);
+                    return Ok(done);
+                }
+                Line::Error { command, error } => {
+                    done.errors += 1;
+                    done.first_error
+                        .get_or_insert_with(|| format!("{command}: {error}"));
+                }
+                Line::Pong | Line::Other => {}
+            }
+        }
+        if batch > 0 {
+            done.received += batch;
+            done.last = Duration::from_nanos(now);
+            counters.delivered.fetch_add(batch, Ordering::Relaxed);
+        }
+        tokio::select! {
+            more = lines.fill() => {
+                if !more? {
+                    return Err(BenchError::Closed);
+                }
+            }
+            changed = finished.changed(), if !asked => {
+                if changed.is_err() || *finished.borrow() {
+                    // Answered after every delivery already queued for us.
+                    write.write_all(b"{\"command\":\"ping\"}\n").await?;
+                    asked = true;
+                }
+            }
+        }
+    }
+}
+
+fn read_stamp(digits: &[u8]) -> Option<u64> {
+    let digits = digits.get(..STAMP_DIGITS)?;
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.wrapping_mul(10).wrapping_add(u64::from(d - b'0')))
+    })
+}
+
+fn progress_bar(args: &BenchArgs, plan: &Plan, counters: Arc<Counters>) -> ProgressBar {
+    let total = plan.messages * plan.publishers as u64;
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        // Draws only when stderr is a terminal.
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} published {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let ticker = bar.clone();
+    tokio::spawn(async move {
+        while !ticker.is_finished() {
+            ticker.set_position(counters.published.load(Ordering::Relaxed));
+            ticker.set_message(format!(
+                "· {} delivered",
+                counters.delivered.load(Ordering::Relaxed)
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    bar
+}
+
+/// The resident memory of a process, from `/proc` (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_inside_a_valid_line() {
+        let t = &templates(&[vec!["a".into(), "b\"".into()]], 40)[0];
+        let mut line = t.line.clone();
+        write_stamp(
+            &mut line[t.stamp_at + 2..t.stamp_at + 2 + STAMP_DIGITS],
+            1_234_567,
+        );
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("json");
+        let data = value["data"].as_str().expect("data");
+        assert_eq!(data.len(), 40);
+        assert!(data.starts_with("~t00000000000001234567~x"));
+        assert_eq!(value["tags"], serde_json::json!(["a", "b\""]));
+        let at = memmem::find(&line, br#""data":"~t"#).expect("stamp");
+        assert_eq!(read_stamp(&line[at + 10..]), Some(1_234_567));
+        assert_eq!(read_stamp(b"12x"), None);
+    }
+}
