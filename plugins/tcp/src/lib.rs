@@ -154,6 +154,10 @@ async fn read_input(session: &Session, reader: OwnedReadHalf) -> io::Result<()> 
             Some(wait) => wait.await,
             None => return Ok(()),
         }
+        // A flooding client always has more to read; without a yield its
+        // subscribers' writers, woken onto this worker, wait until tokio's
+        // budget runs out (128 reads, megabytes of backlog) to run.
+        tokio::task::yield_now().await;
     }
 }
 
