@@ -106,6 +106,7 @@ mod command;
 mod error;
 mod log;
 mod message;
+pub mod net;
 mod plugin;
 mod runtime;
 mod uri;

@@ -26,7 +26,7 @@ use mist_sdk::abi_stable::std_types::RVec;
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Reads are this large at most.
@@ -57,53 +57,10 @@ impl Plugin for Tcp {
     }
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
-        let addr = mist_sdk::socket_address(uri)?;
-        // Bind synchronously so that a port in use is reported to the host
-        // now, as the start-up error it is.
-        let bound = std::net::TcpListener::bind(&addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(TcpListener::from_std)
-            .map_err(|e| SdkError::unavailable(format!("cannot listen on {addr}: {e}")))?;
-        let local_addr = bound
-            .local_addr()
-            .map_err(|e| SdkError::other(format!("cannot read the bound address: {e}")))?;
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(accept(bound, self.broker.clone(), stopped));
-        Ok(Box::new(Running { local_addr, stop }))
-    }
-}
-
-struct Running {
-    local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
-impl Listener for Running {
-    fn local_addr(&self) -> String {
-        self.local_addr.to_string()
-    }
-
-    fn stop(&self) {
-        self.stop.send_replace(true);
-    }
-}
-
-async fn accept(listener: TcpListener, broker: Broker, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve(stream, peer, broker.clone(), stop.clone()));
-                }
-                // Out of file descriptors and the like: keep serving the
-                // connections we have and try again shortly.
-                Err(e) => {
-                    tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => return,
-        }
+        let broker = self.broker.clone();
+        mist_sdk::net::serve_tcp(uri, move |stream, peer, stop| {
+            serve(stream, peer, broker.clone(), stop)
+        })
     }
 }
 
