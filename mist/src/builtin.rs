@@ -7,5 +7,9 @@ use mist_sdk::abi::ModuleRef;
 
 /// The root modules of the built-in plugins.
 pub fn modules() -> Vec<ModuleRef> {
-    vec![mist_plugin_tcp::module()]
+    vec![
+        mist_plugin_tcp::module(),
+        mist_plugin_http::module(),
+        mist_plugin_ws::module(),
+    ]
 }
