@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod bench;
+mod browser;
+mod http;
 mod plugins;
 mod startup;
 mod tcp;
+mod ws;

@@ -42,6 +42,35 @@ async fn the_tcp_plugin_loaded_from_its_library_carries_traffic() {
     );
 }
 
+#[tokio::test]
+async fn the_http_and_ws_plugins_loaded_from_their_libraries_carry_traffic() {
+    use mist_e2e::web::{http_publish, server_with_all_listeners, WsClient};
+    let dir = tempfile::tempdir().unwrap();
+    let http = artifacts().library("mist_http");
+    let ws = artifacts().library("mist_ws");
+    let file = plugins_file(
+        dir.path(),
+        &format!("{}{}", entry(&http, ""), entry(&ws, "")),
+    );
+    let server = server_with_all_listeners(&["--plugins", &file, "--log-level", "DEBUG"]);
+    server.wait_for_log(&format!("source={}", http.display()));
+    server.wait_for_log(&format!("source={}", ws.display()));
+
+    let mut subscriber = WsClient::connect(&format!("ws://{}/", server.addr("ws"))).await;
+    subscriber.subscribe(&["lib"]).await;
+    let response = http_publish(
+        &server.addr("http"),
+        json!({"tags": ["lib"], "data": "through two libraries"}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status, 204, "{}", response.text());
+    assert_eq!(
+        subscriber.recv().await,
+        delivery(&["lib"], "through two libraries")
+    );
+}
+
 fn refused(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = plugins_file(dir.path(), body);

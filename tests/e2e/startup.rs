@@ -123,3 +123,28 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(server.log().contains("shutting down"));
     assert!(c.closed().await, "connections are closed on shutdown");
 }
+
+/// SPEC §5: with no flags, the three default listeners start. This is the
+/// one test that binds fixed ports (1445, 8080, 8888); if something else on
+/// the machine holds one, it fails saying so.
+#[tokio::test]
+async fn with_no_flags_the_three_default_listeners_start() {
+    let server = MistServer::start_with(&[], 3);
+    let mut schemes: Vec<&str> = server
+        .listeners
+        .iter()
+        .map(|l| l.split("://").next().unwrap())
+        .collect();
+    schemes.sort();
+    assert_eq!(schemes, ["http", "tcp", "ws"], "{:?}", server.listeners);
+    assert_eq!(server.tcp(), "127.0.0.1:1445");
+    assert_eq!(server.addr("http"), "127.0.0.1:8080");
+    assert_eq!(server.addr("ws"), "127.0.0.1:8888");
+
+    let mut tcp = Client::connect(&server.tcp()).await;
+    assert!(tcp.sync().await.is_empty());
+    let pong = mist_e2e::web::http(&server.addr("http"), "GET", "/ping", &[], b"").await;
+    assert_eq!(pong.text(), "pong");
+    let mut ws = mist_e2e::web::WsClient::connect(&format!("ws://{}/", server.addr("ws"))).await;
+    assert!(ws.sync().await.is_empty());
+}

@@ -6,8 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+pub mod browser;
 pub mod client;
 pub mod server;
+pub mod web;
 
 pub use client::Client;
 pub use server::{artifacts, Artifacts, MistServer};

@@ -1,0 +1,170 @@
+//! The WebSocket listener (SPEC §2, §4): one JSON message per text frame,
+//! on the ws port and through the http port's upgrade.
+
+use mist_e2e::client::{delivery, error_of};
+use mist_e2e::web::{
+    await_sessions, server_with_all_listeners as server, sessions_on, who, WsClient,
+};
+use mist_e2e::Client;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn text_frames_carry_the_protocol_on_both_paths() {
+    let server = server(&[]);
+    let ws = server.addr("ws");
+    let mut subscriber = WsClient::connect(&format!("ws://{ws}/subscribe/websocket")).await;
+    let mut publisher = WsClient::connect(&format!("ws://{ws}/")).await;
+    subscriber.subscribe(&["fish", "red"]).await;
+    publisher
+        .send(json!({"command": "publish", "tags": ["red", "fish", "blue"], "data": "one\ntwo"}))
+        .await;
+    publisher
+        .send(json!({"command": "publish", "tags": ["fish"], "data": "no"}))
+        .await;
+    assert!(
+        publisher.sync().await.is_empty(),
+        "the publisher gets nothing back"
+    );
+    assert_eq!(
+        subscriber.recv().await,
+        delivery(&["red", "fish", "blue"], "one\ntwo")
+    );
+    let list = subscriber.sync().await;
+    assert!(list.is_empty(), "{list:?}");
+    subscriber.send(json!({"command": "list"})).await;
+    assert_eq!(
+        subscriber.recv().await,
+        json!({"command": "list", "data": "[[\"fish\",\"red\"]]"})
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_replies_and_the_connection_stays() {
+    let server = server(&[]);
+    let mut client =
+        WsClient::connect(&format!("ws://{}/subscribe/websocket", server.addr("ws"))).await;
+    client
+        .send_frame(Message::binary(b"{\"command\":\"ping\"}".to_vec()))
+        .await;
+    let reply = client.recv().await;
+    assert!(error_of(&reply).contains("binary frames"), "{reply}");
+    client.send_frame(Message::text("not json")).await;
+    let reply = client.recv().await;
+    assert!(error_of(&reply).contains("invalid JSON"), "{reply}");
+    client.send(json!({"command": "dance"})).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["command"], "dance");
+    assert!(error_of(&reply).contains("unknown command"), "{reply}");
+    client
+        .send(json!({"command": "subscribe", "tags": []}))
+        .await;
+    assert!(error_of(&client.recv().await).contains("missing tags"));
+    // Still serving, in order.
+    assert!(client.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn ping_frames_are_answered_and_close_is_a_handshake() {
+    let server = server(&[]);
+    let mut client = WsClient::connect(&format!("ws://{}/", server.addr("ws"))).await;
+    client
+        .send_frame(Message::Ping(b"hello".to_vec().into()))
+        .await;
+    match client.recv_frame().await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"hello"),
+        other => panic!("expected a pong frame, got {other:?}"),
+    }
+    client.close().await;
+    await_sessions(&server, "ws", 0).await;
+}
+
+#[tokio::test]
+async fn other_paths_are_not_upgraded() {
+    let server = server(&[]);
+    let url = format!("ws://{}/elsewhere", server.addr("ws"));
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+        }
+        other => panic!("expected a 404 refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn a_token_in_header_or_query_is_accepted_without_an_authenticator() {
+    let server = server(&[]);
+    let ws = server.addr("ws");
+    let mut by_header = WsClient::connect_with(
+        &format!("ws://{ws}/subscribe/websocket"),
+        &[("X-AUTH-TOKEN", "whatever")],
+    )
+    .await;
+    let mut by_query = WsClient::connect(&format!(
+        "ws://{ws}/subscribe/websocket?x-auth-token=whatever"
+    ))
+    .await;
+    // Without an authenticator a token means nothing: both are ordinary
+    // clients.
+    by_header.subscribe(&["t"]).await;
+    by_query
+        .send(json!({"command": "publish", "tags": ["t"], "data": "d"}))
+        .await;
+    assert!(by_query.sync().await.is_empty());
+    assert_eq!(by_header.recv().await, delivery(&["t"], "d"));
+}
+
+#[tokio::test]
+async fn the_http_port_upgrades_to_the_same_protocol() {
+    let server = server(&[]);
+    let mut ws = WsClient::connect(&format!(
+        "ws://{}/subscribe/websocket?x-auth-token=token",
+        server.addr("http")
+    ))
+    .await;
+    let mut tcp = Client::connect(&server.tcp()).await;
+    ws.subscribe(&["web"]).await;
+    tcp.publish(&["web"], "from tcp").await;
+    assert_eq!(ws.recv().await, delivery(&["web"], "from tcp"));
+    ws.send_frame(Message::binary(vec![1, 2])).await;
+    assert!(error_of(&ws.recv().await).contains("binary frames"));
+    tcp.subscribe(&["back"]).await;
+    ws.send(json!({"command": "publish", "tags": ["back"], "data": "from ws"}))
+        .await;
+    assert_eq!(tcp.recv().await, delivery(&["back"], "from ws"));
+    assert_eq!(sessions_on(&server, "http").await, 1);
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_leaves_no_session() {
+    let server = server(&[]);
+    let mut publisher = Client::connect(&server.tcp()).await;
+    let mut clients = Vec::new();
+    for path in ["/", "/subscribe/websocket"] {
+        let mut client = WsClient::connect(&format!("ws://{}{path}", server.addr("ws"))).await;
+        client.subscribe(&["stream"]).await;
+        clients.push(client);
+    }
+    let mut upgraded =
+        WsClient::connect(&format!("ws://{}/subscribe/websocket", server.addr("http"))).await;
+    upgraded.subscribe(&["stream"]).await;
+    assert_eq!(sessions_on(&server, "ws").await, 2);
+    assert_eq!(sessions_on(&server, "http").await, 1);
+    // Mid-stream: deliveries are flowing when the clients drop their sockets.
+    for i in 0..200 {
+        publisher.publish(&["stream"], &format!("m{i}")).await;
+    }
+    for client in clients {
+        client.vanish();
+    }
+    upgraded.vanish();
+    for i in 0..200 {
+        publisher.publish(&["stream"], &format!("n{i}")).await;
+    }
+    publisher.expect_nothing().await;
+    await_sessions(&server, "ws", 0).await;
+    await_sessions(&server, "http", 0).await;
+    let figures = who(&server).await;
+    assert_eq!(figures["subscriptions"], 0, "{figures}");
+}
