@@ -11,5 +11,6 @@ pub fn modules() -> Vec<ModuleRef> {
         mist_plugin_tcp::module(),
         mist_plugin_http::module(),
         mist_plugin_ws::module(),
+        mist_plugin_memory::module(),
     ]
 }
