@@ -1,0 +1,57 @@
+//! What can go wrong talking to a broker.
+
+/// An error from [`Client`](crate::Client).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker could not be reached.
+    #[error("cannot reach {target}: {source}")]
+    Connect {
+        /// What was dialled, as given to [`Client::connect`](crate::Client::connect).
+        target: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The WebSocket handshake or a frame failed.
+    #[error("WebSocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+
+    /// The broker refused the token.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+
+    /// The broker answered a request with an error reply.
+    #[error("{command}: {message}")]
+    Server {
+        /// The command the broker names in its reply.
+        command: String,
+        /// The broker's reason, as it wrote it.
+        message: String,
+    },
+
+    /// The connection is closed: by the broker, the network, or an earlier
+    /// failure. Every later call returns this too.
+    #[error("the connection to the broker is closed")]
+    Closed,
+
+    /// The broker sent something that is not a Mist message.
+    #[error("the broker sent something that is not a Mist message: {0}")]
+    Protocol(String),
+
+    /// Writing to the connection failed.
+    #[error("writing to the broker: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A tag set or message this client will not send (an empty tag set, an
+    /// empty tag).
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Error {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Error {
+        Error::WebSocket(Box::new(e))
+    }
+}

@@ -1,0 +1,325 @@
+//! An async client for the [Mist](https://example.invalid/mist) broker, on
+//! tokio, over TCP or WebSocket.
+//!
+//! A [`Client`] sends commands and gets each one's own answer, even while
+//! deliveries stream in on the same connection; deliveries are read with
+//! [`Client::next_message`]. Error replies from the broker become
+//! [`Error::Server`], a refused token [`Error::Auth`], and a connection that
+//! ends makes every waiting and later call return [`Error::Closed`], never
+//! hang.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mist_client::Error> {
+//! use mist_client::Client;
+//!
+//! let subscriber = Client::connect("127.0.0.1:1445", None).await?;
+//! subscriber.subscribe(&["hello"]).await?; // live once this returns
+//!
+//! let publisher = Client::connect("ws://127.0.0.1:8888/", None).await?;
+//! publisher.publish(&["hello", "world"], "world!").await?;
+//!
+//! let message = subscriber.next_message().await?;
+//! assert_eq!(message.data, "world!");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - `lib.rs`: [`Client`], its commands, and the values they return.
+//! - `connection.rs`: the wire, and matching answers to requests.
+//! - `error.rs`: [`Error`].
+
+#![deny(missing_docs)]
+
+mod connection;
+mod error;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub use error::Error;
+
+use connection::{Parts, Reply, Shared, Writer};
+
+/// How many deliveries wait for [`Client::next_message`] before the newest
+/// are dropped (and counted in [`Client::dropped`]).
+pub const DELIVERY_BUFFER: usize = 8192;
+
+/// The header a WebSocket connection carries its token in.
+const TOKEN_HEADER: &str = "X-AUTH-TOKEN";
+
+/// A message delivered to this client: one published by another client
+/// whose tags include one of this client's subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The tags exactly as the publisher sent them.
+    pub tags: Vec<String>,
+    /// The payload.
+    pub data: String,
+}
+
+/// The broker's connection figures, as `who` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Who {
+    /// Open connections (sessions), this one included.
+    pub connections: u64,
+    /// Open connections per listener scheme (`tcp`, `ws`, `http`, ...).
+    #[serde(default)]
+    pub listeners: BTreeMap<String, u64>,
+    /// Subscriptions held, over all connections.
+    pub subscriptions: u64,
+    /// Messages published.
+    pub messages_in: u64,
+    /// Messages delivered.
+    pub messages_out: u64,
+    /// Deliveries dropped for subscribers that fell behind.
+    pub dropped: u64,
+}
+
+/// One connection to a broker. Commands take `&self`, so one task may read
+/// deliveries while others send; share it with an `Arc`.
+pub struct Client {
+    writer: Mutex<Writer>,
+    deliveries: Mutex<mpsc::Receiver<Message>>,
+    shared: Arc<Shared>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Client {
+    /// Closes the connection: the reading task holds the socket otherwise.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Client {
+    /// Connects to `target` and, with a `token`, authenticates.
+    ///
+    /// `target` is `host:port` or `tcp://host:port` for the line protocol,
+    /// or a `ws://host:port/path` URL for WebSocket. Over TCP the token is
+    /// sent as the first command (`auth`) and a refusal is
+    /// [`Error::Auth`]; over WebSocket it goes in the `X-AUTH-TOKEN` header,
+    /// and a token the broker does not know leaves the connection anonymous
+    /// (SPEC §3), so refusals come with the commands that need it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), mist_client::Error> {
+    /// let admin = mist_client::Client::connect("tcp://127.0.0.1:1445", Some("TOKEN")).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(target: &str, token: Option<&str>) -> Result<Client, Error> {
+        if target.starts_with("ws://") || target.starts_with("wss://") {
+            return Self::connect_ws(target, token).await;
+        }
+        let addr = target.strip_prefix("tcp://").unwrap_or(target);
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| Error::Connect {
+                target: target.to_owned(),
+                source,
+            })?;
+        let client = Client::new(connection::tcp(stream, DELIVERY_BUFFER));
+        if let Some(token) = token {
+            let line = serde_json::json!({"command": "auth", "data": token}).to_string();
+            match client.request(Some(&line)).await {
+                Err(Error::Server { message, .. }) => return Err(Error::Auth(message)),
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(client)
+    }
+
+    async fn connect_ws(url: &str, token: Option<&str>) -> Result<Client, Error> {
+        let mut request = url.into_client_request()?;
+        if let Some(token) = token {
+            let value = token
+                .parse()
+                .map_err(|_| Error::Invalid("the token cannot be sent in an HTTP header"))?;
+            request.headers_mut().insert(TOKEN_HEADER, value);
+        }
+        let (socket, _) = match tokio_tungstenite::connect_async(request).await {
+            Ok(connected) => connected,
+            Err(tokio_tungstenite::tungstenite::Error::Io(source)) => {
+                return Err(Error::Connect {
+                    target: url.to_owned(),
+                    source,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Client::new(connection::ws(socket, DELIVERY_BUFFER)))
+    }
+
+    fn new(parts: Parts) -> Client {
+        Client {
+            writer: Mutex::new(parts.writer),
+            deliveries: Mutex::new(parts.deliveries),
+            shared: parts.shared,
+            reader: parts.reader,
+        }
+    }
+
+    /// Sends `line` and waits for its answer; an error reply is an error.
+    async fn request(&self, line: Option<&str>) -> Result<Vec<Reply>, Error> {
+        let answer = self.writer.lock().await.request(line).await?;
+        let replies = answer.await.map_err(|_| Error::Closed)??;
+        if let Some(reply) = replies.iter().find(|r| r.error.is_some()) {
+            return Err(Error::Server {
+                command: reply.command.clone(),
+                message: reply.error.clone().unwrap_or_default(),
+            });
+        }
+        Ok(replies)
+    }
+
+    /// Sends `command` with `tags` (and `data`) and waits until the broker
+    /// has acted on it.
+    async fn command<T: AsRef<str>>(
+        &self,
+        command: &str,
+        tags: &[T],
+        data: Option<&str>,
+    ) -> Result<Vec<Reply>, Error> {
+        if tags.is_empty() {
+            return Err(Error::Invalid("a tag set needs at least one tag"));
+        }
+        if tags.iter().any(|t| t.as_ref().is_empty()) {
+            return Err(Error::Invalid("a tag cannot be empty"));
+        }
+        let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
+        let line = match data {
+            Some(data) => serde_json::json!({"command": command, "tags": tags, "data": data}),
+            None => serde_json::json!({"command": command, "tags": tags}),
+        };
+        self.request(Some(&line.to_string())).await
+    }
+
+    /// Asks the broker for a pong: a round trip, after which every command
+    /// sent before it has taken effect.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// client.ping().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.request(None).await.map(drop)
+    }
+
+    /// Subscribes to messages whose tags include all of `tags`. Returns once
+    /// the subscription is live.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// client.subscribe(&["room:1", "chat"]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe<T: AsRef<str>>(&self, tags: &[T]) -> Result<(), Error> {
+        self.command("subscribe", tags, None).await.map(drop)
+    }
+
+    /// Removes the subscription to exactly this tag set.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// client.unsubscribe(&["room:1", "chat"]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unsubscribe<T: AsRef<str>>(&self, tags: &[T]) -> Result<(), Error> {
+        self.command("unsubscribe", tags, None).await.map(drop)
+    }
+
+    /// Publishes `data` tagged `tags`. Returns once the bytes are written
+    /// and the broker has taken the message (it answered the ping sent after
+    /// it), so a refusal — a tag this token may not use, a message over the
+    /// size limit — is this call's error.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// client.publish(&["room:1", "chat"], "hello").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish<T: AsRef<str>>(&self, tags: &[T], data: &str) -> Result<(), Error> {
+        self.command("publish", tags, Some(data)).await.map(drop)
+    }
+
+    /// This connection's subscriptions, each sorted, the list sorted.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// for tags in client.list().await? {
+    ///     println!("{}", tags.join(","));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list(&self) -> Result<Vec<Vec<String>>, Error> {
+        let data = self.data_of("list").await?;
+        serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("list: {e}: {data}")))
+    }
+
+    /// The broker's connection figures. With an authenticator configured,
+    /// this needs admin mode.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// println!("{} connections", client.who().await?.connections);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn who(&self) -> Result<Who, Error> {
+        let data = self.data_of("who").await?;
+        serde_json::from_str(&data).map_err(|e| Error::Protocol(format!("who: {e}: {data}")))
+    }
+
+    /// Sends `{"command": command}` and returns the `data` of its reply.
+    async fn data_of(&self, command: &str) -> Result<String, Error> {
+        let line = serde_json::json!({ "command": command }).to_string();
+        self.request(Some(&line))
+            .await?
+            .into_iter()
+            .find(|r| r.command == command)
+            .and_then(|r| r.data)
+            .ok_or_else(|| Error::Protocol(format!("no answer to {command}")))
+    }
+
+    /// The next message delivered to this client. When the connection
+    /// ends, [`Error::Closed`] (after every message that arrived before).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// loop {
+    ///     let message = client.next_message().await?;
+    ///     println!("{:?}: {}", message.tags, message.data);
+    /// }
+    /// # }
+    /// ```
+    pub async fn next_message(&self) -> Result<Message, Error> {
+        self.deliveries
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(Error::Closed)
+    }
+
+    /// Deliveries dropped because more than [`DELIVERY_BUFFER`] were waiting
+    /// unread.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
