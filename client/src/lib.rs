@@ -83,6 +83,23 @@ pub struct Who {
     pub dropped: u64,
 }
 
+/// Checks a tag set as the broker would: at least one tag, none empty.
+///
+/// ```
+/// assert!(mist_client::check_tags(&["a", "b"]).is_ok());
+/// assert!(mist_client::check_tags::<&str>(&[]).is_err());
+/// assert!(mist_client::check_tags(&["a", ""]).is_err());
+/// ```
+pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
+    if tags.is_empty() {
+        return Err(Error::Invalid("a tag set needs at least one tag"));
+    }
+    if tags.iter().any(|t| t.as_ref().is_empty()) {
+        return Err(Error::Invalid("a tag cannot be empty"));
+    }
+    Ok(())
+}
+
 /// One connection to a broker. Commands take `&self`, so one task may read
 /// deliveries while others send; share it with an `Arc`.
 pub struct Client {
@@ -190,12 +207,7 @@ impl Client {
         tags: &[T],
         data: Option<&str>,
     ) -> Result<Vec<Reply>, Error> {
-        if tags.is_empty() {
-            return Err(Error::Invalid("a tag set needs at least one tag"));
-        }
-        if tags.iter().any(|t| t.as_ref().is_empty()) {
-            return Err(Error::Invalid("a tag cannot be empty"));
-        }
+        check_tags(tags)?;
         let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
         let line = match data {
             Some(data) => serde_json::json!({"command": command, "tags": tags, "data": data}),

@@ -26,8 +26,61 @@ pub struct Cli {
 /// The client commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask the broker for a pong.
+    Ping(Connection),
+    /// Print each message whose tags include all of --tags, until interrupted.
+    Subscribe(SubscribeArgs),
+    /// Publish --data, or each line of stdin as one message.
+    Publish(PublishArgs),
+    /// Print this connection's subscriptions (always none: it is new).
+    List(Connection),
+    /// Print the broker's connection figures.
+    Who(Connection),
     /// Load a running broker and measure it (see `mist bench --help`).
     Bench(BenchArgs),
+}
+
+/// Where a client command connects.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The broker: host:port for TCP, or a ws://host:port/ URL.
+    #[arg(long, default_value = "127.0.0.1:1445")]
+    pub host: String,
+
+    /// A token to authenticate with.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// `mist subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// The tag set, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tags: Vec<String>,
+
+    /// Print whole messages as JSON (`{"tags":[...],"data":"..."}`) instead
+    /// of their data.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mist publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// The message's tags, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tags: Vec<String>,
+
+    /// The message; without it, each line of stdin is published.
+    #[arg(long)]
+    pub data: Option<String>,
 }
 
 /// Flags of `mist --server`; each overrides the same key of `--config`.

@@ -27,12 +27,14 @@
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
+//! - [`client`]: the client commands (`mist ping`, `subscribe`, ...).
 //! - [`bench`]: `mist bench`, the load tool.
 
 pub mod bench;
 pub mod broker;
 pub mod builtin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod plugins;

@@ -46,6 +46,10 @@ fn client_command(command: Command) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        command => match runtime.block_on(mist::client::run(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
 }
 

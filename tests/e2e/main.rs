@@ -5,6 +5,7 @@
 
 mod bench;
 mod browser;
+mod cli;
 mod http;
 mod plugins;
 mod startup;

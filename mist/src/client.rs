@@ -1,0 +1,74 @@
+//! The client commands of the CLI (`mist ping | subscribe | publish | list
+//! | who`), on [`mist_client`].
+
+use std::io::Write;
+
+use mist_client::{Client, Error};
+use tokio::io::AsyncBufReadExt;
+
+use crate::cli::{Command, Connection, PublishArgs, SubscribeArgs};
+
+/// Runs one client command; what it prints goes to stdout.
+pub async fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Ping(connection) => {
+            connect(&connection).await?.ping().await?;
+            println!("pong");
+        }
+        Command::Subscribe(args) => subscribe(args).await?,
+        Command::Publish(args) => publish(args).await?,
+        Command::List(connection) => {
+            let list = connect(&connection).await?.list().await?;
+            println!("{}", json(&list));
+        }
+        Command::Who(connection) => {
+            let who = connect(&connection).await?.who().await?;
+            println!("{}", json(&who));
+        }
+        Command::Bench(_) => unreachable!("mist bench is run by main"),
+    }
+    Ok(())
+}
+
+async fn connect(connection: &Connection) -> Result<Client, Error> {
+    Client::connect(&connection.host, connection.token.as_deref()).await
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("\"unprintable: {e}\""))
+}
+
+async fn subscribe(args: SubscribeArgs) -> Result<(), Error> {
+    mist_client::check_tags(&args.tags)?;
+    let client = connect(&args.connection).await?;
+    client.subscribe(&args.tags).await?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let message = tokio::select! {
+            message = client.next_message() => message?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let line = if args.json {
+            json(&message)
+        } else {
+            message.data
+        };
+        // A closed stdout (`| head`) ends the command quietly.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn publish(args: PublishArgs) -> Result<(), Error> {
+    mist_client::check_tags(&args.tags)?;
+    let client = connect(&args.connection).await?;
+    if let Some(data) = &args.data {
+        return client.publish(&args.tags, data).await;
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        client.publish(&args.tags, &line).await?;
+    }
+    Ok(())
+}
