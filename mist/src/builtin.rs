@@ -12,5 +12,7 @@ pub fn modules() -> Vec<ModuleRef> {
         mist_plugin_http::module(),
         mist_plugin_ws::module(),
         mist_plugin_memory::module(),
+        mist_plugin_scribble::module(),
+        mist_plugin_postgres::module(),
     ]
 }

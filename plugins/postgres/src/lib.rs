@@ -1,0 +1,309 @@
+//! Mist's PostgreSQL authenticator: `postgres://user:pass@host:port?db=NAME`
+//! (a `/NAME` path works too). Tokens and their tags live in two tables,
+//! created if missing:
+//!
+//! ```sql
+//! mist_tokens     (token TEXT PRIMARY KEY)
+//! mist_token_tags (token TEXT REFERENCES mist_tokens ON DELETE CASCADE,
+//!                  tag TEXT, PRIMARY KEY (token, tag))
+//! ```
+//!
+//! Queries go through a small pool of connections (sqlx), with parameters
+//! only. A broken connection is noticed before use and replaced, so the
+//! store recovers by itself when the database comes back after a restart;
+//! while it is down, calls fail with an `UNAVAILABLE` error that says so.
+//!
+//! ```no_run
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use mist_sdk::Authenticator;
+//! let store = mist_plugin_postgres::Store::open("postgres://mist:pw@127.0.0.1:5432?db=mist")
+//!     .await
+//!     .unwrap();
+//! store.add_token("t", &["a".into()]).await.unwrap();
+//! assert!(store.may_use("t", &["a".into()]).await.unwrap());
+//! # });
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mist_sdk::abi::ModuleRef;
+use mist_sdk::{async_trait, Authenticator, Host, Plugin, SdkError};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+/// How long a call waits for a connection before it reports the database
+/// unreachable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections in the pool at most.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// The plugin.
+pub struct Postgres;
+
+/// The root module, for linking the plugin into a host.
+pub fn module() -> ModuleRef {
+    mist_sdk::module::<Postgres>()
+}
+
+#[async_trait]
+impl Plugin for Postgres {
+    const NAME: &'static str = "postgres";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const AUTHENTICATORS: &'static [&'static str] = &["postgres", "postgresql"];
+
+    fn init(_host: Host) -> Result<Self, SdkError> {
+        Ok(Postgres)
+    }
+
+    async fn open_authenticator(&self, uri: &str) -> Result<Arc<dyn Authenticator>, SdkError> {
+        Ok(Arc::new(Store::open(uri).await?))
+    }
+}
+
+/// The store: a pool of connections to one database.
+pub struct Store {
+    pool: PgPool,
+    /// `host:port/database`, for messages; never the password.
+    place: String,
+}
+
+/// The connection options of a `postgres://` URI, and where it points.
+fn options(uri: &str) -> Result<(PgConnectOptions, String), SdkError> {
+    let usage = "expected postgres://user:pass@host:port?db=NAME";
+    // Never echo the URI: it holds the password.
+    let parsed = url::Url::parse(uri)
+        .map_err(|e| SdkError::invalid_input(format!("bad PostgreSQL URI: {e}; {usage}")))?;
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+        SdkError::invalid_input(format!("the PostgreSQL URI has no host; {usage}"))
+    })?;
+    let port = parsed.port().unwrap_or(5432);
+    let database = parsed
+        .query_pairs()
+        .find(|(key, _)| key == "db")
+        .map(|(_, value)| value.into_owned())
+        .or_else(|| Some(parsed.path().trim_start_matches('/').to_owned()))
+        .filter(|db| !db.is_empty())
+        .ok_or_else(|| {
+            SdkError::invalid_input(format!("the PostgreSQL URI names no database; {usage}"))
+        })?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .host(host)
+        .port(port)
+        .database(&database)
+        .application_name("mist")
+        .disable_statement_logging();
+    if !parsed.username().is_empty() {
+        options = options.username(&decode(parsed.username()));
+    }
+    if let Some(password) = parsed.password() {
+        options = options.password(&decode(password));
+    }
+    Ok((options, format!("{host}:{port}/{database}")))
+}
+
+const SCHEMA: &[&str] = &[
+    // Two brokers starting at once must not race each other's CREATEs.
+    "SELECT pg_advisory_xact_lock(7405321)",
+    "CREATE TABLE IF NOT EXISTS mist_tokens (token TEXT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS mist_token_tags (
+        token TEXT NOT NULL REFERENCES mist_tokens (token) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (token, tag)
+    )",
+];
+
+impl Store {
+    /// Connects to the database of `uri` and creates the tables if missing.
+    /// An unreachable database is an `UNAVAILABLE` error.
+    pub async fn open(uri: &str) -> Result<Store, SdkError> {
+        let (options, place) = options(uri)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                SdkError::unavailable(format!("cannot connect to PostgreSQL at {place}: {e}"))
+            })?;
+        let store = Store { pool, place };
+        let mut tx = store.pool.begin().await.map_err(|e| store.error(e))?;
+        for statement in SCHEMA {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| store.error(e))?;
+        }
+        tx.commit().await.map_err(|e| store.error(e))?;
+        Ok(store)
+    }
+
+    /// A database error as the broker should see it. Messages name the
+    /// database, never a token or the password.
+    fn error(&self, e: sqlx::Error) -> SdkError {
+        match e {
+            sqlx::Error::Database(db) => {
+                SdkError::other(format!("PostgreSQL at {}: {}", self.place, db.message()))
+            }
+            other => SdkError::unavailable(format!(
+                "PostgreSQL at {} is unreachable: {other}",
+                self.place
+            )),
+        }
+    }
+
+    /// Locks `token`'s row in `tx`; `NOT_FOUND` when it is not registered.
+    async fn lock_token(&self, tx: &mut sqlx::PgConnection, token: &str) -> Result<(), SdkError> {
+        let found = sqlx::query("SELECT 1 FROM mist_tokens WHERE token = $1 FOR UPDATE")
+            .bind(token)
+            .fetch_optional(tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        found.map(drop).ok_or_else(no_such_token)
+    }
+}
+
+fn no_such_token() -> SdkError {
+    // Never the token itself: error messages end up in logs.
+    SdkError::not_found("no such token")
+}
+
+/// PostgreSQL's text cannot hold a NUL character; say so rather than fail
+/// with an encoding error.
+fn storable(token: &str, tags: &[String]) -> Result<(), SdkError> {
+    if token.contains('\0') || tags.iter().any(|t| t.contains('\0')) {
+        return Err(SdkError::invalid_input(
+            "PostgreSQL cannot store a NUL character in a token or tag",
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Authenticator for Store {
+    async fn add_token(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
+        storable(token, tags)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let inserted =
+            sqlx::query("INSERT INTO mist_tokens (token) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(token)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+        if inserted.rows_affected() == 0 {
+            return Err(SdkError::already_exists("the token is already registered"));
+        }
+        sqlx::query(
+            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(token)
+        .bind(tags)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn remove_token(&self, token: &str) -> Result<(), SdkError> {
+        storable(token, &[])?;
+        let removed = sqlx::query("DELETE FROM mist_tokens WHERE token = $1")
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        if removed.rows_affected() == 0 {
+            return Err(no_such_token());
+        }
+        Ok(())
+    }
+
+    async fn add_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
+        storable(token, tags)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        self.lock_token(&mut tx, token).await?;
+        sqlx::query(
+            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(token)
+        .bind(tags)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn remove_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
+        storable(token, tags)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        self.lock_token(&mut tx, token).await?;
+        sqlx::query("DELETE FROM mist_token_tags WHERE token = $1 AND tag = ANY($2)")
+            .bind(token)
+            .bind(tags)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn tags(&self, token: &str) -> Result<Vec<String>, SdkError> {
+        storable(token, &[])?;
+        let row = sqlx::query(
+            "SELECT array_remove(array_agg(g.tag ORDER BY g.tag), NULL) AS tags
+             FROM mist_tokens t LEFT JOIN mist_token_tags g ON g.token = t.token
+             WHERE t.token = $1 GROUP BY t.token",
+        )
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?
+        .ok_or_else(no_such_token)?;
+        row.try_get("tags").map_err(|e| self.error(e))
+    }
+
+    async fn may_use(&self, token: &str, tags: &[String]) -> Result<bool, SdkError> {
+        if storable(token, tags).is_err() {
+            return Ok(false); // nothing with a NUL is ever stored
+        }
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM mist_tokens WHERE token = $1)
+                AND (SELECT count(*) FROM mist_token_tags WHERE token = $1 AND tag = ANY($2))
+                    = (SELECT count(DISTINCT t) FROM unnest($2::text[]) AS t) AS allowed",
+        )
+        .bind(token)
+        .bind(tags)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        row.try_get("allowed").map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn uris_are_read_without_echoing_the_password() {
+        let (_, place) = options("postgres://u:p%40ss@db.example:6543?db=tokens").unwrap();
+        assert_eq!(place, "db.example:6543/tokens");
+        let (_, place) = options("postgresql://u@localhost/other").unwrap();
+        assert_eq!(place, "localhost:5432/other");
+        for bad in [
+            "postgres://u:secret@host:1",
+            "postgres://:secret@?db=x",
+            "not a uri",
+        ] {
+            let error = options(bad).unwrap_err();
+            assert!(!error.message.contains("secret"), "{}", error.message);
+        }
+    }
+}
