@@ -71,6 +71,50 @@ async fn the_http_and_ws_plugins_loaded_from_their_libraries_carry_traffic() {
     );
 }
 
+#[tokio::test]
+async fn the_authenticator_plugins_loaded_from_their_libraries_keep_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let libraries: String = ["mist_memory", "mist_scribble", "mist_postgres"]
+        .iter()
+        .map(|name| entry(&artifacts().library(name), ""))
+        .collect();
+    let file = plugins_file(dir.path(), &libraries);
+    let db = format!("scribble://?db={}", dir.path().join("db").display());
+    let server = MistServer::start(&[
+        "--plugins",
+        &file,
+        "--authenticator",
+        &db,
+        "--token",
+        "admin",
+        "--log-level",
+        "DEBUG",
+    ]);
+    for name in ["mist_memory", "mist_scribble", "mist_postgres"] {
+        server.wait_for_log(&format!("source={}", artifacts().library(name).display()));
+    }
+    let mut admin = Client::connect(&server.tcp()).await;
+    admin
+        .send(json!({"command": "auth", "data": "admin"}))
+        .await;
+    admin
+        .send(json!({"command": "register", "tags": ["a"], "data": "t"}))
+        .await;
+    admin.expect_nothing().await;
+    let mut user = Client::connect(&server.tcp()).await;
+    user.send(json!({"command": "auth", "data": "t"})).await;
+    user.publish(&["a"], "via library").await;
+    user.expect_nothing().await;
+    user.publish(&["b"], "denied").await;
+    assert!(error_of(&user.recv().await).contains("permission denied"));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("db/tokens"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
 fn refused(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = plugins_file(dir.path(), body);

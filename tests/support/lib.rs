@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod postgres;
 pub mod server;
 pub mod web;
 
