@@ -7,6 +7,7 @@ mod auth;
 mod bench;
 mod browser;
 mod cli;
+mod example_plugin;
 mod http;
 mod plugins;
 mod startup;
