@@ -1,6 +1,17 @@
 //! What can go wrong talking to a broker.
 
 /// An error from [`Client`](crate::Client).
+///
+/// ```no_run
+/// # async fn demo(client: mist_client::Client) {
+/// match client.publish(&["a"], "x").await {
+///     Ok(()) => {}
+///     Err(mist_client::Error::Server { message, .. }) => eprintln!("refused: {message}"),
+///     Err(mist_client::Error::Closed) => eprintln!("the broker went away"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

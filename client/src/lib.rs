@@ -56,6 +56,14 @@ const TOKEN_HEADER: &str = "X-AUTH-TOKEN";
 
 /// A message delivered to this client: one published by another client
 /// whose tags include one of this client's subscriptions.
+///
+/// ```no_run
+/// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+/// let mist_client::Message { tags, data } = client.next_message().await?;
+/// println!("{}: {data}", tags.join(","));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// The tags exactly as the publisher sent them.
@@ -65,6 +73,14 @@ pub struct Message {
 }
 
 /// The broker's connection figures, as `who` reports them.
+///
+/// ```no_run
+/// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+/// let who = client.who().await?;
+/// println!("{} connections, {} dropped", who.connections, who.dropped);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Who {
@@ -101,7 +117,24 @@ pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
 }
 
 /// One connection to a broker. Commands take `&self`, so one task may read
-/// deliveries while others send; share it with an `Arc`.
+/// deliveries while others send; share it with an `Arc`. Dropping it closes
+/// the connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mist_client::Error> {
+/// use std::sync::Arc;
+/// let client = Arc::new(mist_client::Client::connect("127.0.0.1:1445", None).await?);
+/// client.subscribe(&["news"]).await?;
+/// let reader = client.clone();
+/// tokio::spawn(async move {
+///     while let Ok(message) = reader.next_message().await {
+///         println!("{}", message.data);
+///     }
+/// });
+/// client.publish(&["news", "today"], "hello").await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Client {
     writer: Mutex<Writer>,
     deliveries: Mutex<mpsc::Receiver<Message>>,
@@ -331,6 +364,14 @@ impl Client {
 
     /// Deliveries dropped because more than [`DELIVERY_BUFFER`] were waiting
     /// unread.
+    ///
+    /// ```no_run
+    /// # fn demo(client: mist_client::Client) {
+    /// if client.dropped() > 0 {
+    ///     eprintln!("reading too slowly: {} messages lost", client.dropped());
+    /// }
+    /// # }
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
