@@ -7,11 +7,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use mist_e2e::client::{delivery, error_of};
-use mist_e2e::{artifacts, Client, MistServer, TIMEOUT};
+use mist_e2e::{artifacts, Client, MistServer};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 
 /// `cargo build` in examples/plugin, once; returns the library.
 fn example_library() -> &'static Path {
@@ -35,53 +32,6 @@ fn example_library() -> &'static Path {
         assert!(status.success(), "building examples/plugin failed");
         artifacts().library("mist_example_plugin")
     })
-}
-
-struct UnixClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl UnixClient {
-    async fn connect(path: &str) -> UnixClient {
-        let stream = tokio::time::timeout(TIMEOUT, UnixStream::connect(path))
-            .await
-            .expect("connect timed out")
-            .expect("connect to the Unix socket");
-        let (reader, writer) = stream.into_split();
-        UnixClient {
-            reader: BufReader::new(reader),
-            writer,
-        }
-    }
-
-    async fn send(&mut self, message: Value) {
-        let line = format!("{message}\n");
-        self.writer.write_all(line.as_bytes()).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        let n = tokio::time::timeout(TIMEOUT, self.reader.read_line(&mut line))
-            .await
-            .expect("nothing from mist in time")
-            .unwrap();
-        assert!(n > 0, "mist closed the Unix connection");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Everything before the pong of a ping.
-    async fn sync(&mut self) -> Vec<Value> {
-        self.send(json!({"command": "ping"})).await;
-        let mut before = Vec::new();
-        loop {
-            let message = self.recv().await;
-            if message == json!({"command": "ping", "data": "pong"}) {
-                return before;
-            }
-            before.push(message);
-        }
-    }
 }
 
 #[tokio::test]
@@ -121,7 +71,7 @@ async fn a_stranger_plugin_provides_commands_a_listener_and_an_authenticator() {
     assert_eq!(server.addr("unix"), socket.display().to_string());
 
     // The listener and the authenticator: alice over the Unix socket.
-    let mut alice = UnixClient::connect(socket.to_str().unwrap()).await;
+    let mut alice = Client::connect_unix(socket.to_str().unwrap()).await;
     alice
         .send(json!({"command": "auth", "data": "alice"}))
         .await;

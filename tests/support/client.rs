@@ -1,26 +1,42 @@
 //! A line-protocol client for tests: every read has a timeout.
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::TIMEOUT;
 
-/// One TCP connection to mist.
+/// One line-protocol connection to mist: TCP, or a Unix socket.
 pub struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
 }
 
 impl Client {
-    /// Connects to `addr`.
+    /// Connects to `addr` over TCP.
     pub async fn connect(addr: &str) -> Client {
         let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
             .expect("connect timed out")
             .expect("connect");
         let (reader, writer) = stream.into_split();
+        Client::new(Box::new(reader), Box::new(writer))
+    }
+
+    /// Connects to the Unix-domain socket at `path`.
+    pub async fn connect_unix(path: &str) -> Client {
+        let stream = tokio::time::timeout(TIMEOUT, UnixStream::connect(path))
+            .await
+            .expect("connect timed out")
+            .expect("connect to the Unix socket");
+        let (reader, writer) = stream.into_split();
+        Client::new(Box::new(reader), Box::new(writer))
+    }
+
+    fn new(
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        writer: Box<dyn AsyncWrite + Unpin + Send>,
+    ) -> Client {
         Client {
             reader: BufReader::new(reader),
             writer,

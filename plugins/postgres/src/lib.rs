@@ -160,6 +160,23 @@ impl Store {
         }
     }
 
+    async fn insert_tags(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        token: &str,
+        tags: &[String],
+    ) -> Result<(), SdkError> {
+        sqlx::query(
+            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(token)
+        .bind(tags)
+        .execute(tx)
+        .await
+        .map(drop)
+        .map_err(|e| self.error(e))
+    }
+
     /// Locks `token`'s row in `tx`; `NOT_FOUND` when it is not registered.
     async fn lock_token(&self, tx: &mut sqlx::PgConnection, token: &str) -> Result<(), SdkError> {
         let found = sqlx::query("SELECT 1 FROM mist_tokens WHERE token = $1 FOR UPDATE")
@@ -201,14 +218,7 @@ impl Authenticator for Store {
         if inserted.rows_affected() == 0 {
             return Err(SdkError::already_exists("the token is already registered"));
         }
-        sqlx::query(
-            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(token)
-        .bind(tags)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.error(e))?;
+        self.insert_tags(&mut tx, token, tags).await?;
         tx.commit().await.map_err(|e| self.error(e))
     }
 
@@ -229,14 +239,7 @@ impl Authenticator for Store {
         storable(token, tags)?;
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         self.lock_token(&mut tx, token).await?;
-        sqlx::query(
-            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(token)
-        .bind(tags)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.error(e))?;
+        self.insert_tags(&mut tx, token, tags).await?;
         tx.commit().await.map_err(|e| self.error(e))
     }
 
