@@ -23,9 +23,18 @@ pub struct Cli {
     version: Option<bool>,
 }
 
-/// The client commands.
+/// The subcommands: a client of a running broker, or its load tool.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Client(ClientCommand),
+    /// Load a running broker and measure it (see `mist bench --help`).
+    Bench(BenchArgs),
+}
+
+/// The client commands (SPEC §5).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
     /// Ask the broker for a pong.
     Ping(Connection),
     /// Print each message whose tags include all of --tags, until interrupted.
@@ -36,8 +45,6 @@ pub enum Command {
     List(Connection),
     /// Print the broker's connection figures.
     Who(Connection),
-    /// Load a running broker and measure it (see `mist bench --help`).
-    Bench(BenchArgs),
 }
 
 /// Where a client command connects.

@@ -6,26 +6,25 @@ use std::io::Write;
 use mist_client::{Client, Error};
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{Command, Connection, PublishArgs, SubscribeArgs};
+use crate::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
 
 /// Runs one client command; what it prints goes to stdout.
-pub async fn run(command: Command) -> Result<(), Error> {
+pub async fn run(command: ClientCommand) -> Result<(), Error> {
     match command {
-        Command::Ping(connection) => {
+        ClientCommand::Ping(connection) => {
             connect(&connection).await?.ping().await?;
             println!("pong");
         }
-        Command::Subscribe(args) => subscribe(args).await?,
-        Command::Publish(args) => publish(args).await?,
-        Command::List(connection) => {
+        ClientCommand::Subscribe(args) => subscribe(args).await?,
+        ClientCommand::Publish(args) => publish(args).await?,
+        ClientCommand::List(connection) => {
             let list = connect(&connection).await?.list().await?;
             println!("{}", json(&list));
         }
-        Command::Who(connection) => {
+        ClientCommand::Who(connection) => {
             let who = connect(&connection).await?.who().await?;
             println!("{}", json(&who));
         }
-        Command::Bench(_) => unreachable!("mist bench is run by main"),
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ fn client_command(command: Command) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        command => match runtime.block_on(mist::client::run(command)) {
+        Command::Client(command) => match runtime.block_on(mist::client::run(command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
