@@ -87,11 +87,11 @@ fn options(uri: &str) -> Result<(PgConnectOptions, String), SdkError> {
         .ok_or_else(|| {
             SdkError::invalid_input(format!("the PostgreSQL URI names no database; {usage}"))
         })?;
+    // User info is percent-encoded (a `+` is a plus, not a space).
     let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
     };
     let mut options = PgConnectOptions::new_without_pgpass()
         .host(host)
@@ -298,6 +298,8 @@ mod tests {
     fn uris_are_read_without_echoing_the_password() {
         let (_, place) = options("postgres://u:p%40ss@db.example:6543?db=tokens").unwrap();
         assert_eq!(place, "db.example:6543/tokens");
+        let (options_, _) = options("postgres://us%2Ber+x:pw@h:1?db=d").unwrap();
+        assert_eq!(options_.get_username(), "us+er+x");
         let (_, place) = options("postgresql://u@localhost/other").unwrap();
         assert_eq!(place, "localhost:5432/other");
         for bad in [
