@@ -2,9 +2,8 @@
 //! server: `mist ping | subscribe | publish | list | who`.
 
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
 
-use mist_e2e::web::{server_with_all_listeners, who};
+use mist_e2e::web::{await_figure, server_with_all_listeners};
 use mist_e2e::{artifacts, MistServer, TIMEOUT};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -68,15 +67,9 @@ impl Subscriber {
             .spawn()
             .expect("starting mist subscribe");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + TIMEOUT;
-        while who(server).await["subscriptions"] != subscriptions {
-            assert!(
-                Instant::now() < deadline,
-                "mist subscribe did not subscribe"
-            );
-            assert!(child.try_wait().unwrap().is_none(), "mist subscribe exited");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Live once the broker counts it (a subscriber that exits first
+        // never is, and the wait fails).
+        await_figure(server, "/subscriptions", subscriptions).await;
         Subscriber { child, lines }
     }
 

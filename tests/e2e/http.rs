@@ -88,6 +88,17 @@ async fn publish_reaches_tcp_and_websocket_subscribers() {
     assert_eq!(tcp.recv().await, expected);
     assert_eq!(ws.recv().await, expected);
     assert_eq!(web.recv().await, expected);
+
+    // A `command` field is allowed and ignored (SPEC §4): still a publish.
+    let response = http_publish(
+        &server.addr("http"),
+        json!({"command": "subscribe", "tags": ["news"], "data": "still a publish"}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status, 204, "{}", response.text());
+    assert_eq!(tcp.recv().await, delivery(&["news"], "still a publish"));
+    assert!(tcp.sync().await.is_empty(), "it subscribed nobody");
     // Exactly once each: nothing else is queued before a pong.
     assert!(tcp.sync().await.is_empty());
     assert!(ws.sync().await.is_empty());

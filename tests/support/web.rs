@@ -347,20 +347,30 @@ pub async fn sessions_on(server: &MistServer, listener: &str) -> u64 {
     figures["listeners"][listener].as_u64().unwrap_or(0)
 }
 
-/// Waits until `listener` has `count` sessions. The broker notices a
+/// Waits until `who`'s figure at `pointer` (a JSON pointer such as
+/// `/listeners/ws`; absent counts as 0) is `count`. The broker notices a
 /// vanished client only when its socket reports it, so this polls, within
 /// the test timeout.
-pub async fn await_sessions(server: &MistServer, listener: &str, count: u64) {
+pub async fn await_figure(server: &MistServer, pointer: &str, count: u64) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let now = sessions_on(server, listener).await;
+        let now = who(server)
+            .await
+            .pointer(pointer)
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         if now == count {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{listener} still has {now} sessions, expected {count}"
+            "who{pointer} is still {now}, expected {count}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `listener` has `count` sessions.
+pub async fn await_sessions(server: &MistServer, listener: &str, count: u64) {
+    await_figure(server, &format!("/listeners/{listener}"), count).await;
 }
