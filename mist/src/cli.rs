@@ -1,6 +1,7 @@
 //! The command line (SPEC §5).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -123,12 +124,59 @@ pub struct ServerArgs {
     #[arg(long)]
     pub log_level: Option<String>,
 
-    /// Longest accepted line or message, in bytes [default: 1048576].
-    #[arg(long)]
+    /// Limits and timeouts.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What no client may exceed (SPEC §6–§7). Sizes take a number of bytes or
+/// a unit (`64KiB`, `1MiB`, `2GiB`); durations a unit (`500ms`, `10s`, `1m`).
+#[derive(Debug, Default, Args)]
+pub struct LimitArgs {
+    /// Longest accepted line, WebSocket message or HTTP body [default: 1MiB].
+    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
     pub max_message_bytes: Option<usize>,
 
-    /// Bytes of deliveries a subscriber may have waiting before its newest
-    /// messages are dropped [default: 67108864].
-    #[arg(long)]
+    /// Bytes one client may have waiting (deliveries and replies) before its
+    /// newest deliveries are dropped [default: 64MiB].
+    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
     pub max_queue_bytes: Option<usize>,
+
+    /// Bytes waiting for all clients together; over it the largest queues
+    /// drop first [default: a quarter of the machine's memory].
+    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
+    pub max_memory: Option<usize>,
+
+    /// Tags in one message or one subscription [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_tags: Option<usize>,
+
+    /// Subscriptions one connection may hold [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+
+    /// Client connections over all listeners [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Disconnect a subscriber whose queue has been full this long [default: 30s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub slow_consumer_timeout: Option<Duration>,
+
+    /// Close an HTTP connection whose request header has not arrived in time [default: 10s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub header_timeout: Option<Duration>,
+
+    /// Close a WebSocket or TLS handshake not finished in time [default: 10s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Answer an HTTP request the broker has not answered in time with 504,
+    /// token check included [default: 30s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Option<Duration>,
+
+    /// On SIGINT/SIGTERM, how long to go on writing what is queued [default: 5s].
+    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Option<Duration>,
 }

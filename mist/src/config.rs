@@ -1,6 +1,7 @@
 //! The server's configuration: flags over a YAML or TOML file over defaults.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
@@ -30,9 +31,14 @@ pub struct ServerConfig {
     pub plugins_file: Option<PathBuf>,
     /// The log level.
     pub log_level: LevelFilter,
-    /// Size limits.
+    /// Limits and timeouts.
     pub limits: Limits,
+    /// How long shutdown goes on writing what is queued.
+    pub shutdown_timeout: Duration,
 }
+
+/// How long shutdown writes what is queued, when not configured.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,14 @@ pub enum ConfigError {
     /// A limit of zero.
     #[error("{0} must be greater than zero")]
     ZeroLimit(&'static str),
+    /// A size or duration that does not parse.
+    #[error("{key}: {reason}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The keys of a configuration file (SPEC §5, as in the seed's example).
@@ -73,9 +87,75 @@ struct FileConfig {
     server: Option<bool>,
     plugins: Option<PathBuf>,
     #[serde(alias = "max_message_bytes")]
-    max_message_bytes: Option<usize>,
+    max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
-    max_queue_bytes: Option<usize>,
+    max_queue_bytes: Option<Value>,
+    #[serde(alias = "max_memory")]
+    max_memory: Option<Value>,
+    #[serde(alias = "max_tags")]
+    max_tags: Option<usize>,
+    #[serde(alias = "max_subscriptions")]
+    max_subscriptions: Option<usize>,
+    #[serde(alias = "max_connections")]
+    max_connections: Option<usize>,
+    #[serde(alias = "slow_consumer_timeout")]
+    slow_consumer_timeout: Option<Value>,
+    #[serde(alias = "header_timeout")]
+    header_timeout: Option<Value>,
+    #[serde(alias = "handshake_timeout")]
+    handshake_timeout: Option<Value>,
+    #[serde(alias = "request_timeout")]
+    request_timeout: Option<Value>,
+    #[serde(alias = "shutdown_timeout")]
+    shutdown_timeout: Option<Value>,
+}
+
+/// A size or a duration in a file: a number (bytes, seconds) or a string
+/// with a unit (`64MiB`, `10s`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Value {
+    Number(u64),
+    Text(String),
+}
+
+impl Value {
+    fn size(&self, key: &'static str) -> Result<usize, ConfigError> {
+        match self {
+            Value::Number(n) => usize::try_from(*n).map_err(|_| ConfigError::BadValue {
+                key,
+                reason: format!("{n} is too large"),
+            }),
+            Value::Text(text) => {
+                parse_size(text).map_err(|reason| ConfigError::BadValue { key, reason })
+            }
+        }
+    }
+
+    fn duration(&self, key: &'static str) -> Result<Duration, ConfigError> {
+        match self {
+            Value::Number(seconds) => Ok(Duration::from_secs(*seconds)),
+            Value::Text(text) => {
+                parse_duration(text).map_err(|reason| ConfigError::BadValue { key, reason })
+            }
+        }
+    }
+}
+
+/// `1048576`, `64KiB`, `1MiB`, `1.5GB`, ...: a number of bytes, with an
+/// optional unit (decimal `kB`/`MB`/`GB` or binary `KiB`/`MiB`/`GiB`).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a size such as 1048576 or 64MiB ({e})"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// `500ms`, `10s`, `1m`, `1h 30m`: a duration with a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 500ms or 10s ({e})"))
 }
 
 /// `listeners` as a list, or as one comma-separated string.
@@ -113,18 +193,95 @@ impl ServerConfig {
             (None, None) => Some(PathBuf::from("plugins.toml")).filter(|p| p.exists()),
         };
         let level = args.log_level.clone().or(file.log_level);
+        let (flags, default) = (&args.limits, Limits::default());
+        let size =
+            |key: &'static str, flag: Option<usize>, value: &Option<Value>, default: usize| {
+                let value = match (flag, value) {
+                    (Some(flag), _) => Some(flag),
+                    (None, Some(value)) => Some(value.size(key)?),
+                    (None, None) => None,
+                };
+                nonzero(key, value, default)
+            };
+        let duration = |key: &'static str,
+                        flag: Option<Duration>,
+                        value: &Option<Value>,
+                        default: Duration| {
+            let value = match (flag, value) {
+                (Some(flag), _) => flag,
+                (None, Some(value)) => value.duration(key)?,
+                (None, None) => default,
+            };
+            if value.is_zero() {
+                return Err(ConfigError::ZeroLimit(key));
+            }
+            Ok(value)
+        };
         let limits = Limits {
-            max_message_bytes: nonzero(
+            max_message_bytes: size(
                 "max-message-bytes",
-                args.max_message_bytes.or(file.max_message_bytes),
-                Limits::default().max_message_bytes,
+                flags.max_message_bytes,
+                &file.max_message_bytes,
+                default.max_message_bytes,
             )?,
-            max_queue_bytes: nonzero(
+            max_queue_bytes: size(
                 "max-queue-bytes",
-                args.max_queue_bytes.or(file.max_queue_bytes),
-                Limits::default().max_queue_bytes,
+                flags.max_queue_bytes,
+                &file.max_queue_bytes,
+                default.max_queue_bytes,
+            )?,
+            max_memory: size(
+                "max-memory",
+                flags.max_memory,
+                &file.max_memory,
+                default.max_memory,
+            )?,
+            max_tags: nonzero(
+                "max-tags",
+                flags.max_tags.or(file.max_tags),
+                default.max_tags,
+            )?,
+            max_subscriptions: nonzero(
+                "max-subscriptions",
+                flags.max_subscriptions.or(file.max_subscriptions),
+                default.max_subscriptions,
+            )?,
+            max_connections: nonzero(
+                "max-connections",
+                flags.max_connections.or(file.max_connections),
+                default.max_connections,
+            )?,
+            slow_consumer_timeout: duration(
+                "slow-consumer-timeout",
+                flags.slow_consumer_timeout,
+                &file.slow_consumer_timeout,
+                default.slow_consumer_timeout,
+            )?,
+            header_timeout: duration(
+                "header-timeout",
+                flags.header_timeout,
+                &file.header_timeout,
+                default.header_timeout,
+            )?,
+            handshake_timeout: duration(
+                "handshake-timeout",
+                flags.handshake_timeout,
+                &file.handshake_timeout,
+                default.handshake_timeout,
+            )?,
+            request_timeout: duration(
+                "request-timeout",
+                flags.request_timeout,
+                &file.request_timeout,
+                default.request_timeout,
             )?,
         };
+        let shutdown_timeout = duration(
+            "shutdown-timeout",
+            flags.shutdown_timeout,
+            &file.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )?;
         Ok(ServerConfig {
             server: args.server || file.server.unwrap_or(false),
             listeners,
@@ -136,6 +293,7 @@ impl ServerConfig {
                 None => LevelFilter::INFO,
             },
             limits,
+            shutdown_timeout,
         })
     }
 }
@@ -274,8 +432,51 @@ mod tests {
             .contains("listners"));
         assert!(parse_level("LOUD").is_err());
         let mut a = args();
-        a.max_queue_bytes = Some(0);
+        a.limits.max_queue_bytes = Some(0);
         assert!(ServerConfig::resolve(&a).is_err());
+    }
+
+    #[test]
+    fn reads_sizes_and_durations_with_units() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            dir.path(),
+            "limits.yaml",
+            "max-memory: 2GiB\nmax-queue-bytes: 65536\nslow-consumer-timeout: 1m\nheader-timeout: 3\nmax-tags: 7\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let c = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(c.limits.max_memory, 2 << 30);
+        assert_eq!(c.limits.max_queue_bytes, 65536);
+        assert_eq!(c.limits.slow_consumer_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_tags, 7);
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        // A flag beats the file.
+        a.limits.max_memory = Some(1 << 20);
+        assert_eq!(
+            ServerConfig::resolve(&a)
+                .expect("resolve")
+                .limits
+                .max_memory,
+            1 << 20
+        );
+
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(
+            parse_duration("10").is_err(),
+            "a flag's duration needs its unit"
+        );
+        let bad = write(dir.path(), "bad-limits.yaml", "header-timeout: soon\n");
+        a.config = Some(bad);
+        let error = ServerConfig::resolve(&a)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(error.contains("header-timeout"), "{error}");
     }
 
     #[test]

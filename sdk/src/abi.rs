@@ -68,6 +68,8 @@ pub struct PluginInfo {
     pub authenticators: RVec<RString>,
     /// Names of the custom commands it handles (`["echo"]`).
     pub commands: RVec<RString>,
+    /// URI schemes of the cluster backplanes it serves (`["redis"]`).
+    pub backplanes: RVec<RString>,
 }
 
 /// What the host hands a plugin when it starts it.
@@ -100,6 +102,19 @@ pub trait PluginApi: Send + Sync + 'static {
         context: CommandContext,
         request: Message,
     ) -> FfiFuture<RResult<(), SdkError>>;
+
+    /// Connects to the cluster backplane named by `uri` (whose scheme this
+    /// plugin declared). Traffic that arrives on a subscribed channel goes to
+    /// `inbox`. Since sdk 0.2.
+    fn open_backplane(
+        &self,
+        uri: RString,
+        inbox: BackplaneInboxBox,
+    ) -> FfiFuture<RResult<BackplaneBox, SdkError>>;
+
+    /// The broker is shutting down: release what the plugin holds (pools,
+    /// connections). Called once, after every listener has stopped. Since sdk 0.2.
+    fn stop(&self) -> FfiFuture<()>;
 }
 
 /// A started plugin, owned by the host.
@@ -114,6 +129,16 @@ pub trait ListenerApi: Send + Sync + 'static {
     /// Stops accepting and closes this listener's connections. Idempotent.
     #[sabi(last_prefix_field)]
     fn stop(&self);
+
+    /// `Ok` while the listener accepts connections; an error saying why once
+    /// it cannot (its accept loop failed). Read by the host's readiness
+    /// check. Since sdk 0.2.
+    fn health(&self) -> RResult<(), SdkError>;
+
+    /// Re-reads whatever the listener loaded from files at start (TLS
+    /// certificates), for connections accepted from now on; on error the
+    /// old state stays. Called on SIGHUP. Since sdk 0.2.
+    fn reload(&self) -> RResult<(), SdkError>;
 }
 
 /// A running listener, owned by the host.
@@ -138,6 +163,59 @@ pub trait BrokerApi: Clone + Send + Sync + 'static {
     /// Current figures.
     #[sabi(last_prefix_field)]
     fn stats(&self) -> BrokerStats;
+
+    /// The limits listeners apply themselves (message size, timeouts).
+    /// Since sdk 0.2.
+    fn limits(&self) -> ListenerLimits;
+
+    /// Asks for room for one more client connection on `listener` (its
+    /// scheme). `Ok` takes one place until [`BrokerApi::release`]; an error
+    /// of kind [`ErrorKind::OVERLOADED`](crate::ErrorKind::OVERLOADED) means
+    /// the broker is full (or shutting down) and the connection should be
+    /// refused with that error's message. Since sdk 0.2.
+    fn admit(&self, listener: RStr<'_>) -> RResult<(), SdkError>;
+
+    /// Gives back a place taken by a successful [`BrokerApi::admit`].
+    /// Since sdk 0.2.
+    fn release(&self, listener: RStr<'_>);
+
+    /// The broker's metrics in the Prometheus text format (0.0.4). Under an
+    /// authenticator `token` must be the server token: else an error of kind
+    /// `UNAUTHENTICATED` (none given) or `PERMISSION_DENIED`. Since sdk 0.2.
+    fn metrics(&self, token: ROption<RString>) -> RResult<RString, SdkError>;
+
+    /// Whether the broker is ready to serve: every listener up, the
+    /// authenticator's store and the cluster backplane reachable.
+    /// Since sdk 0.2.
+    fn readiness(&self) -> FfiFuture<Readiness>;
+}
+
+/// Limits a listener applies itself, from the host's configuration.
+/// Since sdk 0.2.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Longest accepted message (a line, a WebSocket message, an HTTP
+    /// request body), in bytes. Larger ones get an error reply.
+    pub max_message_bytes: u64,
+    /// How long an HTTP request's header may take to arrive, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// How long a WebSocket (or TLS) handshake may take, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// How long one whole HTTP request/answer exchange (a `POST /publish`
+    /// with its token check) may take, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// The broker's answer to a readiness probe. Since sdk 0.2.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Everything is up.
+    pub ready: bool,
+    /// A JSON object naming each part checked and its state, for the body
+    /// of `/readyz`.
+    pub report: RString,
 }
 
 /// A cheap, clonable handle to the broker.
@@ -189,6 +267,13 @@ pub trait SessionApi: Clone + Send + Sync + 'static {
     /// replies to what was fed before it.
     #[sabi(last_prefix_field)]
     fn refuse(&self, error: RStr<'_>);
+
+    /// Carries out one request (a JSON message, as for `feed_message`) and
+    /// completes once it has taken effect. A refusal is returned as a typed
+    /// error instead of being queued as an error reply, for transports that
+    /// answer each request with a status of their own (HTTP). Replies the
+    /// request produces (a `pong`) are queued as usual. Since sdk 0.2.
+    fn execute(&self, request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>>;
 }
 
 /// A session handle, shared by a connection's reader and writer.
@@ -224,6 +309,10 @@ pub trait AuthenticatorApi: Clone + Send + Sync + 'static {
     /// Whether `token` exists and holds every one of `tags`.
     #[sabi(last_prefix_field)]
     fn may_use(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<bool, SdkError>>;
+
+    /// `Ok` when the store can be reached; `UNAVAILABLE` with the reason
+    /// when it cannot. Read by the host's readiness check. Since sdk 0.2.
+    fn check(&self) -> FfiFuture<RResult<(), SdkError>>;
 }
 
 /// An open token store, owned by the host.
@@ -333,3 +422,49 @@ pub trait LoggerApi: Clone + Send + Sync + 'static {
 
 /// The host's logger.
 pub type LoggerBox = LoggerApi_TO<RArc<()>>;
+
+/// A connection to a cluster backplane (Redis, NATS, ...): a transport of
+/// opaque payloads on named channels. Implemented by the sdk around a
+/// [`crate::Backplane`]. The host decides the channel names and the payload
+/// format; the plugin only moves bytes. Since sdk 0.2.
+#[sabi_trait]
+pub trait BackplaneApi: Send + Sync + 'static {
+    /// Starts receiving `channels` into the inbox. Completes once the
+    /// backplane has confirmed the subscription, so that anything published
+    /// on those channels afterwards, from any node, arrives.
+    fn subscribe(&self, channels: RVec<RString>) -> FfiFuture<RResult<(), SdkError>>;
+
+    /// Stops receiving `channels`. Takes effect soon; never fails loudly.
+    fn unsubscribe(&self, channels: RVec<RString>);
+
+    /// Queues `payload` for each of `channels`, in order with earlier
+    /// publishes. Never waits: when the backplane is down or its outgoing
+    /// buffer is full, returns `UNAVAILABLE` and the payload is dropped.
+    fn publish(&self, channels: RVec<RString>, payload: RVec<u8>) -> RResult<(), SdkError>;
+
+    /// `Ok` while connected; `UNAVAILABLE` with the reason when not.
+    fn health(&self) -> RResult<(), SdkError>;
+
+    /// Disconnects. Idempotent.
+    #[sabi(last_prefix_field)]
+    fn stop(&self);
+}
+
+/// A backplane connection, owned by the host.
+pub type BackplaneBox = BackplaneApi_TO<RBox<()>>;
+
+/// Where a backplane plugin hands what arrives. Implemented by the host.
+/// Since sdk 0.2.
+#[sabi_trait]
+pub trait BackplaneInboxApi: Clone + Send + Sync + 'static {
+    /// A payload arrived on `channel`. Must not block.
+    fn receive(&self, channel: RStr<'_>, payload: RSlice<'_, u8>);
+
+    /// The connection went down (`false`) or came back (`true`, after the
+    /// plugin has subscribed again to every channel it held).
+    #[sabi(last_prefix_field)]
+    fn connection(&self, up: bool);
+}
+
+/// The host's inbox for one backplane connection.
+pub type BackplaneInboxBox = BackplaneInboxApi_TO<RArc<()>>;

@@ -35,6 +35,13 @@ pub trait Authenticator: Send + Sync + 'static {
             Err(e) => Err(e),
         }
     }
+
+    /// `Ok` when the store can be reached, [`SdkError::unavailable`] with
+    /// the reason when not; the host's readiness check asks it every few
+    /// seconds. The default (a store in memory) is always reachable.
+    async fn check(&self) -> Result<(), SdkError> {
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -76,5 +83,10 @@ impl AuthenticatorApi for AuthenticatorAdapter {
     fn may_use(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<bool, SdkError>> {
         let store = self.0.clone();
         spawn_ffi(async move { store.may_use(&token, &owned(tags)).await })
+    }
+
+    fn check(&self) -> FfiFuture<RResult<(), SdkError>> {
+        let store = self.0.clone();
+        spawn_ffi(async move { store.check().await })
     }
 }

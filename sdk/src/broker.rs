@@ -12,7 +12,8 @@ use async_ffi::FfiFuture;
 use tokio::sync::Notify;
 
 use crate::abi::{
-    BrokerBox, BrokerStats, OutputWakerApi, OutputWakerApi_TO, SessionBox, SessionInfo,
+    BrokerBox, BrokerStats, ListenerLimits, OutputWakerApi, OutputWakerApi_TO, Readiness,
+    SessionBox, SessionInfo,
 };
 use crate::error::SdkError;
 
@@ -57,6 +58,54 @@ impl Broker {
     /// The broker's current figures.
     pub fn stats(&self) -> BrokerStats {
         self.inner.stats()
+    }
+
+    /// The limits a listener applies itself: message size and timeouts.
+    pub fn limits(&self) -> ListenerLimits {
+        self.inner.limits()
+    }
+
+    /// Takes a place for one more client connection on `listener` (a
+    /// scheme); the place is given back when the [`ConnectionPermit`] drops.
+    /// An error (kind [`OVERLOADED`](crate::ErrorKind::OVERLOADED)) means the
+    /// broker is full: refuse the connection with its message.
+    pub fn admit(&self, listener: &str) -> Result<ConnectionPermit, SdkError> {
+        self.inner.admit(listener.into()).into_result()?;
+        Ok(ConnectionPermit {
+            broker: self.inner.clone(),
+            listener: listener.into(),
+        })
+    }
+
+    /// The broker's metrics in the Prometheus text format; `token` must be
+    /// the server token when the broker runs with an authenticator.
+    pub fn metrics(&self, token: Option<&str>) -> Result<String, SdkError> {
+        let token = match token {
+            Some(token) => RSome(RString::from(token)),
+            None => RNone,
+        };
+        self.inner
+            .metrics(token)
+            .into_result()
+            .map(RString::into_string)
+    }
+
+    /// Whether the broker is ready to serve, with a JSON report of each part.
+    pub async fn readiness(&self) -> Readiness {
+        self.inner.readiness().await
+    }
+}
+
+/// One client connection's place in the broker's connection limit, taken
+/// by [`Broker::admit`] and given back when dropped.
+pub struct ConnectionPermit {
+    broker: BrokerBox,
+    listener: RString,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.broker.release(self.listener.as_rstr());
     }
 }
 
@@ -111,6 +160,14 @@ impl Session {
     /// say) with an error reply, in order with the session's other output.
     pub fn refuse(&self, error: &str) {
         self.inner.refuse(error.into());
+    }
+
+    /// Carries out one request and completes once it has taken effect; a
+    /// refusal comes back as a typed error (map it with
+    /// [`ErrorKind::http_status`](crate::ErrorKind::http_status)) instead of
+    /// an error reply. For transports that answer each request themselves.
+    pub async fn execute(&self, request: &[u8]) -> Result<(), SdkError> {
+        self.inner.execute(request.into()).await.into_result()
     }
 }
 

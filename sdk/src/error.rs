@@ -43,6 +43,15 @@ impl ErrorKind {
     pub const UNSUPPORTED: ErrorKind = ErrorKind(6);
     /// Plugin code panicked; the panic was caught at the boundary.
     pub const PANICKED: ErrorKind = ErrorKind(7);
+    /// The caller gave no valid credentials (HTTP `401`). Since sdk 0.2.
+    pub const UNAUTHENTICATED: ErrorKind = ErrorKind(8);
+    /// The input is over a size limit (HTTP `413`). Since sdk 0.2.
+    pub const TOO_LARGE: ErrorKind = ErrorKind(9);
+    /// The broker is at a limit of its own (connections, shutting down):
+    /// retry later (HTTP `503`). Since sdk 0.2.
+    pub const OVERLOADED: ErrorKind = ErrorKind(10);
+    /// The operation did not finish in time (HTTP `504`). Since sdk 0.2.
+    pub const TIMED_OUT: ErrorKind = ErrorKind(11);
 
     fn name(self) -> Option<&'static str> {
         Some(match self {
@@ -54,8 +63,36 @@ impl ErrorKind {
             Self::UNAVAILABLE => "unavailable",
             Self::UNSUPPORTED => "unsupported",
             Self::PANICKED => "panicked",
+            Self::UNAUTHENTICATED => "unauthenticated",
+            Self::TOO_LARGE => "too large",
+            Self::OVERLOADED => "overloaded",
+            Self::TIMED_OUT => "timed out",
             _ => return None,
         })
+    }
+}
+
+impl ErrorKind {
+    /// The HTTP status an HTTP listener answers an error of this kind with.
+    ///
+    /// ```
+    /// use mist_sdk::ErrorKind;
+    /// assert_eq!(ErrorKind::PERMISSION_DENIED.http_status(), 403);
+    /// assert_eq!(ErrorKind::UNAVAILABLE.http_status(), 503);
+    /// ```
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::INVALID_INPUT => 400,
+            Self::UNAUTHENTICATED => 401,
+            Self::PERMISSION_DENIED => 403,
+            Self::NOT_FOUND => 404,
+            Self::ALREADY_EXISTS => 409,
+            Self::TOO_LARGE => 413,
+            Self::UNSUPPORTED => 501,
+            Self::UNAVAILABLE | Self::OVERLOADED => 503,
+            Self::TIMED_OUT => 504,
+            _ => 500,
+        }
     }
 }
 
@@ -111,6 +148,26 @@ impl SdkError {
     /// [`ErrorKind::UNSUPPORTED`].
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::UNSUPPORTED, message)
+    }
+
+    /// [`ErrorKind::UNAUTHENTICATED`].
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::UNAUTHENTICATED, message)
+    }
+
+    /// [`ErrorKind::TOO_LARGE`].
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TOO_LARGE, message)
+    }
+
+    /// [`ErrorKind::OVERLOADED`].
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::OVERLOADED, message)
+    }
+
+    /// [`ErrorKind::TIMED_OUT`].
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TIMED_OUT, message)
     }
 
     /// [`ErrorKind::OTHER`].

@@ -101,6 +101,7 @@
 
 pub mod abi;
 mod auth;
+mod backplane;
 mod broker;
 mod command;
 mod error;
@@ -111,9 +112,12 @@ mod plugin;
 mod runtime;
 mod uri;
 
-pub use abi::{Access, BrokerStats, LogLevel, Message, PluginInfo, SessionInfo};
+pub use abi::{
+    Access, BrokerStats, ListenerLimits, LogLevel, Message, PluginInfo, Readiness, SessionInfo,
+};
 pub use auth::Authenticator;
-pub use broker::{Broker, Feed, Session};
+pub use backplane::{Backplane, Inbox};
+pub use broker::{Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};
 pub use plugin::{module, Host, Listener, Plugin};

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
-use async_ffi::FfiFuture;
+use async_ffi::{FfiFuture, FutureExt};
 use serde::de::DeserializeOwned;
 
 use crate::abi::{
-    AuthenticatorApi_TO, CommandContext as AbiCommandContext, HostContext, ListenerApi,
-    ListenerApi_TO, ListenerBox, Message, Module, ModuleRef, PluginApi, PluginApi_TO, PluginBox,
-    PluginInfo,
+    AuthenticatorApi_TO, BackplaneApi_TO, BackplaneBox, BackplaneInboxBox,
+    CommandContext as AbiCommandContext, HostContext, ListenerApi, ListenerApi_TO, ListenerBox,
+    Message, Module, ModuleRef, PluginApi, PluginApi_TO, PluginBox, PluginInfo,
 };
 use crate::auth::{Authenticator, AuthenticatorAdapter};
+use crate::backplane::{Backplane, BackplaneAdapter, Inbox};
 use crate::broker::Broker;
 use crate::command::CommandContext;
 use crate::error::SdkError;
@@ -38,6 +39,8 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     const AUTHENTICATORS: &'static [&'static str] = &[];
     /// Names of the custom commands this plugin handles.
     const COMMANDS: &'static [&'static str] = &[];
+    /// URI schemes of the cluster backplanes this plugin serves.
+    const BACKPLANES: &'static [&'static str] = &[];
 
     /// Starts the plugin. An error here refuses the plugin at load.
     fn init(host: Host) -> Result<Self, SdkError>;
@@ -68,6 +71,24 @@ pub trait Plugin: Send + Sync + Sized + 'static {
             request.command
         )))
     }
+
+    /// Connects to the backplane named by `uri` (one of [`Self::BACKPLANES`]);
+    /// what arrives on subscribed channels goes to `inbox`.
+    async fn open_backplane(
+        &self,
+        uri: &str,
+        inbox: Inbox,
+    ) -> Result<Box<dyn Backplane>, SdkError> {
+        let _ = inbox;
+        Err(SdkError::unsupported(format!(
+            "plugin {} has no backplane for {uri}",
+            Self::NAME
+        )))
+    }
+
+    /// The broker is shutting down, after its listeners have stopped:
+    /// release pools and connections. The default does nothing.
+    async fn stop(&self) {}
 }
 
 /// A running listener, as the plugin author provides it.
@@ -76,6 +97,19 @@ pub trait Listener: Send + Sync + 'static {
     fn local_addr(&self) -> String;
     /// Stops accepting and closes this listener's connections. Idempotent.
     fn stop(&self);
+
+    /// `Ok` while the listener accepts connections; why not otherwise.
+    /// The default is always `Ok`.
+    fn health(&self) -> Result<(), SdkError> {
+        Ok(())
+    }
+
+    /// Re-reads what the listener loaded from files at start (TLS
+    /// certificates); on error the old state must stay. The default has
+    /// nothing to reload.
+    fn reload(&self) -> Result<(), SdkError> {
+        Ok(())
+    }
 }
 
 /// What the host gives a plugin at start.
@@ -124,6 +158,7 @@ extern "C" fn describe<P: Plugin>() -> PluginInfo {
         listeners: strings(P::LISTENERS),
         authenticators: strings(P::AUTHENTICATORS),
         commands: strings(P::COMMANDS),
+        backplanes: strings(P::BACKPLANES),
     }
 }
 
@@ -186,6 +221,37 @@ impl<P: Plugin> PluginApi for Adapter<P> {
                 .await
         })
     }
+
+    fn open_backplane(
+        &self,
+        uri: RString,
+        inbox: BackplaneInboxBox,
+    ) -> FfiFuture<RResult<BackplaneBox, SdkError>> {
+        let plugin = self.0.clone();
+        spawn_ffi(async move {
+            let backplane = plugin
+                .open_backplane(uri.as_str(), Inbox::from_abi(inbox))
+                .await?;
+            Ok(BackplaneApi_TO::from_value(
+                BackplaneAdapter(Arc::from(backplane)),
+                TD_Opaque,
+            ))
+        })
+    }
+
+    fn stop(&self) -> FfiFuture<()> {
+        let plugin = self.0.clone();
+        let stopping = spawn_ffi(async move {
+            plugin.stop().await;
+            Ok(())
+        });
+        async move {
+            if let RResult::RErr(e) = stopping.await {
+                tracing::error!("stopping the plugin failed: {e}");
+            }
+        }
+        .into_ffi()
+    }
 }
 
 struct ListenerAdapter(Box<dyn Listener>);
@@ -204,6 +270,14 @@ impl ListenerApi for ListenerAdapter {
         }) {
             tracing::error!("stopping a listener failed: {e}");
         }
+    }
+
+    fn health(&self) -> RResult<(), SdkError> {
+        catch(|| self.0.health()).into()
+    }
+
+    fn reload(&self) -> RResult<(), SdkError> {
+        catch(|| self.0.reload()).into()
     }
 }
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RErr, ROk, ROption, RResult, RSlice, RStr, RString, RVec};
-use async_ffi::FfiFuture;
+use async_ffi::{FfiFuture, FutureExt};
 use mist_sdk::abi::{
     BrokerApi, BrokerApi_TO, BrokerBox, OutputWakerBox, SessionApi, SessionApi_TO, SessionBox,
 };
-use mist_sdk::{BrokerStats, SdkError, SessionInfo};
+use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 
 use super::batch::Batch;
 use super::session::Session;
@@ -62,7 +62,35 @@ impl BrokerApi for HostBroker {
     }
 
     fn stats(&self) -> BrokerStats {
-        self.0.stats()
+        guard("stats", BrokerStats::default(), || self.0.stats())
+    }
+
+    fn limits(&self) -> ListenerLimits {
+        self.0.limits.listener()
+    }
+
+    fn admit(&self, listener: RStr<'_>) -> RResult<(), SdkError> {
+        guard("admit", RErr(SdkError::other("internal error")), || {
+            self.0.admit(listener.as_str()).into()
+        })
+    }
+
+    fn release(&self, listener: RStr<'_>) {
+        guard("release", (), || self.0.release(listener.as_str()))
+    }
+
+    fn metrics(&self, _token: ROption<RString>) -> RResult<RString, SdkError> {
+        RErr(SdkError::unsupported("metrics are not available yet"))
+    }
+
+    fn readiness(&self) -> FfiFuture<Readiness> {
+        async {
+            Readiness {
+                ready: true,
+                report: "{}".into(),
+            }
+        }
+        .into_ffi()
     }
 }
 
@@ -95,5 +123,9 @@ impl SessionApi for SessionHandle {
 
     fn refuse(&self, error: RStr<'_>) {
         guard("refuse", (), || self.0.refuse(error.as_str()))
+    }
+
+    fn execute(&self, _request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {
+        async { RErr(SdkError::unsupported("execute is not available yet")) }.into_ffi()
     }
 }

@@ -21,16 +21,17 @@ mod router;
 mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use mist_sdk::abi::{AuthenticatorBox, BrokerBox, PluginBox};
-use mist_sdk::BrokerStats;
+use mist_sdk::{BrokerStats, ListenerLimits, SdkError};
 use parking_lot::RwLock;
 
 use router::Router;
 
-/// Size limits (SPEC §6).
+/// Limits (SPEC §6–§7): what no client may exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest accepted line or message, in bytes, without the newline.
@@ -38,6 +39,23 @@ pub struct Limits {
     /// Bytes of deliveries a subscriber's queue may hold before the newest
     /// messages for it are dropped.
     pub max_queue_bytes: usize,
+    /// Bytes queued over all sessions together; over it, the largest queues
+    /// drop first.
+    pub max_memory: usize,
+    /// Tags in one message or one subscription.
+    pub max_tags: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Client connections over all listeners.
+    pub max_connections: usize,
+    /// A subscriber whose queue has been full this long is disconnected.
+    pub slow_consumer_timeout: Duration,
+    /// How long an HTTP request header may take to arrive.
+    pub header_timeout: Duration,
+    /// How long a WebSocket or TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long a whole HTTP request/answer exchange may take.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -45,6 +63,42 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 1 << 20,
             max_queue_bytes: 64 << 20,
+            max_memory: default_max_memory(),
+            max_tags: 1024,
+            max_subscriptions: 10_000,
+            max_connections: 200_000,
+            slow_consumer_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A quarter of the machine's memory, at least 256 MiB: room for bursts on
+/// a dedicated broker host without letting queues take the machine.
+fn default_max_memory() -> usize {
+    const FLOOR: usize = 256 << 20;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+        .unwrap_or(4 << 30);
+    (total / 4).max(FLOOR)
+}
+
+impl Limits {
+    /// The part listeners apply themselves.
+    pub fn listener(&self) -> ListenerLimits {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ListenerLimits {
+            max_message_bytes: self.max_message_bytes as u64,
+            header_timeout_ms: ms(self.header_timeout),
+            handshake_timeout_ms: ms(self.handshake_timeout),
+            request_timeout_ms: ms(self.request_timeout),
         }
     }
 }
@@ -63,6 +117,8 @@ pub(crate) struct Shared {
     pub(crate) auth: OnceLock<Auth>,
     /// Custom commands by name, set once at start-up.
     pub(crate) commands: OnceLock<HashMap<String, CommandRoute>>,
+    /// Client connections admitted and not yet released, over all listeners.
+    pub(crate) connections: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -108,6 +164,7 @@ impl Broker {
                 stats: Counters::default(),
                 auth: OnceLock::new(),
                 commands: OnceLock::new(),
+                connections: AtomicUsize::new(0),
             }),
         }
     }
@@ -147,6 +204,37 @@ impl Broker {
 }
 
 impl Shared {
+    /// Takes a place for one more connection, or says why there is none.
+    pub(crate) fn admit(&self, listener: &str) -> Result<(), SdkError> {
+        let max = self.limits.max_connections;
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                tracing::warn!(
+                    listener,
+                    max_connections = max,
+                    "connection refused: the broker is full"
+                );
+                Err(SdkError::overloaded(format!(
+                    "too many connections: this broker serves at most {max}; try again later"
+                )))
+            }
+        }
+    }
+
+    pub(crate) fn release(&self, _listener: &str) {
+        // Saturating: a plugin that releases more than it took must not wrap
+        // the count around and lift the limit.
+        let _ = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     pub(crate) fn stats(&self) -> BrokerStats {
         let router = self.router.read();
         BrokerStats {
