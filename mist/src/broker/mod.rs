@@ -13,6 +13,7 @@
 
 mod batch;
 mod commands;
+mod figures;
 mod framing;
 mod handle;
 mod output;
@@ -20,7 +21,7 @@ mod protocol;
 mod router;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,6 +31,8 @@ use mist_sdk::{BrokerStats, ListenerLimits, SdkError};
 use parking_lot::RwLock;
 
 use router::Router;
+
+pub use figures::{Figures, HistogramSnapshot, LATENCY_BUCKETS};
 
 /// Limits (SPEC §6–§7): what no client may exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,9 @@ pub(crate) struct Counters {
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) publish_latency: figures::Histogram,
 }
 
 /// Admin mode: the store of registered tokens and the server's own token.
@@ -201,6 +207,11 @@ impl Broker {
     pub fn stats(&self) -> BrokerStats {
         self.shared.stats()
     }
+
+    /// Every figure the broker keeps, for metrics.
+    pub fn figures(&self) -> Figures {
+        self.shared.figures()
+    }
 }
 
 impl Shared {
@@ -233,6 +244,26 @@ impl Shared {
         let _ = self
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub(crate) fn figures(&self) -> Figures {
+        let (connections, subscriptions) = {
+            let router = self.router.read();
+            (router.per_listener(), router.subscription_count() as u64)
+        };
+        let stats = &self.stats;
+        Figures {
+            connections,
+            subscriptions,
+            messages_received: stats.messages_in.load(Ordering::Relaxed),
+            messages_delivered: stats.messages_out.load(Ordering::Relaxed),
+            messages_dropped: stats.dropped.load(Ordering::Relaxed),
+            slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
+            queue_bytes: 0,
+            auth_failures: stats.auth_failures.load(Ordering::Relaxed),
+            plugin_errors: BTreeMap::new(),
+            publish_latency: stats.publish_latency.snapshot(),
+        }
     }
 
     pub(crate) fn stats(&self) -> BrokerStats {
