@@ -22,6 +22,8 @@ struct NoWake;
 
 impl OutputWakerApi for NoWake {
     fn wake(&self) {}
+
+    fn closed(&self) {}
 }
 
 fn open(broker: &Broker) -> SessionBox {

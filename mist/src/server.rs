@@ -87,7 +87,7 @@ impl Server {
                     uri: shown.clone(),
                     message: e.message.into_string(),
                 })?;
-            broker.set_authenticator(store, token.clone())?;
+            broker.set_authenticator(store, token.clone(), &plugin.name)?;
             tracing::info!("admin mode on, tokens stored in {shown}");
         }
 

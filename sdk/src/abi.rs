@@ -285,6 +285,12 @@ pub trait OutputWakerApi: Send + Sync + 'static {
     /// Called by the broker, from any thread, when output is waiting.
     #[sabi(last_prefix_field)]
     fn wake(&self);
+
+    /// Called by the broker, from any thread, when it has ended the session
+    /// itself (a slow consumer disconnected, the broker shutting down): the
+    /// listener should stop reading and close the connection, even if a
+    /// write to the client is stuck. Since sdk 0.2.
+    fn closed(&self);
 }
 
 /// A session's writer waker, owned by the broker.

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -31,11 +32,11 @@ impl Broker {
 
     /// Opens a session for a new client.
     pub fn open_session(&self, info: SessionInfo) -> Session {
-        let ready = Arc::new(Notify::new());
-        let waker = OutputWakerApi_TO::from_value(NotifyWaker(ready.clone()), TD_Opaque);
+        let signals = Arc::new(Signals::default());
+        let waker = OutputWakerApi_TO::from_value(NotifyWaker(signals.clone()), TD_Opaque);
         Session {
             inner: self.inner.open_session(info, waker),
-            ready,
+            signals,
         }
     }
 
@@ -115,7 +116,17 @@ impl Drop for ConnectionPermit {
 #[derive(Clone)]
 pub struct Session {
     inner: SessionBox,
-    ready: Arc<Notify>,
+    signals: Arc<Signals>,
+}
+
+/// What the broker tells a listener about one session.
+#[derive(Default)]
+struct Signals {
+    /// Output is waiting.
+    ready: Notify,
+    /// The broker ended the session.
+    closed: Notify,
+    is_closed: AtomicBool,
 }
 
 impl Session {
@@ -147,8 +158,23 @@ impl Session {
             }
             // A wake between the drain above and this await is not lost:
             // `notify_one` leaves a permit when nobody is waiting yet.
-            self.ready.notified().await;
+            self.signals.ready.notified().await;
         }
+    }
+
+    /// Completes once the broker has ended this session itself (it was a
+    /// slow consumer, or the broker is shutting down). A listener races its
+    /// reads and writes against this so that a connection whose client
+    /// stopped reading is closed even while a write to it is stuck.
+    pub async fn closed(&self) {
+        let closed = self.signals.closed.notified();
+        tokio::pin!(closed);
+        // Registered before the check: a close in between is not missed.
+        closed.as_mut().enable();
+        if self.signals.is_closed.load(Ordering::Acquire) {
+            return;
+        }
+        closed.await;
     }
 
     /// Ends the session; output already queued can still be drained.
@@ -196,11 +222,18 @@ impl Future for Feed {
     }
 }
 
-struct NotifyWaker(Arc<Notify>);
+struct NotifyWaker(Arc<Signals>);
 
 impl OutputWakerApi for NotifyWaker {
     fn wake(&self) {
-        self.0.notify_one();
+        self.0.ready.notify_one();
+    }
+
+    fn closed(&self) {
+        self.0.is_closed.store(true, Ordering::Release);
+        self.0.closed.notify_waiters();
+        // A writer waiting for output wakes and finds the session closed.
+        self.0.ready.notify_one();
     }
 }
 

@@ -195,11 +195,9 @@ async fn a_registered_token_uses_only_its_own_tags(store: Store) {
     ok(&mut user, subscribe(&["b", "a"])).await;
     let denied = refused(&mut user, subscribe(&["a", "c"])).await;
     assert!(denied.contains("permission denied"), "{denied}");
-    assert!(
-        refused(&mut user, json!({"command": "unsubscribe", "tags": ["c"]}))
-            .await
-            .contains("permission denied")
-    );
+    // Unsubscribing only narrows what a connection gets: never refused
+    // for want of permission, even from a set it could not hold.
+    ok(&mut user, json!({"command": "unsubscribe", "tags": ["c"]})).await;
     assert_eq!(
         user.request(json!({"command": "list"})).await,
         json!({"command": "list", "data": "[[\"a\"],[\"a\",\"b\"]]"})

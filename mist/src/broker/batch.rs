@@ -6,15 +6,22 @@
 //! once, their delivery lines share one serialized prefix, and each
 //! subscriber receives the whole run as one contiguous range. Under a flood
 //! on one topic this makes the per-subscriber cost per chunk, not per message.
+//!
+//! The caller holds the router's read lock from the first match of a batch
+//! until [`Batch::flush`] has queued its deliveries. An `unsubscribe` (which
+//! takes the lock exclusively) therefore falls either before the match or
+//! after the deliveries are queued, never between: once the reply to a
+//! `ping` sent after an `unsubscribe` is queued, no delivery matched through
+//! that subscription can follow it.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::output::Output;
+use super::memory::Chunk;
 use super::protocol::{self, ProtocolError, RawTags};
-use super::router::RouteScratch;
+use super::router::{RouteScratch, Router, SessionId};
 use super::Shared;
 
 #[derive(Default)]
@@ -23,8 +30,11 @@ pub(crate) struct Batch {
     /// End offset in `buf` of every message serialized so far.
     ends: Vec<usize>,
     runs: Vec<Run>,
-    /// The targets of all runs, each run owning a range.
-    targets: Vec<Arc<Output>>,
+    /// The targets of all runs (session slots in the router), each run
+    /// owning a range. Slots rather than `Arc`s: the router's lock is held
+    /// until the flush, so they cannot change meanwhile, and no reference
+    /// count is touched per subscriber.
+    targets: Vec<u32>,
     /// The raw tags JSON of the open run, to recognise the next publish as part of it.
     run_tags: Vec<u8>,
     publishes: u64,
@@ -44,18 +54,26 @@ struct Run {
 
 impl Batch {
     /// Adds a publish from session `from` with the request's raw tags and
-    /// data. Nothing is delivered until [`Batch::flush`].
+    /// data, matched against `router`. Nothing is delivered until
+    /// [`Batch::flush`], which must happen before `router`'s lock is released.
     pub(crate) fn publish(
         &mut self,
-        shared: &Shared,
-        from: Option<u32>,
+        router: &Router,
+        max_tags: usize,
+        from: Option<SessionId>,
         raw_tags: RawTags<'_>,
         raw_data: &str,
     ) -> Result<(), ProtocolError> {
         let same_run = matches!(raw_tags.text(), Some(text) if !self.runs.is_empty() && text.as_bytes() == self.run_tags);
         if !same_run {
             let tags = raw_tags.parse()?;
-            self.start_run(shared, from, raw_tags, &tags);
+            if tags.len() > max_tags {
+                return Err(ProtocolError::TooManyTags {
+                    count: tags.len(),
+                    limit: max_tags,
+                });
+            }
+            self.start_run(router, from, raw_tags, &tags);
             self.run_tags.clear();
             if let Some(text) = raw_tags.text() {
                 self.run_tags.extend_from_slice(text.as_bytes());
@@ -69,12 +87,12 @@ impl Batch {
     /// after an authenticator check); `raw_data` is a JSON string token.
     pub(crate) fn publish_tags<S: AsRef<str> + serde::Serialize>(
         &mut self,
-        shared: &Shared,
-        from: Option<u32>,
+        router: &Router,
+        from: Option<SessionId>,
         tags: &[S],
         raw_data: &str,
     ) {
-        self.start_run(shared, from, RawTags::Json(None), tags);
+        self.start_run(router, from, RawTags::Json(None), tags);
         // Not a raw form another request could equal: no run continues it.
         self.run_tags.clear();
         self.add_to_run(raw_data);
@@ -82,16 +100,13 @@ impl Batch {
 
     fn start_run<S: AsRef<str> + serde::Serialize>(
         &mut self,
-        shared: &Shared,
-        from: Option<u32>,
+        router: &Router,
+        from: Option<SessionId>,
         raw_tags: RawTags<'_>,
         tags: &[S],
     ) {
         let first_target = self.targets.len();
-        shared
-            .router
-            .read()
-            .route(tags, from, &mut self.scratch, &mut self.targets);
+        router.route(tags, from, &mut self.scratch, &mut self.targets);
         let start = self.buf.len();
         if self.targets.len() > first_target {
             protocol::delivery_prefix(&mut self.buf, raw_tags, tags);
@@ -127,9 +142,16 @@ impl Batch {
         run.ends.end = self.ends.len();
     }
 
-    /// Hands the batch to every subscriber's queue and counts it.
-    /// Returns how many deliveries were queued.
-    pub(crate) fn flush(&mut self, shared: &Shared) -> u64 {
+    /// Hands the batch to every subscriber's queue and counts it. Returns
+    /// how many deliveries were queued, and adds to `slow` the sessions
+    /// that have been full for longer than the slow-consumer timeout (the
+    /// caller disconnects them once it has released the router's lock).
+    pub(crate) fn flush(
+        &mut self,
+        router: &Router,
+        shared: &Shared,
+        slow: &mut Vec<SessionId>,
+    ) -> u64 {
         if self.runs.is_empty() {
             return 0;
         }
@@ -140,7 +162,8 @@ impl Batch {
             self.buf.clear();
             None
         } else {
-            Some(Arc::new(std::mem::take(&mut self.buf)))
+            let bytes = std::mem::take(&mut self.buf);
+            Some(Arc::new(Chunk::new(bytes, &shared.memory)))
         };
         for run in self.runs.drain(..) {
             let Some(batch) = &batch else { break };
@@ -148,10 +171,16 @@ impl Batch {
             if ends.is_empty() {
                 continue;
             }
-            for target in &self.targets[run.targets] {
+            for &slot in &self.targets[run.targets] {
+                let Some(target) = router.output_at(slot) else {
+                    continue;
+                };
                 let pushed = target.push_deliveries(batch, run.start, ends);
                 queued += pushed.queued;
                 dropped += pushed.dropped;
+                if pushed.slow {
+                    slow.push(target.session());
+                }
             }
         }
         self.ends.clear();

@@ -1,37 +1,78 @@
-//! What each command does (SPEC §2–3), for one session.
+//! What each command does (SPEC §2–3), applied to one session's narrow
+//! [`Context`]: the broker's shared state, the session's id, its output and
+//! its [`State`].
 //!
-//! [`Session::execute`] carries out a request at once when it can. A
-//! command that must ask the authenticator or a plugin becomes a
-//! [`Pending`] step, which [`Session::perform`] completes asynchronously
-//! before the session reads on.
+//! [`execute`] carries a request out at once when it can and says what
+//! happens next: done, or a [`Pending`] step to wait for. When the step is
+//! done, [`apply`] carries out its [`Effect`]. Neither knows about input,
+//! backlogs or futures: sequencing is the session's job.
 
-use std::fmt::Display;
-use std::sync::Arc;
+use mist_sdk::{Access, ErrorKind, Message};
+use parking_lot::RwLockReadGuard;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RErr, ROk, RString, RVec};
-use mist_sdk::abi::{CommandContext, ReplierApi, ReplierApi_TO};
-use mist_sdk::{Access, ErrorKind, Message, SdkError};
-use subtle::ConstantTimeEq;
-
+use super::access::{is_server_token, Standing, Token};
 use super::batch::Batch;
+use super::command::{AdminOp, Command, Refusal};
 use super::framing::Frame;
 use super::output::Output;
 use super::protocol::{self, ProtocolError, RawTags, Request};
-use super::session::Session;
-use super::{CommandRoute, Shared};
+use super::router::{Router, SessionId, SubscribeError};
+use super::steps::{Checked, CustomCall, Effect, Pending};
+use super::Shared;
 
 /// A session's standing and scratch space, guarded by its input lock.
 pub(crate) struct State {
-    access: Access,
-    /// The registered token of an `Access::TOKEN` session. Never logged.
-    token: Option<String>,
+    pub(crate) standing: Standing,
     /// A command has been processed: `auth` is no longer allowed.
     pub(crate) commands_seen: bool,
     /// A token given at connect, not yet checked with the authenticator.
-    connect_token: Option<String>,
+    pub(crate) connect_token: Option<String>,
     pub(crate) batch: Batch,
     out: Vec<u8>,
+}
+
+impl State {
+    /// The state of a new session, with the token it presented at connect.
+    pub(crate) fn new(shared: &Shared, connect_token: Option<String>) -> State {
+        let mut state = State {
+            standing: Standing::new(if shared.auth.get().is_some() {
+                Access::ANONYMOUS
+            } else {
+                Access::OPEN
+            }),
+            commands_seen: false,
+            connect_token: None,
+            batch: Batch::default(),
+            out: Vec::new(),
+        };
+        if let (Some(auth), Some(token)) = (shared.auth.get(), connect_token) {
+            if is_server_token(&auth.server_token, &token) {
+                state.standing.access = Access::ADMIN;
+                state.commands_seen = true;
+            } else {
+                state.connect_token = Some(token);
+            }
+        }
+        state
+    }
+
+    /// The check of a connect-time token, due before the first command.
+    pub(crate) fn take_connect_check(&mut self) -> Option<Pending> {
+        self.connect_token.take().map(Pending::ConnectToken)
+    }
+}
+
+/// Everything a command may touch.
+pub(crate) struct Context<'s> {
+    pub(crate) shared: &'s Shared,
+    pub(crate) id: SessionId,
+    pub(crate) output: &'s Output,
+    pub(crate) state: &'s mut State,
+    /// The router's read lock, held from a publish's match until the batch
+    /// is flushed (see `batch`).
+    routing: Option<RwLockReadGuard<'s, Router>>,
+    /// A reply was queued since [`Context::take_replied`] last asked.
+    replied: bool,
 }
 
 /// What became of one request.
@@ -40,511 +81,376 @@ pub(crate) enum Step {
     Wait(Pending),
 }
 
-/// A command waiting on the authenticator or a plugin.
-pub(crate) enum Pending {
-    ConnectToken(String),
-    Auth(String),
-    Checked {
-        token: String,
-        op: Checked,
-    },
-    Admin {
-        op: AdminOp,
-        token: String,
-        tags: Vec<String>,
-    },
-    Custom {
-        route: CommandRoute,
-        request: Message,
-    },
-}
-
-/// A basic command of a registered token, allowed once the token's tags are checked.
-pub(crate) enum Checked {
-    Subscribe(Vec<String>),
-    Unsubscribe(Vec<String>),
-    Publish { tags: Vec<String>, raw_data: String },
-}
-
-#[derive(Clone, Copy)]
-pub(crate) enum AdminOp {
-    Register,
-    Unregister,
-    Set,
-    Unset,
-    Tags,
+/// What applying an effect needs next.
+pub(crate) enum Applied {
+    Done,
+    /// A revocation happened while the permission was checked: check again.
+    Recheck(Pending),
 }
 
 /// May this session use tags?
 enum Gate {
     Free,
-    Check(String),
+    Check(Token),
     Denied,
 }
 
-const NOT_AUTHENTICATED: &str = "not authenticated: send auth with a valid token first";
+pub(crate) const NOT_AUTHENTICATED: &str = "not authenticated: send auth with a valid token first";
 
-impl State {
-    pub(crate) fn new(access: Access) -> Self {
-        State {
-            access,
-            token: None,
-            commands_seen: false,
-            connect_token: None,
-            batch: Batch::default(),
-            out: Vec::new(),
+impl<'s> Context<'s> {
+    pub(crate) fn new(
+        shared: &'s Shared,
+        id: SessionId,
+        output: &'s Output,
+        state: &'s mut State,
+    ) -> Self {
+        Context {
+            shared,
+            id,
+            output,
+            state,
+            routing: None,
+            replied: false,
         }
     }
 
-    /// A token given at connect time (WebSocket/HTTP header or query).
-    pub(crate) fn present_token(&mut self, shared: &Shared, token: String) {
-        let Some(auth) = shared.auth.get() else {
-            return; // no authenticator: tokens mean nothing
+    /// Whether a reply was queued since the last call.
+    pub(crate) fn take_replied(&mut self) -> bool {
+        std::mem::take(&mut self.replied)
+    }
+
+    /// Queues the batch's deliveries and releases the router; then
+    /// disconnects the subscribers found too slow. Publishes before a
+    /// command that is not a publish reach subscribers before it acts.
+    pub(crate) fn flush(&mut self) {
+        let Some(router) = self.routing.take() else {
+            return;
         };
-        if is_server_token(auth, &token) {
-            self.access = Access::ADMIN;
-            self.commands_seen = true;
-        } else {
-            self.connect_token = Some(token);
+        let mut slow = Vec::new();
+        self.state.batch.flush(&router, self.shared, &mut slow);
+        drop(router);
+        for session in slow {
+            self.shared.evict_slow(session);
         }
-    }
-
-    /// The check of a connect-time token, due before the first command.
-    pub(crate) fn take_connect_check(&mut self) -> Option<Pending> {
-        self.connect_token.take().map(Pending::ConnectToken)
     }
 
     fn gate(&self) -> Gate {
-        match self.access {
+        match self.state.standing.access {
             Access::OPEN | Access::ADMIN => Gate::Free,
-            Access::TOKEN => Gate::Check(self.token.clone().unwrap_or_default()),
+            Access::TOKEN => match &self.state.standing.token {
+                Some(token) => Gate::Check(token.clone()),
+                None => Gate::Denied,
+            },
             _ => Gate::Denied,
         }
     }
+
+    fn reply(&mut self, command: &str, data: &str) {
+        protocol::reply(&mut self.state.out, command, data);
+        self.push_reply();
+    }
+
+    /// Answers a refusal with an error reply.
+    pub(crate) fn refuse(&mut self, refusal: &Refusal) {
+        protocol::error_reply(&mut self.state.out, &refusal.command, &refusal.message);
+        self.push_reply();
+    }
+
+    fn push_reply(&mut self) {
+        self.output.push_reply(&self.state.out);
+        self.state.out.clear();
+        self.replied = true;
+    }
+
+    fn publish_now(&mut self, tags: RawTags<'_>, raw_data: &str) -> Result<Step, Refusal> {
+        let (max_tags, id, shared) = (self.shared.limits.max_tags, self.id, self.shared);
+        let router = self.routing.get_or_insert_with(|| shared.router.read());
+        if !router.is_open(id) {
+            return Ok(Step::Done); // closed meanwhile: nothing of it may go out
+        }
+        self.state
+            .batch
+            .publish(router, max_tags, Some(id), tags, raw_data)
+            .map_err(|e| Refusal::protocol("publish", e))?;
+        Ok(Step::Done)
+    }
 }
 
-fn is_server_token(auth: &super::Auth, token: &str) -> bool {
-    // Constant time: the comparison must not tell an attacker how much of
-    // a guess was right.
-    bool::from(token.as_bytes().ct_eq(auth.server_token.as_bytes()))
+fn not_authenticated(command: &str) -> Refusal {
+    Refusal::new(command, ErrorKind::UNAUTHENTICATED, NOT_AUTHENTICATED)
 }
 
 fn owned(tags: &[std::borrow::Cow<'_, str>]) -> Vec<String> {
     tags.iter().map(|t| t.to_string()).collect()
 }
 
-fn rstrings(tags: &[String]) -> RVec<RString> {
-    tags.iter().map(|t| RString::from(t.as_str())).collect()
+/// Carries out one request, or says what it waits for.
+pub(crate) fn execute(cx: &mut Context<'_>, frame: Frame<'_>) -> Result<Step, Refusal> {
+    let line = match frame {
+        Frame::Line(line) => line,
+        Frame::TooLarge(size) => {
+            let limit = cx.shared.limits.max_message_bytes;
+            return Err(Refusal::protocol(
+                "",
+                ProtocolError::TooLarge { size, limit },
+            ));
+        }
+    };
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Step::Done); // a blank line from a person typing into netcat
+    }
+    let first = !std::mem::replace(&mut cx.state.commands_seen, true);
+    let command = Command::parse(line, cx.shared.limits.max_tags)?;
+    if !matches!(command, Command::Publish { .. }) {
+        cx.flush();
+    }
+    match command {
+        Command::Ping => {
+            cx.reply("ping", "pong");
+            Ok(Step::Done)
+        }
+        Command::Publish { tags, data } => publish(cx, tags, data),
+        Command::Subscribe(tags) => subscribe(cx, owned(&tags)),
+        Command::Unsubscribe(tags) => unsubscribe(cx, &tags),
+        Command::List => list(cx),
+        Command::Auth { data } => auth(cx, data, first),
+        Command::Who => who(cx),
+        Command::Admin { op, request } => admin(cx, op, &request),
+        Command::Custom { name, request } => custom(cx, &name, &request),
+    }
 }
 
-impl Session {
-    fn reply(&self, st: &mut State, command: &str, data: &str) {
-        protocol::reply(&mut st.out, command, data);
-        self.output.push_reply(&st.out);
-        st.out.clear();
-    }
-
-    fn error(&self, st: &mut State, command: &str, error: impl Display) -> Step {
-        protocol::error_reply(&mut st.out, command, &error.to_string());
-        self.output.push_reply(&st.out);
-        st.out.clear();
-        Step::Done
-    }
-
-    /// Carries out one request, or says what it waits for.
-    pub(crate) fn execute(&self, st: &mut State, frame: Frame<'_>) -> Step {
-        let line = match frame {
-            Frame::Line(line) => line,
-            Frame::TooLarge(size) => {
-                let limit = self.shared.limits.max_message_bytes;
-                return self.error(st, "", ProtocolError::TooLarge { size, limit });
+fn publish(
+    cx: &mut Context<'_>,
+    tags: RawTags<'_>,
+    data: Result<&str, ProtocolError>,
+) -> Result<Step, Refusal> {
+    let raw_data = data.map_err(|e| Refusal::protocol("publish", e))?;
+    match cx.gate() {
+        Gate::Free => cx.publish_now(tags, raw_data),
+        Gate::Check(token) => {
+            let tags = tags.parse().map_err(|e| Refusal::protocol("publish", e))?;
+            let limit = cx.shared.limits.max_tags;
+            if tags.len() > limit {
+                let count = tags.len();
+                return Err(Refusal::protocol(
+                    "publish",
+                    ProtocolError::TooManyTags { count, limit },
+                ));
             }
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Step::Done; // a blank line from a person typing into netcat
-        }
-        if let Some((tags, data)) = protocol::canonical_publish(line) {
-            // Nearly every publish: the same as the general path below,
-            // without a general JSON parse.
-            st.commands_seen = true;
-            return self.publish(st, RawTags::Plain(tags), Ok(data));
-        }
-        let request = match protocol::parse_request(line) {
-            Ok(request) => request,
-            Err(e) => return self.error(st, "", e),
-        };
-        let command = request.command.as_deref().unwrap_or("");
-        if command != "publish" {
-            // Publishes before this command reach subscribers before it acts.
-            st.batch.flush(&self.shared);
-        }
-        let first = !std::mem::replace(&mut st.commands_seen, true);
-        match command {
-            "" => self.error(st, "", ProtocolError::MissingCommand),
-            "ping" => {
-                self.reply(st, "ping", "pong");
-                Step::Done
-            }
-            "publish" => self.publish(
-                st,
-                RawTags::Json(request.tags),
-                protocol::raw_data(request.data),
-            ),
-            "subscribe" | "unsubscribe" => self.subscription(st, command, &request),
-            "list" => self.list(st),
-            "auth" => self.auth(st, &request, first),
-            "who" => self.who(st),
-            "register" => self.admin(st, AdminOp::Register, &request),
-            "unregister" => self.admin(st, AdminOp::Unregister, &request),
-            "set" => self.admin(st, AdminOp::Set, &request),
-            "unset" => self.admin(st, AdminOp::Unset, &request),
-            "tags" => self.admin(st, AdminOp::Tags, &request),
-            other => self.custom(st, other, &request),
-        }
-    }
-
-    fn publish(
-        &self,
-        st: &mut State,
-        tags: RawTags<'_>,
-        raw_data: Result<&str, ProtocolError>,
-    ) -> Step {
-        let raw_data = match raw_data {
-            Ok(raw) => raw,
-            Err(e) => return self.error(st, "publish", e),
-        };
-        match st.gate() {
-            Gate::Free => match st
-                .batch
-                .publish(&self.shared, Some(self.id), tags, raw_data)
-            {
-                Ok(()) => Step::Done,
-                Err(e) => self.error(st, "publish", e),
-            },
-            Gate::Check(token) => match tags.parse() {
-                Ok(tags) => Step::Wait(Pending::Checked {
-                    token,
-                    op: Checked::Publish {
-                        tags: owned(&tags),
-                        raw_data: raw_data.to_string(),
-                    },
-                }),
-                Err(e) => self.error(st, "publish", e),
-            },
-            Gate::Denied => self.error(st, "publish", NOT_AUTHENTICATED),
-        }
-    }
-
-    fn subscription(&self, st: &mut State, command: &str, request: &Request<'_>) -> Step {
-        let tags = match protocol::parse_tags(request.tags) {
-            Ok(tags) => tags,
-            Err(e) => return self.error(st, command, e),
-        };
-        let subscribe = command == "subscribe";
-        match st.gate() {
-            Gate::Free => {
-                self.apply_subscription(subscribe, &tags);
-                Step::Done
-            }
-            Gate::Check(token) => {
-                let tags = owned(&tags);
-                let op = if subscribe {
-                    Checked::Subscribe(tags)
-                } else {
-                    Checked::Unsubscribe(tags)
-                };
-                Step::Wait(Pending::Checked { token, op })
-            }
-            Gate::Denied => self.error(st, command, NOT_AUTHENTICATED),
-        }
-    }
-
-    /// Subscribing to a set held already, or unsubscribing from one not
-    /// held, changes nothing and is not an error.
-    fn apply_subscription<S: AsRef<str>>(&self, subscribe: bool, tags: &[S]) {
-        let mut router = self.shared.router.write();
-        if subscribe {
-            router.subscribe(self.id, tags);
-        } else {
-            router.unsubscribe(self.id, tags);
-        }
-    }
-
-    fn list(&self, st: &mut State) -> Step {
-        if matches!(st.gate(), Gate::Denied) {
-            return self.error(st, "list", NOT_AUTHENTICATED);
-        }
-        let subscriptions = self.shared.router.read().subscriptions(self.id);
-        let data = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
-        self.reply(st, "list", &data);
-        Step::Done
-    }
-
-    fn auth(&self, st: &mut State, request: &Request<'_>, first: bool) -> Step {
-        let Some(auth) = self.shared.auth.get() else {
-            return Step::Done; // without an authenticator, auth is accepted and ignored
-        };
-        if !first {
-            return self.error(st, "auth", "auth must be the first command of a connection");
-        }
-        let token = match protocol::data_string(request.data) {
-            Ok(token) => token,
-            Err(_) => return self.error(st, "auth", "auth needs the token as a string in data"),
-        };
-        if is_server_token(auth, &token) {
-            st.access = Access::ADMIN;
-            st.token = None;
-            return Step::Done;
-        }
-        Step::Wait(Pending::Auth(token))
-    }
-
-    fn who(&self, st: &mut State) -> Step {
-        if self.shared.auth.get().is_some() && st.access != Access::ADMIN {
-            return self.error(
-                st,
-                "who",
-                "who needs admin mode: auth with the server token first",
-            );
-        }
-        let stats = self.shared.stats();
-        let listeners = self.shared.router.read().per_listener();
-        let data = serde_json::json!({
-            "connections": stats.sessions,
-            "listeners": listeners,
-            "subscriptions": stats.subscriptions,
-            "messages_in": stats.messages_in,
-            "messages_out": stats.messages_out,
-            "dropped": stats.dropped,
-        });
-        self.reply(st, "who", &data.to_string());
-        Step::Done
-    }
-
-    fn admin(&self, st: &mut State, op: AdminOp, request: &Request<'_>) -> Step {
-        let command = op.name();
-        let Some(auth) = self.shared.auth.get() else {
-            return self.error(
-                st,
-                command,
-                "admin commands need the server to run with an authenticator",
-            );
-        };
-        if st.access != Access::ADMIN {
-            return self.error(
-                st,
-                command,
-                "admin commands need admin mode: auth with the server token first",
-            );
-        }
-        let token = match protocol::data_string(request.data) {
-            Ok(token) if !token.is_empty() => token,
-            _ => return self.error(st, command, "missing data: the token, a non-empty string"),
-        };
-        if matches!(op, AdminOp::Register) && is_server_token(auth, &token) {
-            return self.error(st, command, "that token is the server token");
-        }
-        let tags = match op {
-            AdminOp::Register => protocol::parse_optional_tags(request.tags),
-            AdminOp::Set | AdminOp::Unset => protocol::parse_tags(request.tags),
-            AdminOp::Unregister | AdminOp::Tags => Ok(Default::default()),
-        };
-        match tags {
-            Ok(tags) => Step::Wait(Pending::Admin {
-                op,
+            Ok(Step::Wait(Pending::Check {
                 token,
-                tags: owned(&tags),
-            }),
-            Err(e) => self.error(st, command, e),
+                op: Checked::Publish {
+                    tags: owned(&tags),
+                    raw_data: raw_data.to_string(),
+                },
+            }))
         }
-    }
-
-    fn custom(&self, st: &mut State, command: &str, request: &Request<'_>) -> Step {
-        let Some(route) = self.shared.commands.get().and_then(|c| c.get(command)) else {
-            return self.error(st, command, format!("unknown command {command:?}"));
-        };
-        let tags = match protocol::parse_optional_tags(request.tags) {
-            Ok(tags) => tags,
-            Err(e) => return self.error(st, command, e),
-        };
-        let data = match request.data {
-            None => String::new(),
-            Some(_) => match protocol::data_string(request.data) {
-                Ok(data) => data,
-                Err(e) => return self.error(st, command, e),
-            },
-        };
-        Step::Wait(Pending::Custom {
-            route: route.clone(),
-            request: Message::new(command).with_tags(&tags).with_data(data),
-        })
-    }
-
-    /// Completes a step that had to wait.
-    pub(crate) async fn perform(self: &Arc<Self>, pending: Pending) {
-        if let Pending::Custom { route, request } = pending {
-            return self.call_plugin(route, request).await;
-        }
-        let Some(auth) = self.shared.auth.get() else {
-            return; // every other step exists only with an authenticator
-        };
-        let store = &auth.store;
-        match pending {
-            Pending::ConnectToken(token) => {
-                if let ROk(_) = store.tags(token.as_str().into()).await {
-                    let mut input = self.input.lock();
-                    input.state.access = Access::TOKEN;
-                    input.state.token = Some(token);
-                    input.state.commands_seen = true;
-                } else {
-                    tracing::debug!(
-                        session = self.id,
-                        "token given at connect refused: session is anonymous"
-                    );
-                }
-            }
-            Pending::Auth(token) => match store.tags(token.as_str().into()).await {
-                ROk(_) => {
-                    let mut input = self.input.lock();
-                    input.state.access = Access::TOKEN;
-                    input.state.token = Some(token);
-                }
-                RErr(e) if e.kind == ErrorKind::NOT_FOUND => {
-                    self.send_error("auth", "invalid token")
-                }
-                RErr(e) => self.send_error("auth", unavailable(&e)),
-            },
-            Pending::Checked { token, op } => {
-                let command = op.name();
-                match store.may_use(token.into(), rstrings(op.tags())).await {
-                    ROk(true) => self.apply_checked(op),
-                    ROk(false) => self.send_error(
-                        command,
-                        "permission denied: the token does not hold every one of these tags",
-                    ),
-                    RErr(e) => self.send_error(command, unavailable(&e)),
-                }
-            }
-            Pending::Admin { op, token, tags } => {
-                let token = RString::from(token);
-                let result = match op {
-                    AdminOp::Register => {
-                        store.add_token(token, rstrings(&tags)).await.map(|_| None)
-                    }
-                    AdminOp::Unregister => store.remove_token(token).await.map(|_| None),
-                    AdminOp::Set => store.add_tags(token, rstrings(&tags)).await.map(|_| None),
-                    AdminOp::Unset => store
-                        .remove_tags(token, rstrings(&tags))
-                        .await
-                        .map(|_| None),
-                    AdminOp::Tags => store.tags(token).await.map(Some),
-                };
-                match result {
-                    ROk(None) => {}
-                    ROk(Some(tags)) => {
-                        let mut tags: Vec<String> =
-                            tags.into_iter().map(RString::into_string).collect();
-                        tags.sort();
-                        let mut out = Vec::new();
-                        protocol::reply_tags(&mut out, "tags", &tags);
-                        self.output.push_reply(&out);
-                    }
-                    RErr(e) if e.kind == ErrorKind::UNAVAILABLE => {
-                        self.send_error(op.name(), unavailable(&e))
-                    }
-                    RErr(e) => self.send_error(op.name(), &e.message),
-                }
-            }
-            Pending::Custom { .. } => {}
-        }
-    }
-
-    fn apply_checked(&self, op: Checked) {
-        match op {
-            Checked::Subscribe(tags) => self.apply_subscription(true, &tags),
-            Checked::Unsubscribe(tags) => self.apply_subscription(false, &tags),
-            Checked::Publish { tags, raw_data } => {
-                let mut input = self.input.lock();
-                let batch = &mut input.state.batch;
-                batch.publish_tags(&self.shared, Some(self.id), &tags, &raw_data);
-                batch.flush(&self.shared);
-            }
-        }
-    }
-
-    async fn call_plugin(self: &Arc<Self>, route: CommandRoute, request: Message) {
-        let (access, token) = {
-            let input = self.input.lock();
-            (input.state.access, input.state.token.clone())
-        };
-        let mut allowed_tags = RVec::new();
-        if let (Access::TOKEN, Some(token), Some(auth)) = (access, token, self.shared.auth.get()) {
-            if let ROk(tags) = auth.store.tags(token.into()).await {
-                allowed_tags = tags;
-            }
-        }
-        let command = request.command.to_string();
-        let context = CommandContext {
-            session: u64::from(self.id),
-            access,
-            allowed_tags,
-            replies: ReplierApi_TO::from_ptr(RArc::new(Replier(self.output.clone())), TD_Opaque),
-        };
-        if let RErr(e) = route.handler.call_command(context, request).await {
-            tracing::warn!(plugin = %route.plugin, command = %command, kind = %e.kind, "custom command failed: {}", e.message);
-            self.send_error(&command, format!("{} (plugin {})", e.message, route.plugin));
-        }
-    }
-
-    pub(crate) fn send_error(&self, command: &str, error: impl Display) {
-        let mut out = Vec::new();
-        protocol::error_reply(&mut out, command, &error.to_string());
-        self.output.push_reply(&out);
+        Gate::Denied => Err(not_authenticated("publish")),
     }
 }
 
-fn unavailable(e: &SdkError) -> String {
-    format!("authenticator unavailable: {}", e.message)
-}
-
-impl Checked {
-    fn name(&self) -> &'static str {
-        match self {
-            Checked::Subscribe(_) => "subscribe",
-            Checked::Unsubscribe(_) => "unsubscribe",
-            Checked::Publish { .. } => "publish",
+fn subscribe(cx: &mut Context<'_>, tags: Vec<String>) -> Result<Step, Refusal> {
+    match cx.gate() {
+        Gate::Free => {
+            add_subscription(cx, &tags)?;
+            Ok(Step::Done)
         }
-    }
-
-    fn tags(&self) -> &[String] {
-        match self {
-            Checked::Subscribe(tags)
-            | Checked::Unsubscribe(tags)
-            | Checked::Publish { tags, .. } => tags,
-        }
+        Gate::Check(token) => Ok(Step::Wait(Pending::Check {
+            token,
+            op: Checked::Subscribe(tags),
+        })),
+        Gate::Denied => Err(not_authenticated("subscribe")),
     }
 }
 
-impl AdminOp {
-    fn name(self) -> &'static str {
-        match self {
-            AdminOp::Register => "register",
-            AdminOp::Unregister => "unregister",
-            AdminOp::Set => "set",
-            AdminOp::Unset => "unset",
-            AdminOp::Tags => "tags",
-        }
+/// Subscribing to a set held already is not an error.
+fn add_subscription(cx: &mut Context<'_>, tags: &[String]) -> Result<(), Refusal> {
+    let limit = cx.shared.limits.max_subscriptions;
+    let added = cx.shared.router.write().subscribe(cx.id, tags, limit);
+    match added {
+        Ok(_) | Err(SubscribeError::Gone) => Ok(()),
+        Err(SubscribeError::TooMany { limit }) => Err(Refusal::invalid(
+            "subscribe",
+            format!("too many subscriptions: a connection may hold {limit}"),
+        )),
     }
 }
 
-/// Lets a custom command reply to its session, now or later.
-#[derive(Clone)]
-struct Replier(Arc<Output>);
+/// Never refused for want of permission: it can only narrow what the
+/// session receives. Unsubscribing from a set not held is not an error.
+fn unsubscribe(cx: &mut Context<'_>, tags: &[std::borrow::Cow<'_, str>]) -> Result<Step, Refusal> {
+    if matches!(cx.gate(), Gate::Denied) {
+        return Err(not_authenticated("unsubscribe"));
+    }
+    cx.shared.router.write().unsubscribe(cx.id, tags);
+    Ok(Step::Done)
+}
 
-impl ReplierApi for Replier {
-    fn send(&self, message: Message) -> bool {
-        let mut out = Vec::new();
-        protocol::message(&mut out, &message);
-        self.0.push_reply(&out)
+fn list(cx: &mut Context<'_>) -> Result<Step, Refusal> {
+    if matches!(cx.gate(), Gate::Denied) {
+        return Err(not_authenticated("list"));
+    }
+    let subscriptions = cx.shared.router.read().subscriptions(cx.id);
+    let data = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
+    cx.reply("list", &data);
+    Ok(Step::Done)
+}
+
+fn auth(
+    cx: &mut Context<'_>,
+    data: Option<&serde_json::value::RawValue>,
+    first: bool,
+) -> Result<Step, Refusal> {
+    let Some(auth) = cx.shared.auth.get() else {
+        return Ok(Step::Done); // without an authenticator, auth is accepted and ignored
+    };
+    if !first {
+        return Err(Refusal::invalid(
+            "auth",
+            "auth must be the first command of a connection",
+        ));
+    }
+    let token = protocol::data_string(data)
+        .map_err(|_| Refusal::invalid("auth", "auth needs the token as a string in data"))?;
+    if is_server_token(&auth.server_token, &token) {
+        cx.state.standing = Standing::new(Access::ADMIN);
+        return Ok(Step::Done);
+    }
+    Ok(Step::Wait(Pending::Auth(token)))
+}
+
+fn who(cx: &mut Context<'_>) -> Result<Step, Refusal> {
+    if cx.shared.auth.get().is_some() && cx.state.standing.access != Access::ADMIN {
+        return Err(Refusal::new(
+            "who",
+            ErrorKind::PERMISSION_DENIED,
+            "who needs admin mode: auth with the server token first",
+        ));
+    }
+    let data = cx.shared.who().to_string();
+    cx.reply("who", &data);
+    Ok(Step::Done)
+}
+
+fn admin(cx: &mut Context<'_>, op: AdminOp, request: &Request<'_>) -> Result<Step, Refusal> {
+    let command = op.name();
+    let Some(auth) = cx.shared.auth.get() else {
+        return Err(Refusal::invalid(
+            command,
+            "admin commands need the server to run with an authenticator",
+        ));
+    };
+    if cx.state.standing.access != Access::ADMIN {
+        return Err(Refusal::new(
+            command,
+            ErrorKind::PERMISSION_DENIED,
+            "admin commands need admin mode: auth with the server token first",
+        ));
+    }
+    let token = match protocol::data_string(request.data) {
+        Ok(token) if !token.is_empty() => token,
+        _ => {
+            return Err(Refusal::invalid(
+                command,
+                "missing data: the token, a non-empty string",
+            ))
+        }
+    };
+    if op == AdminOp::Register && is_server_token(&auth.server_token, &token) {
+        return Err(Refusal::invalid(command, "that token is the server token"));
+    }
+    let tags = match op {
+        AdminOp::Register => protocol::parse_optional_tags(request.tags),
+        AdminOp::Set | AdminOp::Unset => protocol::parse_tags(request.tags),
+        AdminOp::Unregister | AdminOp::Tags => Ok(Default::default()),
+    }
+    .map_err(|e| Refusal::protocol(command, e))?;
+    Ok(Step::Wait(Pending::Admin {
+        op,
+        token,
+        tags: owned(&tags),
+    }))
+}
+
+fn custom(cx: &mut Context<'_>, command: &str, request: &Request<'_>) -> Result<Step, Refusal> {
+    let Some(route) = cx.shared.commands.get().and_then(|c| c.get(command)) else {
+        return Err(Refusal::invalid(
+            command,
+            format!("unknown command {command:?}"),
+        ));
+    };
+    let tags =
+        protocol::parse_optional_tags(request.tags).map_err(|e| Refusal::protocol(command, e))?;
+    let data = match request.data {
+        None => String::new(),
+        Some(_) => {
+            protocol::data_string(request.data).map_err(|e| Refusal::protocol(command, e))?
+        }
+    };
+    Ok(Step::Wait(Pending::Custom(Box::new(CustomCall {
+        route: route.clone(),
+        request: Message::new(command).with_tags(&tags).with_data(data),
+        standing: cx.state.standing.clone(),
+    }))))
+}
+
+/// Carries out what a finished step asks.
+pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Refusal> {
+    match effect {
+        Effect::Nothing => {}
+        Effect::Authenticated(token) => {
+            cx.shared.tokens.enter(&token, cx.id);
+            cx.state.standing = Standing {
+                access: Access::TOKEN,
+                token: Some(token),
+            };
+            cx.state.commands_seen = true;
+        }
+        Effect::Granted { token, op, epoch } => return grant(cx, token, op, epoch),
+        Effect::Reply(lines) => {
+            cx.state.out = lines;
+            cx.push_reply();
+        }
+        Effect::Refused(refusal) => return Err(refusal),
+    }
+    Ok(Applied::Done)
+}
+
+/// Applies a checked command, unless a revocation happened since its
+/// check began (then it is checked again). The epoch is compared under the
+/// router's write lock, which a revocation takes after bumping it.
+fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<Applied, Refusal> {
+    let recheck = |op| Ok(Applied::Recheck(Pending::Check { token, op }));
+    match op {
+        Checked::Subscribe(tags) => {
+            let limit = cx.shared.limits.max_subscriptions;
+            let mut router = cx.shared.router.write();
+            if cx.shared.tokens.epoch() != epoch {
+                drop(router);
+                return recheck(Checked::Subscribe(tags));
+            }
+            match router.subscribe(cx.id, &tags, limit) {
+                Ok(_) | Err(SubscribeError::Gone) => Ok(Applied::Done),
+                Err(SubscribeError::TooMany { limit }) => Err(Refusal::invalid(
+                    "subscribe",
+                    format!("too many subscriptions: a connection may hold {limit}"),
+                )),
+            }
+        }
+        Checked::Publish { tags, raw_data } => {
+            if cx.shared.tokens.epoch() != epoch {
+                return recheck(Checked::Publish { tags, raw_data });
+            }
+            let (id, shared) = (cx.id, cx.shared);
+            let router = cx.routing.get_or_insert_with(|| shared.router.read());
+            if router.is_open(id) {
+                cx.state
+                    .batch
+                    .publish_tags(router, Some(id), &tags, &raw_data);
+            }
+            cx.flush();
+            Ok(Applied::Done)
+        }
     }
 }

@@ -17,6 +17,7 @@ use mist_sdk::abi::{
 use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 
 use super::batch::Batch;
+use super::router::SessionId;
 use super::session::Session;
 use super::Shared;
 
@@ -36,8 +37,18 @@ struct HostBroker(Arc<Shared>);
 
 impl BrokerApi for HostBroker {
     fn open_session(&self, info: SessionInfo, waker: OutputWakerBox) -> SessionBox {
-        let session = Session::open(self.0.clone(), info, waker);
-        SessionApi_TO::from_ptr(RArc::new(SessionHandle(session)), TD_Opaque)
+        // No fallback value exists for a session: a panic here is a broker
+        // bug, and `abort` is what an unwind into the plugin would cause
+        // anyway; catching it at least logs it first.
+        match catch_unwind(AssertUnwindSafe(|| {
+            Session::open(self.0.clone(), info, waker)
+        })) {
+            Ok(session) => SessionApi_TO::from_ptr(RArc::new(SessionHandle(session)), TD_Opaque),
+            Err(_) => {
+                tracing::error!("internal error in open_session; please report this bug");
+                std::process::abort();
+            }
+        }
     }
 
     fn publish(
@@ -52,12 +63,27 @@ impl BrokerApi for HostBroker {
                     "tags must be a non-empty list of non-empty strings",
                 ));
             }
+            if tags.len() > self.0.limits.max_tags {
+                return RErr(SdkError::invalid_input(format!(
+                    "too many tags: {}, the limit is {}",
+                    tags.len(),
+                    self.0.limits.max_tags
+                )));
+            }
             let tags: Vec<&str> = tags.iter().map(|t| t.as_str()).collect();
             let raw_data = serde_json::Value::String(data.into_string()).to_string();
-            let exclude = exclude.into_option().and_then(|id| u32::try_from(id).ok());
+            let exclude = exclude.into_option().map(SessionId::from_u64);
             let mut batch = Batch::default();
-            batch.publish_tags(&self.0, exclude, &tags, &raw_data);
-            ROk(batch.flush(&self.0))
+            let mut slow = Vec::new();
+            let queued = {
+                let router = self.0.router.read();
+                batch.publish_tags(&router, exclude, &tags, &raw_data);
+                batch.flush(&router, &self.0, &mut slow)
+            };
+            for session in slow {
+                self.0.evict_slow(session);
+            }
+            ROk(queued)
         })
     }
 
@@ -99,7 +125,7 @@ struct SessionHandle(Arc<Session>);
 
 impl SessionApi for SessionHandle {
     fn id(&self) -> u64 {
-        u64::from(self.0.id)
+        self.0.id.to_u64()
     }
 
     fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
@@ -125,7 +151,11 @@ impl SessionApi for SessionHandle {
         guard("refuse", (), || self.0.refuse(error.as_str()))
     }
 
-    fn execute(&self, _request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {
-        async { RErr(SdkError::unsupported("execute is not available yet")) }.into_ffi()
+    fn execute(&self, request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {
+        guard(
+            "execute",
+            async { RErr(SdkError::other("internal error")) }.into_ffi(),
+            || self.0.execute(request.to_vec()),
+        )
     }
 }

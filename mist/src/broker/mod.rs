@@ -3,23 +3,31 @@
 //! # How a message travels
 //!
 //! A listener plugin feeds a session the bytes its client sends
-//! ([`session`]). The session splits them into lines ([`framing`]), parses
-//! each ([`protocol`]) and carries out the command ([`commands`]). Publishes
-//! are collected into a [`batch`]: serialized once, matched against the
-//! subscription index through the [`router`], and handed as shared ranges to
-//! each subscriber's bounded [`output`] queue, which wakes that subscriber's
-//! listener to drain and write it. Nothing on this path waits for a slow
-//! subscriber: its queue drops instead.
+//! (`session`, which owns only the sequencing). The session splits them
+//! into lines (`framing`), parses each into a command value (`command`,
+//! on the wire format of `protocol`) and applies it (`commands`); a command
+//! that must wait on the token store or a plugin becomes a step (`steps`).
+//! Publishes are collected into a `batch`: serialized once, matched against
+//! the subscription index through the `router`, and handed as shared ranges
+//! to each subscriber's bounded `output` queue, under a global `memory`
+//! budget; the queue wakes that subscriber's listener to drain and write
+//! it. Nothing on this path waits for a slow subscriber: its queue drops
+//! instead. `access` keeps the sessions of each token, for revocation;
+//! `handle` is the face plugins see; `figures` the counters metrics read.
 
+mod access;
 mod batch;
+mod command;
 mod commands;
 mod figures;
 mod framing;
 mod handle;
+mod memory;
 mod output;
 mod protocol;
 mod router;
 mod session;
+mod steps;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,9 +36,11 @@ use std::time::Duration;
 
 use mist_sdk::abi::{AuthenticatorBox, BrokerBox, PluginBox};
 use mist_sdk::{BrokerStats, ListenerLimits, SdkError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use router::Router;
+use access::Tokens;
+use memory::Memory;
+use router::{Router, SessionId};
 
 pub use figures::{Figures, HistogramSnapshot, LATENCY_BUCKETS};
 
@@ -122,6 +132,12 @@ pub(crate) struct Shared {
     pub(crate) commands: OnceLock<HashMap<String, CommandRoute>>,
     /// Client connections admitted and not yet released, over all listeners.
     pub(crate) connections: AtomicUsize,
+    /// Everything queued for clients, against `--max-memory`.
+    pub(crate) memory: Arc<Memory>,
+    /// Open sessions by token, for revocation.
+    pub(crate) tokens: Tokens,
+    /// Errors returned by plugin calls, by plugin name (rare: a lock is fine).
+    pub(crate) plugin_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -138,6 +154,8 @@ pub(crate) struct Counters {
 pub(crate) struct Auth {
     pub(crate) store: AuthenticatorBox,
     pub(crate) server_token: String,
+    /// The plugin that provides the store, for its error count.
+    pub(crate) plugin: Arc<str>,
 }
 
 /// Where a custom command goes.
@@ -171,21 +189,27 @@ impl Broker {
                 auth: OnceLock::new(),
                 commands: OnceLock::new(),
                 connections: AtomicUsize::new(0),
+                memory: Memory::new(limits.max_memory),
+                tokens: Tokens::default(),
+                plugin_errors: Mutex::new(BTreeMap::new()),
             }),
         }
     }
 
-    /// Enables admin mode (SPEC §3) with `store` and the server token.
+    /// Enables admin mode (SPEC §3) with `store`, provided by plugin
+    /// `plugin`, and the server token.
     pub fn set_authenticator(
         &self,
         store: AuthenticatorBox,
         server_token: String,
+        plugin: &str,
     ) -> Result<(), BrokerError> {
         self.shared
             .auth
             .set(Auth {
                 store,
                 server_token,
+                plugin: plugin.into(),
             })
             .map_err(|_| BrokerError::AuthenticatorSet)
     }
@@ -211,6 +235,13 @@ impl Broker {
     /// Every figure the broker keeps, for metrics.
     pub fn figures(&self) -> Figures {
         self.shared.figures()
+    }
+
+    /// Another node of a cluster says the token whose SHA-256 is `key`
+    /// changed: every open session authenticated with it loses the
+    /// subscriptions the store no longer allows, as after a local `unset`.
+    pub async fn recheck_token(&self, key: [u8; 32]) {
+        self.shared.recheck(&key).await
     }
 }
 
@@ -259,11 +290,65 @@ impl Shared {
             messages_delivered: stats.messages_out.load(Ordering::Relaxed),
             messages_dropped: stats.dropped.load(Ordering::Relaxed),
             slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
-            queue_bytes: 0,
+            queue_bytes: self.memory.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
-            plugin_errors: BTreeMap::new(),
+            plugin_errors: self.plugin_errors.lock().clone(),
             publish_latency: stats.publish_latency.snapshot(),
         }
+    }
+
+    /// A plugin call returned an error or panicked.
+    pub(crate) fn plugin_failed(&self, plugin: &str, error: &SdkError) {
+        *self
+            .plugin_errors
+            .lock()
+            .entry(plugin.to_owned())
+            .or_insert(0) += 1;
+        if error.kind == mist_sdk::ErrorKind::PANICKED {
+            tracing::error!(plugin, "plugin panicked (caught): {}", error.message);
+        }
+    }
+
+    /// Disconnects a subscriber whose queue has stayed full past the
+    /// slow-consumer timeout. What it had queued is discarded; its listener
+    /// is told to close the connection.
+    pub(crate) fn evict_slow(&self, session: SessionId) {
+        let output = {
+            let mut router = self.router.write();
+            let Some(output) = router.output(session).cloned() else {
+                return; // gone already
+            };
+            router.remove_session(session);
+            output
+        };
+        output.evict();
+        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            session = %session,
+            peer = output.peer(),
+            timeout = ?self.limits.slow_consumer_timeout,
+            dropped = output.dropped(),
+            "disconnected a slow consumer: its queue stayed full past the timeout"
+        );
+    }
+
+    /// A token's tags were taken away on this node. (A cluster passes the
+    /// event on to the other nodes.)
+    pub(crate) fn token_changed(&self, _key: &access::TokenKey) {}
+
+    /// The `who` reply's data.
+    pub(crate) fn who(&self) -> serde_json::Value {
+        let figures = self.figures();
+        serde_json::json!({
+            "connections": figures.connections.values().sum::<u64>(),
+            "listeners": figures.connections,
+            "subscriptions": figures.subscriptions,
+            "messages_in": figures.messages_received,
+            "messages_out": figures.messages_delivered,
+            "dropped": figures.messages_dropped,
+            "slow_consumers_disconnected": figures.slow_consumers_disconnected,
+            "queue_bytes": figures.queue_bytes,
+        })
     }
 
     pub(crate) fn stats(&self) -> BrokerStats {

@@ -2,16 +2,21 @@
 //! listener to write them.
 //!
 //! Deliveries are not copied per subscriber: a publish batch is serialized
-//! once into a shared buffer and each subscriber's queue holds a range of it.
-//! Consecutive ranges of the same buffer merge into one entry, so a flood of
-//! publishes on one tag costs each subscriber one entry per batch, not one per
-//! message.
+//! once into a shared [`Chunk`] and each subscriber's queue holds a range of
+//! it. Consecutive ranges of the same chunk merge into one entry, so a flood
+//! of publishes on one tag costs each subscriber one entry per batch, not
+//! one per message.
 //!
-//! Overflow policy: the queue holds at most `limit` bytes of deliveries. When
-//! a batch does not fit, the messages that fit are kept and the newest ones
-//! are dropped for this subscriber only, counted, and logged. Replies to the
-//! session's own commands are never dropped; instead the session stops
-//! reading its input until its backlog shrinks (see `Session::feed`).
+//! Overflow policy: the queue holds at most `limit` bytes (replies and
+//! deliveries together), and the global [`Memory`] budget may refuse growth
+//! earlier. When a batch does not fit, the messages that fit are kept and
+//! the newest ones are dropped for this subscriber only, counted, and
+//! logged. A subscriber that has been dropping for `slow_after` without
+//! making room is reported to the caller, which disconnects it. Replies to
+//! the session's own commands are not dropped; instead the session stops
+//! reading its input while its queue is over the limit (see `session`).
+//! Replies a plugin sends on its own ([`Output::push_notice`]) are dropped
+//! like deliveries.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,24 +27,37 @@ use std::time::{Duration, Instant};
 use mist_sdk::abi::OutputWakerBox;
 use parking_lot::Mutex;
 
+use super::memory::{Chunk, Memory};
+use super::router::SessionId;
+
 /// At most this much is handed to the listener per `drain`, so one write
 /// stays bounded however long the backlog.
 const DRAIN_CHUNK: usize = 1 << 20;
 
-/// A range smaller than this fraction of its shared buffer is copied
+/// A range smaller than this fraction of its shared chunk is copied
 /// instead of referenced: holding a small slice must not keep a large
-/// buffer alive beyond what the byte limit accounts for.
+/// chunk alive beyond what the byte limit accounts for.
 const SHARE_MIN_FRACTION: usize = 2;
 
 /// How often a subscriber that keeps dropping is logged again.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A serialized publish batch, shared by every subscriber it goes to.
-pub(crate) type SharedBatch = Arc<Vec<u8>>;
+pub(crate) type SharedBatch = Arc<Chunk>;
+
+/// What an output needs to know about its session and the broker.
+pub(crate) struct OutputConfig {
+    pub(crate) session: SessionId,
+    /// The client's address, for logs.
+    pub(crate) peer: Arc<str>,
+    pub(crate) limit: usize,
+    /// How long a queue may stay full before its session is disconnected.
+    pub(crate) slow_after: Duration,
+    pub(crate) memory: Arc<Memory>,
+}
 
 pub(crate) struct Output {
-    session: u32,
-    limit: usize,
+    config: OutputConfig,
     waker: OutputWakerBox,
     dropped: AtomicU64,
     queue: Mutex<Queue>,
@@ -54,6 +72,8 @@ struct Queue {
     wake_armed: bool,
     /// A feed waiting for the backlog to fall under the limit.
     backlog_waiter: Option<Waker>,
+    /// Since when deliveries have been dropped with no drain making room.
+    full_since: Option<Instant>,
     last_drop_log: Option<Instant>,
     drops_since_log: u64,
 }
@@ -72,13 +92,15 @@ enum Entry {
 pub(crate) struct Pushed {
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
+    /// The subscriber has been dropping for longer than the slow-consumer
+    /// timeout: disconnect it.
+    pub(crate) slow: bool,
 }
 
 impl Output {
-    pub(crate) fn new(session: u32, limit: usize, waker: OutputWakerBox) -> Self {
+    pub(crate) fn new(config: OutputConfig, waker: OutputWakerBox) -> Self {
         Output {
-            session,
-            limit,
+            config,
             waker,
             dropped: AtomicU64::new(0),
             queue: Mutex::new(Queue {
@@ -87,21 +109,55 @@ impl Output {
                 closed: false,
                 wake_armed: true,
                 backlog_waiter: None,
+                full_since: None,
                 last_drop_log: None,
                 drops_since_log: 0,
             }),
         }
     }
 
-    /// Queues a reply (one or more whole lines). Replies are never dropped.
-    /// Returns `false` if the session is closed.
+    pub(crate) fn session(&self) -> SessionId {
+        self.config.session
+    }
+
+    pub(crate) fn peer(&self) -> &str {
+        &self.config.peer
+    }
+
+    /// Queues a reply (one or more whole lines) to the session's own
+    /// command. Never dropped: the session pauses its input instead while
+    /// [`Output::over_limit`]. Returns `false` if the session is closed.
     pub(crate) fn push_reply(&self, line: &[u8]) -> bool {
         let wake = {
             let mut q = self.queue.lock();
             if q.closed {
                 return false;
             }
-            q.append_owned(line);
+            self.append_owned(&mut q, line);
+            q.take_wake()
+        };
+        if wake {
+            self.waker.wake();
+        }
+        true
+    }
+
+    /// Queues a line the client did not ask for just now (a plugin's later
+    /// reply, a notice): dropped and counted, like a delivery, when the
+    /// queue or the memory budget has no room. Returns whether it was queued.
+    pub(crate) fn push_notice(&self, line: &[u8]) -> bool {
+        let wake = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return false;
+            }
+            let fits = q.bytes + line.len() <= self.config.limit
+                && self.config.memory.admits(q.bytes, line.len(), line.len());
+            if !fits {
+                self.note_drops(&mut q, 1);
+                return false;
+            }
+            self.append_owned(&mut q, line);
             q.take_wake()
         };
         if wake {
@@ -126,25 +182,37 @@ impl Output {
             if q.closed {
                 return Pushed::default();
             }
-            let room = self.limit.saturating_sub(q.bytes);
+            let room = self.config.limit.saturating_sub(q.bytes);
             // Keep the oldest messages that fit; drop the newest.
-            let fit = if end - start <= room {
+            let mut fit = if end - start <= room {
                 ends.len()
             } else {
                 ends.partition_point(|&e| e - start <= room)
             };
             if fit > 0 {
-                q.append_shared(batch, start, ends[fit - 1]);
+                let bytes = ends[fit - 1] - start;
+                let new = if self.copies(batch, bytes) { bytes } else { 0 };
+                if !self.config.memory.admits(q.bytes, bytes, new) {
+                    fit = 0;
+                }
+            }
+            if fit > 0 {
+                self.append_shared(&mut q, batch, start, ends[fit - 1]);
             }
             let dropped = (ends.len() - fit) as u64;
+            let mut slow = false;
             if dropped > 0 {
                 self.note_drops(&mut q, dropped);
+                let now = Instant::now();
+                let since = *q.full_since.get_or_insert(now);
+                slow = now.duration_since(since) >= self.config.slow_after;
             }
             let wake = fit > 0 && q.take_wake();
             (
                 Pushed {
                     queued: fit as u64,
                     dropped,
+                    slow,
                 },
                 wake,
             )
@@ -163,10 +231,11 @@ impl Output {
             .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
         {
             tracing::warn!(
-                session = self.session,
+                session = %self.config.session,
+                peer = %self.config.peer,
                 dropped = q.drops_since_log,
                 dropped_total = total,
-                queue_limit_bytes = self.limit,
+                queue_limit_bytes = self.config.limit,
                 "subscriber is not keeping up: dropping its newest messages"
             );
             q.last_drop_log = Some(now);
@@ -182,22 +251,28 @@ impl Output {
             // Closed is reported only by a call that hands over nothing, so
             // the last bytes are always written.
             let open = !(q.closed && q.entries.is_empty());
-            let mut moved = 0;
+            let (mut moved, mut owned) = (0, 0);
             while moved < DRAIN_CHUNK {
                 let Some(entry) = q.entries.pop_front() else {
                     break;
                 };
                 let bytes = match &entry {
                     Entry::Shared { batch, start, end } => &batch[*start..*end],
-                    Entry::Owned(v) => v.as_slice(),
+                    Entry::Owned(v) => {
+                        owned += v.len();
+                        v.as_slice()
+                    }
                 };
                 out.extend_slice(bytes);
                 moved += bytes.len();
             }
-            q.bytes -= moved;
+            self.forget(&mut q, moved, owned);
+            if q.bytes < self.config.limit {
+                q.full_since = None;
+            }
             // Whatever is pushed next must wake the listener, which may now wait.
             q.wake_armed = true;
-            let waiter = if q.bytes <= self.limit {
+            let waiter = if q.bytes <= self.config.limit {
                 q.backlog_waiter.take()
             } else {
                 None
@@ -210,16 +285,20 @@ impl Output {
         open
     }
 
-    /// Whether the queue holds more than its limit (replies overflowing it).
+    /// Whether the session should stop reading input until its client
+    /// reads: its queue is over its limit, or the memory budget is spent
+    /// and this queue holds more than its share.
     pub(crate) fn over_limit(&self) -> bool {
-        self.queue.lock().bytes > self.limit
+        let bytes = self.queue.lock().bytes;
+        bytes > self.config.limit || self.config.memory.over(bytes)
     }
 
     /// Registers `waker` to be woken when the backlog is back under the
     /// limit; returns `false` (without registering) if it already is.
     pub(crate) fn wait_under_limit(&self, waker: &Waker) -> bool {
         let mut q = self.queue.lock();
-        if q.bytes <= self.limit || q.closed {
+        let over = q.bytes > self.config.limit || self.config.memory.over(q.bytes);
+        if !over || q.closed {
             return false;
         }
         q.backlog_waiter = Some(waker.clone());
@@ -228,63 +307,135 @@ impl Output {
 
     /// No more output will be queued; what is queued can still be drained.
     pub(crate) fn close(&self) {
-        let (wake, waiter) = {
+        self.close_with(false);
+    }
+
+    /// The broker ends the session itself: queued output is discarded (a
+    /// slow consumer would never read it) and the listener is told to close
+    /// the connection even if a write is stuck.
+    pub(crate) fn evict(&self) {
+        self.close_with(true);
+    }
+
+    fn close_with(&self, discard: bool) {
+        let waiter = {
             let mut q = self.queue.lock();
-            if q.closed {
+            if q.closed && !discard {
                 return;
             }
             q.closed = true;
-            (true, q.backlog_waiter.take())
+            if discard {
+                let owned = q
+                    .entries
+                    .iter()
+                    .map(|e| match e {
+                        Entry::Owned(v) => v.len(),
+                        Entry::Shared { .. } => 0,
+                    })
+                    .sum();
+                let bytes = q.bytes;
+                q.entries.clear();
+                self.forget(&mut q, bytes, owned);
+            }
+            q.backlog_waiter.take()
         };
         if let Some(waiter) = waiter {
             waiter.wake();
         }
-        if wake {
+        if discard {
+            self.waker.closed();
+        } else {
             self.waker.wake();
         }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.lock().closed
     }
 
     /// Deliveries dropped for this subscriber so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
-}
 
-impl Queue {
-    fn take_wake(&mut self) -> bool {
-        std::mem::replace(&mut self.wake_armed, false)
+    /// Whether a range of `bytes` from `batch` is copied rather than shared.
+    fn copies(&self, batch: &SharedBatch, bytes: usize) -> bool {
+        bytes * SHARE_MIN_FRACTION < batch.len()
     }
 
-    fn append_owned(&mut self, bytes: &[u8]) {
-        self.bytes += bytes.len();
-        if let Some(Entry::Owned(tail)) = self.entries.back_mut() {
+    fn append_owned(&self, q: &mut Queue, bytes: &[u8]) {
+        self.grow(q, bytes.len());
+        self.config.memory.add(bytes.len());
+        if let Some(Entry::Owned(tail)) = q.entries.back_mut() {
             tail.extend_from_slice(bytes);
         } else {
-            self.entries.push_back(Entry::Owned(bytes.to_vec()));
+            q.entries.push_back(Entry::Owned(bytes.to_vec()));
         }
     }
 
-    fn append_shared(&mut self, batch: &SharedBatch, start: usize, end: usize) {
-        if (end - start) * SHARE_MIN_FRACTION < batch.len() {
-            return self.append_owned(&batch[start..end]);
+    fn append_shared(&self, q: &mut Queue, batch: &SharedBatch, start: usize, end: usize) {
+        if self.copies(batch, end - start) {
+            return self.append_owned(q, &batch[start..end]);
         }
-        self.bytes += end - start;
+        self.grow(q, end - start);
         if let Some(Entry::Shared {
             batch: last,
             end: last_end,
             ..
-        }) = self.entries.back_mut()
+        }) = q.entries.back_mut()
         {
             if Arc::ptr_eq(last, batch) && *last_end == start {
                 *last_end = end;
                 return;
             }
         }
-        self.entries.push_back(Entry::Shared {
+        q.entries.push_back(Entry::Shared {
             batch: batch.clone(),
             start,
             end,
         });
+    }
+
+    fn grow(&self, q: &mut Queue, n: usize) {
+        if q.bytes == 0 && n > 0 {
+            self.config.memory.queue_busy();
+        }
+        q.bytes += n;
+    }
+
+    /// `bytes` left the queue, `owned` of them its own copies.
+    fn forget(&self, q: &mut Queue, bytes: usize, owned: usize) {
+        self.config.memory.sub(owned);
+        if q.bytes > 0 && q.bytes == bytes {
+            self.config.memory.queue_idle();
+        }
+        q.bytes -= bytes;
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Give back what is still queued: owned bytes here, shared chunks
+        // as their references drop with the entries.
+        let q = self.queue.get_mut();
+        let owned: usize = q
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Owned(v) => v.len(),
+                Entry::Shared { .. } => 0,
+            })
+            .sum();
+        self.config.memory.sub(owned);
+        if q.bytes > 0 {
+            self.config.memory.queue_idle();
+        }
+    }
+}
+
+impl Queue {
+    fn take_wake(&mut self) -> bool {
+        std::mem::replace(&mut self.wake_armed, false)
     }
 }
 
@@ -318,7 +469,7 @@ impl ExtendSlice for mist_sdk::abi_stable::std_types::RVec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use abi_stable::sabi_trait::TD_Opaque;
@@ -326,26 +477,66 @@ mod tests {
 
     use super::*;
 
-    struct CountWakes(Arc<AtomicUsize>);
+    #[derive(Default)]
+    pub(crate) struct Signals {
+        pub(crate) wakes: AtomicUsize,
+        pub(crate) closes: AtomicUsize,
+    }
+
+    struct CountWakes(Arc<Signals>);
 
     impl OutputWakerApi for CountWakes {
         fn wake(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+            self.0.wakes.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn closed(&self) {
+            self.0.closes.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    fn output(limit: usize) -> (Output, Arc<AtomicUsize>) {
-        let wakes = Arc::new(AtomicUsize::new(0));
-        let waker = OutputWakerApi_TO::from_value(CountWakes(wakes.clone()), TD_Opaque);
-        (Output::new(7, limit, waker), wakes)
+    /// An output for session `id` holding up to `limit` bytes, under a
+    /// generous memory budget of its own.
+    pub(crate) fn output(id: SessionId, limit: usize) -> (Output, Arc<Signals>) {
+        output_in(id, limit, &Memory::new(1 << 30), Duration::from_secs(30))
     }
 
+    pub(crate) fn output_in(
+        session: SessionId,
+        limit: usize,
+        memory: &Arc<Memory>,
+        slow_after: Duration,
+    ) -> (Output, Arc<Signals>) {
+        let signals = Arc::new(Signals::default());
+        let waker = OutputWakerApi_TO::from_value(CountWakes(signals.clone()), TD_Opaque);
+        let config = OutputConfig {
+            session,
+            peer: "127.0.0.1:9".into(),
+            limit,
+            slow_after,
+            memory: memory.clone(),
+        };
+        (Output::new(config, waker), signals)
+    }
+
+    const ID: SessionId = SessionId {
+        index: 7,
+        generation: 0,
+    };
+
     /// A batch of `n` messages of `len` bytes each, and their end offsets.
-    fn batch(n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
+    fn batch_in(memory: &Arc<Memory>, n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
         let bytes: Vec<u8> = (0..n)
             .flat_map(|i| vec![b'a' + (i % 26) as u8; len])
             .collect();
-        (Arc::new(bytes), (1..=n).map(|i| i * len).collect())
+        (
+            Arc::new(Chunk::new(bytes, memory)),
+            (1..=n).map(|i| i * len).collect(),
+        )
+    }
+
+    fn batch(n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
+        batch_in(&Memory::new(1 << 30), n, len)
     }
 
     fn drained(out: &Output) -> (bool, Vec<u8>) {
@@ -356,26 +547,20 @@ mod tests {
 
     #[test]
     fn adjacent_ranges_of_one_batch_merge_into_one_entry() {
-        let (out, _) = output(1 << 20);
+        let (out, _) = output(ID, 1 << 20);
         let (b, ends) = batch(10, 100);
         out.push_deliveries(&b, 0, &ends[..5]);
         out.push_deliveries(&b, 500, &ends[5..]);
         assert_eq!(out.queue.lock().entries.len(), 1);
-        assert_eq!(drained(&out).1, *b);
+        assert_eq!(drained(&out).1, b[..]);
     }
 
     #[test]
     fn a_full_queue_keeps_the_oldest_and_drops_the_newest() {
-        let (out, _) = output(350);
+        let (out, _) = output(ID, 350);
         let (b, ends) = batch(5, 100);
         let pushed = out.push_deliveries(&b, 0, &ends);
-        assert_eq!(
-            pushed,
-            Pushed {
-                queued: 3,
-                dropped: 2
-            }
-        );
+        assert_eq!((pushed.queued, pushed.dropped), (3, 2));
         assert_eq!(out.dropped(), 2);
         assert_eq!(drained(&out).1, b[..300]);
         // Drained, there is room again.
@@ -384,7 +569,7 @@ mod tests {
 
     #[test]
     fn replies_are_never_dropped_and_report_the_backlog() {
-        let (out, _) = output(10);
+        let (out, _) = output(ID, 10);
         for _ in 0..5 {
             assert!(out.push_reply(b"0123456789\n"));
         }
@@ -395,13 +580,18 @@ mod tests {
             1,
             "deliveries still respect the limit"
         );
+        assert!(
+            !out.push_notice(b"later\n"),
+            "so do a plugin's later replies"
+        );
         assert_eq!(drained(&out).1.len(), 55);
         assert!(!out.over_limit());
+        assert!(out.push_notice(b"later\n"));
     }
 
     #[test]
     fn a_small_slice_of_a_big_batch_is_copied_not_retained() {
-        let (out, _) = output(1 << 20);
+        let (out, _) = output(ID, 1 << 20);
         let (b, ends) = batch(10, 100);
         out.push_deliveries(&b, 300, &ends[3..4]);
         assert!(matches!(
@@ -413,22 +603,69 @@ mod tests {
 
     #[test]
     fn the_listener_is_woken_once_per_drain_cycle() {
-        let (out, wakes) = output(1 << 20);
+        let (out, signals) = output(ID, 1 << 20);
         out.push_reply(b"a\n");
         out.push_reply(b"b\n");
-        assert_eq!(wakes.load(Ordering::SeqCst), 1);
+        assert_eq!(signals.wakes.load(Ordering::SeqCst), 1);
         assert_eq!(drained(&out), (true, b"a\nb\n".to_vec()));
         out.push_reply(b"c\n");
-        assert_eq!(wakes.load(Ordering::SeqCst), 2);
+        assert_eq!(signals.wakes.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn closing_keeps_queued_output_until_drained() {
-        let (out, _) = output(1 << 20);
+        let (out, _) = output(ID, 1 << 20);
         out.push_reply(b"last\n");
         out.close();
         assert!(!out.push_reply(b"after\n"));
         assert_eq!(drained(&out), (true, b"last\n".to_vec()));
         assert_eq!(drained(&out), (false, Vec::new()));
+    }
+
+    #[test]
+    fn memory_is_counted_once_per_chunk_and_given_back() {
+        let memory = Memory::new(1 << 20);
+        let (a, _) = output_in(ID, 1 << 20, &memory, Duration::from_secs(30));
+        let (b, _) = output_in(ID, 1 << 20, &memory, Duration::from_secs(30));
+        let (chunk, ends) = batch_in(&memory, 10, 100);
+        a.push_deliveries(&chunk, 0, &ends);
+        b.push_deliveries(&chunk, 0, &ends);
+        a.push_reply(b"0123456789");
+        drop(chunk);
+        assert_eq!(memory.used(), 1000 + 10, "the chunk once, the reply once");
+        drained(&a);
+        assert_eq!(memory.used(), 1000, "b still holds the chunk");
+        b.evict();
+        assert_eq!(memory.used(), 0);
+    }
+
+    #[test]
+    fn over_the_budget_the_big_queue_drops_and_the_small_one_does_not() {
+        let memory = Memory::new(4000);
+        let slow = Duration::from_secs(30);
+        let (big, _) = output_in(ID, 1 << 20, &memory, slow);
+        let (small, _) = output_in(ID, 1 << 20, &memory, slow);
+        let (chunk, ends) = batch_in(&memory, 31, 100);
+        big.push_deliveries(&chunk, 0, &ends[..30]);
+        small.push_deliveries(&chunk, 3000, &ends[30..]);
+        drop(chunk);
+        // 3,100 of 4,000 used: pressure. The fair share is 2,000.
+        let (next, ends) = batch_in(&memory, 2, 100);
+        assert_eq!(big.push_deliveries(&next, 0, &ends).dropped, 2);
+        assert_eq!(small.push_deliveries(&next, 0, &ends).queued, 2);
+    }
+
+    #[test]
+    fn a_queue_full_for_the_timeout_is_reported_slow_and_eviction_discards() {
+        let memory = Memory::new(1 << 20);
+        let (out, signals) = output_in(ID, 100, &memory, Duration::ZERO);
+        let (b, ends) = batch_in(&memory, 3, 100);
+        assert!(!out.push_deliveries(&b, 0, &ends[..1]).slow);
+        assert!(out.push_deliveries(&b, 100, &ends[1..]).slow);
+        out.evict();
+        assert_eq!(signals.closes.load(Ordering::SeqCst), 1);
+        assert_eq!(drained(&out), (false, Vec::new()), "nothing left to write");
+        drop(b);
+        assert_eq!(memory.used(), 0);
     }
 }

@@ -40,6 +40,8 @@ pub(crate) enum ProtocolError {
     MissingData,
     #[error("message too large: {size} bytes, the limit is {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("too many tags: {count}, the limit is {limit}")]
+    TooManyTags { count: usize, limit: usize },
 }
 
 /// Tags as sent, borrowed where no escape had to be decoded.
@@ -245,6 +247,25 @@ pub(crate) fn error_reply(out: &mut Vec<u8>, command: &str, error: &str) {
         &Reply {
             command,
             tags: None,
+            data: "",
+            error,
+        },
+    );
+}
+
+/// `{"command":..,"tags":[..],"error":..}\n`: a line the broker sends
+/// on its own, such as a revocation notice.
+pub(crate) fn notice<T: AsRef<str> + Serialize>(
+    out: &mut Vec<u8>,
+    command: &str,
+    tags: &[T],
+    error: &str,
+) {
+    write_line(
+        out,
+        &Reply {
+            command,
+            tags: Some(tags),
             data: "",
             error,
         },

@@ -1,93 +1,237 @@
 //! Who is connected and who subscribed to what: the one place publishes
-//! are matched. Guarded by one `RwLock` in [`super::Shared`]; publishes
-//! take it shared, only (un)subscribing and connecting take it exclusively,
-//! and nothing is held across a write to a socket.
+//! are matched. Guarded by one `RwLock` in [`super::Shared`]; a publishing
+//! session holds it shared from its first match until its deliveries are
+//! queued (see `batch`), only (un)subscribing, connecting and revoking take
+//! it exclusively, and nothing is held across a write to a socket.
+//!
+//! A session is known by a [`SessionId`]: a slot index, reused so the
+//! index's bitmaps stay dense, and a generation that changes every time the
+//! slot is given to a new session. Every operation names the full id and is
+//! refused when the generation does not match, so a step still in flight
+//! for a closed connection can never act on the next connection that gets
+//! its slot.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use crate::tags::{Index, MatchScratch};
 
 use super::output::Output;
 
-pub(crate) struct Router {
-    index: Index,
-    /// Open sessions by id; ids are reused so the index's bitmaps stay dense.
-    sessions: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    open: usize,
+/// A session's identity, never reused while the broker runs (up to 2³²
+/// reuses of one slot).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SessionId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
 }
 
-pub(crate) struct Slot {
-    pub(crate) output: Arc<Output>,
-    pub(crate) listener: Arc<str>,
+impl SessionId {
+    /// The id as plugins see it: generation in the high half.
+    pub(crate) fn to_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub(crate) fn from_u64(id: u64) -> SessionId {
+        SessionId {
+            index: id as u32,
+            generation: (id >> 32) as u32,
+        }
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a subscription was not added.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SubscribeError {
+    /// The session is closed: its id is stale.
+    Gone,
+    /// The session holds as many subscriptions as it may.
+    TooMany { limit: usize },
+}
+
+pub(crate) struct Router {
+    index: Index,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    open: usize,
+    /// Open sessions per listener scheme, kept up to date so that reading
+    /// the figures never scans the sessions.
+    per_listener: BTreeMap<Arc<str>, u64>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    session: Option<Entry>,
+}
+
+struct Entry {
+    output: Arc<Output>,
+    listener: Arc<str>,
 }
 
 impl Router {
     pub(crate) fn new() -> Self {
         Router {
             index: Index::new(),
-            sessions: Vec::new(),
+            slots: Vec::new(),
             free: Vec::new(),
             open: 0,
+            per_listener: BTreeMap::new(),
         }
     }
 
-    /// Registers a session; `make` receives its id and builds its slot.
-    pub(crate) fn add_session<T>(&mut self, make: impl FnOnce(u32) -> (Slot, T)) -> (u32, T) {
-        let id = match self.free.pop() {
-            Some(id) => id,
+    /// Registers a session; `make` receives its id and builds its output.
+    pub(crate) fn add_session(
+        &mut self,
+        listener: Arc<str>,
+        make: impl FnOnce(SessionId) -> Arc<Output>,
+    ) -> (SessionId, Arc<Output>) {
+        let index = match self.free.pop() {
+            Some(index) => index,
             None => {
-                self.sessions.push(None);
-                (self.sessions.len() - 1) as u32
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
             }
         };
-        let (slot, extra) = make(id);
-        self.sessions[id as usize] = Some(slot);
+        let slot = &mut self.slots[index as usize];
+        let id = SessionId {
+            index,
+            generation: slot.generation,
+        };
+        let output = make(id);
+        slot.session = Some(Entry {
+            output: output.clone(),
+            listener: listener.clone(),
+        });
         self.open += 1;
-        (id, extra)
+        *self.per_listener.entry(listener).or_insert(0) += 1;
+        (id, output)
     }
 
-    /// Forgets a session and all its subscriptions.
-    pub(crate) fn remove_session(&mut self, id: u32) {
-        if let Some(entry) = self.sessions.get_mut(id as usize) {
-            if entry.take().is_some() {
-                self.index.remove_session(id);
-                self.free.push(id);
-                self.open -= 1;
+    fn entry(&self, id: SessionId) -> Option<&Entry> {
+        let slot = self.slots.get(id.index as usize)?;
+        (slot.generation == id.generation)
+            .then_some(slot.session.as_ref())
+            .flatten()
+    }
+
+    /// Whether `id` is an open session.
+    pub(crate) fn is_open(&self, id: SessionId) -> bool {
+        self.entry(id).is_some()
+    }
+
+    /// The output queue of open session `id`.
+    pub(crate) fn output(&self, id: SessionId) -> Option<&Arc<Output>> {
+        self.entry(id).map(|e| &e.output)
+    }
+
+    /// Forgets a session and all its subscriptions; its slot's next
+    /// session gets a new generation. `false` if `id` was not open.
+    pub(crate) fn remove_session(&mut self, id: SessionId) -> bool {
+        if self.entry(id).is_none() {
+            return false;
+        }
+        let slot = &mut self.slots[id.index as usize];
+        let Some(entry) = slot.session.take() else {
+            return false;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.index.remove_session(id.index);
+        self.free.push(id.index);
+        self.open -= 1;
+        if let Some(count) = self.per_listener.get_mut(&entry.listener) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_listener.remove(&entry.listener);
             }
         }
+        true
     }
 
-    pub(crate) fn subscribe<S: AsRef<str>>(&mut self, id: u32, tags: &[S]) -> bool {
-        self.index.subscribe(id, tags)
+    /// Adds a subscription. `Ok(false)` when the session holds that exact
+    /// set already (not an error, and not counted against the limit).
+    pub(crate) fn subscribe<S: AsRef<str>>(
+        &mut self,
+        id: SessionId,
+        tags: &[S],
+        limit: usize,
+    ) -> Result<bool, SubscribeError> {
+        if self.entry(id).is_none() {
+            return Err(SubscribeError::Gone);
+        }
+        if self.index.held(id.index) >= limit && !self.index.holds(id.index, tags) {
+            return Err(SubscribeError::TooMany { limit });
+        }
+        Ok(self.index.subscribe(id.index, tags))
     }
 
-    pub(crate) fn unsubscribe<S: AsRef<str>>(&mut self, id: u32, tags: &[S]) -> bool {
-        self.index.unsubscribe(id, tags)
+    /// Removes exactly the set `tags`; `false` if it was not held (or the
+    /// session is gone).
+    pub(crate) fn unsubscribe<S: AsRef<str>>(&mut self, id: SessionId, tags: &[S]) -> bool {
+        self.entry(id).is_some() && self.index.unsubscribe(id.index, tags)
     }
 
-    pub(crate) fn subscriptions(&self, id: u32) -> Vec<Vec<String>> {
-        self.index.subscriptions(id)
+    /// The session's subscriptions, sorted (see [`Index::subscriptions`]).
+    pub(crate) fn subscriptions(&self, id: SessionId) -> Vec<Vec<String>> {
+        if self.entry(id).is_none() {
+            return Vec::new();
+        }
+        self.index.subscriptions(id.index)
     }
 
-    /// Appends the outputs of every session a message tagged `tags` goes to.
+    /// Removes every subscription of `id` for which `keep` says no, and
+    /// returns the removed sets (sorted tags).
+    pub(crate) fn prune(
+        &mut self,
+        id: SessionId,
+        keep: impl Fn(&[String]) -> bool,
+    ) -> Vec<Vec<String>> {
+        let removed: Vec<Vec<String>> = self
+            .subscriptions(id)
+            .into_iter()
+            .filter(|set| !keep(set))
+            .collect();
+        for set in &removed {
+            self.index.unsubscribe(id.index, set);
+        }
+        removed
+    }
+
+    /// Appends the slot of every session a message tagged `tags` goes to,
+    /// but `exclude`; [`Router::output_at`] turns a slot into its queue
+    /// while this lock is held.
     pub(crate) fn route<S: AsRef<str>>(
         &self,
         tags: &[S],
-        exclude: Option<u32>,
+        exclude: Option<SessionId>,
         scratch: &mut RouteScratch,
-        targets: &mut Vec<Arc<Output>>,
+        targets: &mut Vec<u32>,
     ) {
-        scratch.ids.clear();
+        let exclude = exclude.map(|id| id.index);
         self.index
-            .matches(tags, exclude, &mut scratch.matcher, &mut scratch.ids);
-        targets.extend(scratch.ids.iter().filter_map(|&id| {
-            self.sessions
-                .get(id as usize)
-                .and_then(|s| s.as_ref())
-                .map(|s| s.output.clone())
-        }));
+            .matches(tags, exclude, &mut scratch.matcher, targets);
+    }
+
+    /// The queue of the session in slot `index`, if one is open there.
+    pub(crate) fn output_at(&self, index: u32) -> Option<&Output> {
+        self.slots
+            .get(index as usize)
+            .and_then(|s| s.session.as_ref())
+            .map(|s| &*s.output)
     }
 
     pub(crate) fn open_sessions(&self) -> usize {
@@ -100,11 +244,10 @@ impl Router {
 
     /// Open sessions per listener scheme.
     pub(crate) fn per_listener(&self) -> BTreeMap<String, u64> {
-        let mut counts = BTreeMap::new();
-        for slot in self.sessions.iter().flatten() {
-            *counts.entry(slot.listener.to_string()).or_insert(0) += 1;
-        }
-        counts
+        self.per_listener
+            .iter()
+            .map(|(listener, &n)| (listener.to_string(), n))
+            .collect()
     }
 }
 
@@ -112,5 +255,75 @@ impl Router {
 #[derive(Default)]
 pub(crate) struct RouteScratch {
     matcher: MatchScratch,
-    ids: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::output::tests::output;
+
+    fn open(router: &mut Router, listener: &str) -> SessionId {
+        router
+            .add_session(listener.into(), |id| Arc::new(output(id, 1 << 20).0))
+            .0
+    }
+
+    #[test]
+    fn a_reused_slot_gets_a_new_identity_and_the_old_one_is_refused() {
+        let mut router = Router::new();
+        let first = open(&mut router, "tcp");
+        assert!(router.remove_session(first));
+        let second = open(&mut router, "tcp");
+        assert_eq!(first.index, second.index, "the slot is reused");
+        assert_ne!(first, second);
+        assert_eq!(
+            router.subscribe(first, &["secret"], 10),
+            Err(SubscribeError::Gone),
+            "a stale id cannot subscribe on behalf of the slot's new session"
+        );
+        assert!(!router.remove_session(first));
+        assert!(router.is_open(second));
+        assert!(router.subscriptions(second).is_empty());
+        assert_eq!(SessionId::from_u64(second.to_u64()), second);
+    }
+
+    #[test]
+    fn subscriptions_per_session_are_capped_but_repeats_are_free() {
+        let mut router = Router::new();
+        let id = open(&mut router, "tcp");
+        assert_eq!(router.subscribe(id, &["a"], 2), Ok(true));
+        assert_eq!(router.subscribe(id, &["b"], 2), Ok(true));
+        assert_eq!(router.subscribe(id, &["a"], 2), Ok(false));
+        assert_eq!(
+            router.subscribe(id, &["c"], 2),
+            Err(SubscribeError::TooMany { limit: 2 })
+        );
+        assert!(router.unsubscribe(id, &["a"]));
+        assert_eq!(router.subscribe(id, &["c"], 2), Ok(true));
+    }
+
+    #[test]
+    fn pruning_removes_only_what_is_no_longer_allowed() {
+        let mut router = Router::new();
+        let id = open(&mut router, "tcp");
+        for set in [&["a"][..], &["a", "b"], &["c"]] {
+            router.subscribe(id, set, 10).expect("subscribe");
+        }
+        let removed = router.prune(id, |set| !set.iter().any(|t| t == "a"));
+        assert_eq!(removed, [vec!["a"], vec!["a", "b"]]);
+        assert_eq!(router.subscriptions(id), [vec!["c"]]);
+    }
+
+    #[test]
+    fn per_listener_counts_follow_opens_and_closes() {
+        let mut router = Router::new();
+        let a = open(&mut router, "tcp");
+        let _b = open(&mut router, "tcp");
+        let _c = open(&mut router, "ws");
+        router.remove_session(a);
+        let counts = router.per_listener();
+        assert_eq!(counts.get("tcp"), Some(&1));
+        assert_eq!(counts.get("ws"), Some(&1));
+        assert_eq!(router.open_sessions(), 2);
+    }
 }

@@ -1,10 +1,14 @@
-//! One client's session: its input (framing, ordering, waiting on the
-//! authenticator) and its output queue.
+//! One client's session: the sequencing of its input.
 //!
 //! Commands of one session take effect strictly in order. Most are carried
-//! out synchronously inside `feed`; one that needs the authenticator or a
-//! plugin returns a future, and the input after it waits in `backlog` until
-//! that future has finished and resumed processing.
+//! out synchronously inside `feed` ([`commands::execute`]); one that needs
+//! the token store or a plugin halts the input with a pending step, and so
+//! does a reply that fills the session's own queue (a client that sends
+//! requests without reading the answers). Input that arrives meanwhile
+//! waits in the backlog, which stays small because the listener does not
+//! read more until the future `feed` returned completes. This file owns
+//! only that: input, halts, backlog. What commands do is in `commands`,
+//! what waits is in `steps`.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -13,40 +17,51 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
+use abi_stable::std_types::RResult;
 use async_ffi::{FfiFuture, FutureExt};
 use mist_sdk::abi::OutputWakerBox;
-use mist_sdk::{Access, SessionInfo};
-use parking_lot::{Mutex, MutexGuard};
+use mist_sdk::{ErrorKind, SdkError, SessionInfo};
+use parking_lot::Mutex;
 
-use super::commands::{Pending, State, Step};
+use super::command::Refusal;
+use super::commands::{self, Applied, Context, State, Step};
 use super::framing::{Frame, LineFramer};
-use super::output::{ExtendSlice, Output};
-use super::router::Slot;
+use super::output::{ExtendSlice, Output, OutputConfig};
+use super::router::SessionId;
+use super::steps::Pending;
 use super::Shared;
 
 pub(crate) struct Session {
-    pub(crate) id: u32,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) output: Arc<Output>,
-    pub(crate) input: Mutex<Input>,
+    pub(crate) id: SessionId,
+    shared: Arc<Shared>,
+    output: Arc<Output>,
+    input: Mutex<Input>,
     closed: AtomicBool,
 }
 
-/// Framed input waiting for an async step to finish.
+/// Framed input waiting for a halt to end.
 enum Backlogged {
     Message(Vec<u8>),
     Refusal(String),
 }
 
-pub(crate) struct Input {
+struct Input {
     framer: LineFramer,
-    /// Stream input that arrived during, or was left after, an async step.
+    /// Stream input that arrived during, or was left after, a halt.
     backlog_bytes: Vec<u8>,
-    /// Framed messages (and refusals) that arrived during an async step.
+    /// Framed messages (and refusals) that arrived during a halt.
     backlog_messages: VecDeque<Backlogged>,
-    /// An async step is in progress: new input joins the backlog.
+    /// Input is halted: new input joins the backlog.
     busy: bool,
-    pub(crate) state: State,
+    state: State,
+}
+
+/// Why input processing stopped before the end of what arrived.
+enum Halt {
+    /// A command waits on the token store or a plugin.
+    Wait(Pending),
+    /// The session's own queue is over its limit: wait for the client to read.
+    Full,
 }
 
 impl Session {
@@ -57,23 +72,19 @@ impl Session {
     ) -> Arc<Session> {
         let limits = shared.limits;
         let listener: Arc<str> = info.listener.as_str().into();
-        let (id, output) = shared.router.write().add_session(|id| {
-            let output = Arc::new(Output::new(id, limits.max_queue_bytes, waker));
-            let slot = Slot {
-                output: output.clone(),
-                listener,
+        let peer: Arc<str> = info.peer.as_str().into();
+        let (id, output) = shared.router.write().add_session(listener, |session| {
+            let config = OutputConfig {
+                session,
+                peer,
+                limit: limits.max_queue_bytes,
+                slow_after: limits.slow_consumer_timeout,
+                memory: shared.memory.clone(),
             };
-            (slot, output)
+            Arc::new(Output::new(config, waker))
         });
-        let mut state = State::new(if shared.auth.get().is_some() {
-            Access::ANONYMOUS
-        } else {
-            Access::OPEN
-        });
-        if let Some(token) = info.token.into_option() {
-            state.present_token(&shared, token.into_string());
-        }
-        tracing::debug!(session = id, listener = %info.listener, peer = %info.peer, "session opened");
+        let state = State::new(&shared, info.token.into_option().map(|t| t.into_string()));
+        tracing::debug!(session = %id, listener = %info.listener, peer = %info.peer, "session opened");
         Arc::new(Session {
             id,
             shared,
@@ -89,9 +100,14 @@ impl Session {
         })
     }
 
+    /// Closed by its listener, or by the broker (a slow consumer).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.output.is_closed()
+    }
+
     /// Input from a line-framed stream. See `SessionApi::feed`.
     pub(crate) fn feed(self: &Arc<Self>, bytes: &[u8]) -> Option<FfiFuture<()>> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is_closed() {
             return None;
         }
         let mut input = self.input.lock();
@@ -101,23 +117,18 @@ impl Session {
         }
         if let Some(pending) = input.state.take_connect_check() {
             input.backlog_bytes.extend_from_slice(bytes);
-            return Some(self.begin(input, pending));
+            input.busy = true;
+            return Some(self.settle(Halt::Wait(pending)));
         }
-        match self.run_stream(&mut input, bytes) {
-            Some((pending, rest)) => {
-                input.backlog_bytes.extend_from_slice(rest);
-                Some(self.begin(input, pending))
-            }
-            None => {
-                drop(input);
-                self.backpressure()
-            }
-        }
+        let (halt, rest) = self.run_stream(&mut input, bytes)?;
+        input.backlog_bytes.extend_from_slice(rest);
+        input.busy = true;
+        Some(self.settle(halt))
     }
 
     /// One framed message. See `SessionApi::feed_message`.
     pub(crate) fn feed_message(self: &Arc<Self>, message: &[u8]) -> Option<FfiFuture<()>> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is_closed() {
             return None;
         }
         let mut input = self.input.lock();
@@ -127,24 +138,22 @@ impl Session {
                 .push_back(Backlogged::Message(message.to_vec()));
             return None;
         }
-        if let Some(pending) = input.state.take_connect_check() {
-            input
-                .backlog_messages
-                .push_back(Backlogged::Message(message.to_vec()));
-            return Some(self.begin(input, pending));
-        }
-        match self.run_message(&mut input, message) {
-            Some(pending) => Some(self.begin(input, pending)),
-            None => {
-                drop(input);
-                self.backpressure()
+        let halt = match input.state.take_connect_check() {
+            Some(pending) => {
+                input
+                    .backlog_messages
+                    .push_back(Backlogged::Message(message.to_vec()));
+                Halt::Wait(pending)
             }
-        }
+            None => self.run_message(&mut input, message)?,
+        };
+        input.busy = true;
+        Some(self.settle(halt))
     }
 
     /// Input the listener could not accept: answered with an error, in order.
     pub(crate) fn refuse(&self, error: &str) {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is_closed() {
             return;
         }
         let mut input = self.input.lock();
@@ -158,67 +167,178 @@ impl Session {
     }
 
     fn refuse_now(&self, input: &mut Input, error: &str) {
-        input.state.commands_seen = true;
-        self.send_error("", error);
+        let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
+        cx.state.commands_seen = true;
+        cx.refuse(&Refusal::invalid("", error));
     }
 
-    /// Carries out every complete line of `data` until one needs to wait;
-    /// returns that step and the input after it.
-    fn run_stream<'d>(&self, input: &mut Input, data: &'d [u8]) -> Option<(Pending, &'d [u8])> {
+    /// Carries out one request and returns its refusal, typed, instead of
+    /// answering it with an error reply. See `SessionApi::execute`.
+    pub(crate) fn execute(self: &Arc<Self>, request: Vec<u8>) -> FfiFuture<RResult<(), SdkError>> {
+        let session = self.clone();
+        async move {
+            session
+                .execute_now(&request)
+                .await
+                .map_err(|refusal| refusal.to_sdk())
+                .into()
+        }
+        .into_ffi()
+    }
+
+    async fn execute_now(self: &Arc<Self>, request: &[u8]) -> Result<(), Refusal> {
+        if self.is_closed() {
+            return Err(Refusal::new("", ErrorKind::OTHER, "the session is closed"));
+        }
+        let connect = {
+            let mut input = self.input.lock();
+            if input.busy {
+                return Err(Refusal::new(
+                    "",
+                    ErrorKind::OVERLOADED,
+                    "the session is busy with an earlier request",
+                ));
+            }
+            input.busy = true;
+            input.state.take_connect_check()
+        };
+        let result = self.execute_steps(connect, request).await;
+        // Input fed while the request ran goes on as usual.
+        if let Some(halt) = self.resume() {
+            self.settle(halt).await;
+        }
+        result
+    }
+
+    async fn execute_steps(
+        self: &Arc<Self>,
+        connect: Option<Pending>,
+        request: &[u8],
+    ) -> Result<(), Refusal> {
+        if let Some(pending) = connect {
+            self.complete(pending).await?;
+        }
+        let step = {
+            let mut input = self.input.lock();
+            let limit = self.shared.limits.max_message_bytes;
+            let frame = if request.len() > limit {
+                Frame::TooLarge(request.len())
+            } else {
+                Frame::Line(request)
+            };
+            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
+            let step = commands::execute(&mut cx, frame);
+            cx.flush();
+            step?
+        };
+        match step {
+            Step::Done => Ok(()),
+            Step::Wait(pending) => self.complete(pending).await,
+        }
+    }
+
+    /// Carries out every complete line of `data` until one halts; returns
+    /// the halt and the input after it.
+    fn run_stream<'d>(&self, input: &mut Input, data: &'d [u8]) -> Option<(Halt, &'d [u8])> {
         let Input { framer, state, .. } = input;
-        let mut wait = None;
-        let rest = framer.feed(data, |frame| match self.execute(state, frame) {
-            Step::Done => ControlFlow::Continue(()),
-            Step::Wait(pending) => {
-                wait = Some(pending);
+        let mut cx = Context::new(&self.shared, self.id, &self.output, state);
+        let mut halt = None;
+        let rest = framer.feed(data, |frame| match self.run(&mut cx, frame) {
+            None => ControlFlow::Continue(()),
+            Some(h) => {
+                halt = Some(h);
                 ControlFlow::Break(())
             }
         });
-        state.batch.flush(&self.shared);
-        wait.map(|pending| (pending, rest))
+        cx.flush();
+        halt.map(|halt| (halt, rest))
     }
 
-    fn run_message(&self, input: &mut Input, message: &[u8]) -> Option<Pending> {
+    fn run_message(&self, input: &mut Input, message: &[u8]) -> Option<Halt> {
         let limit = self.shared.limits.max_message_bytes;
         let frame = if message.len() > limit {
             Frame::TooLarge(message.len())
         } else {
             Frame::Line(message)
         };
-        let step = self.execute(&mut input.state, frame);
-        input.state.batch.flush(&self.shared);
-        match step {
-            Step::Done => None,
-            Step::Wait(pending) => Some(pending),
-        }
+        let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
+        let halt = self.run(&mut cx, frame);
+        cx.flush();
+        halt
     }
 
-    /// Marks the session busy and returns the future that performs
-    /// `first`, then works through the backlog.
-    fn begin(self: &Arc<Self>, mut input: MutexGuard<'_, Input>, first: Pending) -> FfiFuture<()> {
-        input.busy = true;
-        drop(input);
+    /// One request: carried out, answered with its refusal, or halting.
+    fn run(&self, cx: &mut Context<'_>, frame: Frame<'_>) -> Option<Halt> {
+        match commands::execute(cx, frame) {
+            Ok(Step::Wait(pending)) => return Some(Halt::Wait(pending)),
+            Ok(Step::Done) => {}
+            Err(refusal) => cx.refuse(&refusal),
+        }
+        // Replies count against the queue: stop reading a client that does
+        // not read them. (A flood of publishes queues nothing of its own.)
+        (cx.take_replied() && self.output.over_limit()).then_some(Halt::Full)
+    }
+
+    /// The future that ends a halt, then works through the backlog until it
+    /// is used up (clearing `busy`).
+    fn settle(self: &Arc<Self>, first: Halt) -> FfiFuture<()> {
         let session = self.clone();
         async move {
             let mut next = Some(first);
-            while let Some(pending) = next.take() {
-                session.perform(pending).await;
+            while let Some(halt) = next.take() {
+                match halt {
+                    Halt::Wait(pending) => {
+                        if let Err(refusal) = session.complete(pending).await {
+                            let mut input = session.input.lock();
+                            let mut cx = Context::new(
+                                &session.shared,
+                                session.id,
+                                &session.output,
+                                &mut input.state,
+                            );
+                            cx.refuse(&refusal);
+                        }
+                    }
+                    Halt::Full => session.under_limit().await,
+                }
+                if session.is_closed() {
+                    return;
+                }
                 next = session.resume();
             }
-            session.backlog_drained().await;
         }
         .into_ffi()
     }
 
+    /// Performs a step and applies its effect, checking again as long as a
+    /// revocation overtakes the check.
+    async fn complete(&self, mut pending: Pending) -> Result<(), Refusal> {
+        loop {
+            let effect = pending.perform(&self.shared, self.id, &self.output).await;
+            let mut input = self.input.lock();
+            if self.is_closed() {
+                return Ok(()); // nothing of a closed session may take effect
+            }
+            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
+            match commands::apply(&mut cx, effect)? {
+                Applied::Done => return Ok(()),
+                Applied::Recheck(again) => pending = again,
+            }
+        }
+    }
+
     /// Processes input that waited, until it is used up (clearing `busy`)
-    /// or another step has to wait.
-    fn resume(&self) -> Option<Pending> {
+    /// or something halts it again.
+    fn resume(&self) -> Option<Halt> {
         let mut input = self.input.lock();
         loop {
+            if self.output.over_limit() {
+                return Some(Halt::Full);
+            }
             match input.backlog_messages.pop_front() {
                 Some(Backlogged::Message(message)) => {
-                    if let Some(pending) = self.run_message(&mut input, &message) {
-                        return Some(pending);
+                    if let Some(halt) = self.run_message(&mut input, &message) {
+                        return Some(halt);
                     }
                     continue;
                 }
@@ -230,9 +350,9 @@ impl Session {
             }
             if !input.backlog_bytes.is_empty() {
                 let bytes = std::mem::take(&mut input.backlog_bytes);
-                if let Some((pending, rest)) = self.run_stream(&mut input, &bytes) {
+                if let Some((halt, rest)) = self.run_stream(&mut input, &bytes) {
                     input.backlog_bytes = rest.to_vec();
-                    return Some(pending);
+                    return Some(halt);
                 }
                 continue;
             }
@@ -241,17 +361,7 @@ impl Session {
         }
     }
 
-    /// A future to await before feeding more, if this session's own replies
-    /// have filled its queue past the limit (a client that does not read).
-    fn backpressure(self: &Arc<Self>) -> Option<FfiFuture<()>> {
-        if !self.output.over_limit() {
-            return None;
-        }
-        let session = self.clone();
-        Some(async move { session.backlog_drained().await }.into_ffi())
-    }
-
-    async fn backlog_drained(&self) {
+    async fn under_limit(&self) {
         poll_fn(|cx| {
             if self.output.wait_under_limit(cx.waker()) {
                 Poll::Pending
@@ -266,15 +376,27 @@ impl Session {
         self.output.drain_into(out)
     }
 
-    /// Ends the session: subscriptions go at once, queued output stays drainable.
+    /// Ends the session: subscriptions go at once, queued output stays
+    /// drainable, the id is never used again.
     pub(crate) fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         self.shared.router.write().remove_session(self.id);
         self.output.close();
+        let key = self
+            .input
+            .lock()
+            .state
+            .standing
+            .token
+            .as_ref()
+            .map(|t| t.key);
+        if let Some(key) = key {
+            self.shared.tokens.leave(&key, self.id);
+        }
         tracing::debug!(
-            session = self.id,
+            session = %self.id,
             dropped = self.output.dropped(),
             "session closed"
         );

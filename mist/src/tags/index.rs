@@ -146,6 +146,18 @@ impl Index {
         out
     }
 
+    /// How many subscriptions `session` holds.
+    pub fn held(&self, session: u32) -> usize {
+        self.sessions.get(session as usize).map_or(0, |s| s.len())
+    }
+
+    /// Whether `session` holds exactly the tag set `tags`.
+    pub fn holds<S: AsRef<str>>(&self, session: u32, tags: &[S]) -> bool {
+        self.existing_group(tags)
+            .and_then(|g| self.group(g))
+            .is_some_and(|g| g.members.contains(session))
+    }
+
     /// Subscriptions held, over all sessions.
     pub fn len(&self) -> usize {
         self.len
@@ -480,16 +492,62 @@ impl Index {
 }
 
 /// Whether every id of sorted `small` is in sorted `large`.
+///
+/// Galloping: each id of `small` is looked for by doubling steps then a
+/// binary search in what is left of `large`, so the cost is
+/// O(|small| · log(|large| / |small|)) rather than O(|large|). A scan would
+/// make a message of many tags against many one-tag subscriptions cost the
+/// product of the two (100,000 × 100,000 in the worst case a client can
+/// build), all of it under the router's lock.
 fn is_subset(small: &[u32], large: &[u32]) -> bool {
     if small.len() > large.len() {
         return false;
     }
     let mut rest = large;
     for &t in small {
-        match rest.iter().position(|&l| l >= t) {
-            Some(at) if rest[at] == t => rest = &rest[at + 1..],
+        // Find the first position whose id is >= t by galloping.
+        let mut bound = 1;
+        while bound < rest.len() && rest[bound] < t {
+            bound *= 2;
+        }
+        let window = &rest[..rest.len().min(bound + 1)];
+        let at = window.partition_point(|&l| l < t);
+        match rest.get(at) {
+            Some(&found) if found == t => rest = &rest[at + 1..],
             _ => return false,
         }
     }
     true
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::is_subset;
+    use proptest::prelude::*;
+
+    fn naive(small: &[u32], large: &[u32]) -> bool {
+        small.iter().all(|t| large.contains(t))
+    }
+
+    proptest! {
+        #[test]
+        fn galloping_agrees_with_the_definition(
+            small in prop::collection::btree_set(0u32..64, 0..8),
+            large in prop::collection::btree_set(0u32..64, 0..40),
+        ) {
+            let small: Vec<u32> = small.into_iter().collect();
+            let large: Vec<u32> = large.into_iter().collect();
+            prop_assert_eq!(is_subset(&small, &large), naive(&small, &large));
+        }
+    }
+
+    #[test]
+    fn edges() {
+        assert!(is_subset(&[], &[]));
+        assert!(is_subset(&[], &[1]));
+        assert!(!is_subset(&[1], &[]));
+        assert!(is_subset(&[5], &[1, 2, 3, 4, 5]));
+        assert!(!is_subset(&[6], &[1, 2, 3, 4, 5]));
+        assert!(is_subset(&[1, 5], &[1, 2, 3, 4, 5]));
+    }
 }

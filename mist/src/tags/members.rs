@@ -59,6 +59,13 @@ impl Members {
         }
     }
 
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        match self {
+            Members::List(list) => list.binary_search(&id).is_ok(),
+            Members::Bitmap(bitmap) => bitmap.contains(id),
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         match self {
             Members::List(list) => list.is_empty(),
