@@ -299,6 +299,33 @@ impl EventStream {
         }
     }
 
+    /// Reads on until the stream ends (the last, empty chunk), returning
+    /// the `data:` events met on the way.
+    pub async fn rest_until_end(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            while let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=at).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if let Some(data) = line.strip_prefix("data: ") {
+                    events.push(serde_json::from_str(data).expect("an event with JSON data"));
+                }
+            }
+            let size = read_line(&mut self.reader).await;
+            let size = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|_| panic!("not a chunk size: {size:?}"));
+            if size == 0 {
+                return events;
+            }
+            let mut chunk = vec![0; size + 2];
+            tokio::time::timeout(TIMEOUT, self.reader.read_exact(&mut chunk))
+                .await
+                .expect("no chunk in time")
+                .expect("read");
+            self.pending.extend_from_slice(&chunk[..size]);
+        }
+    }
+
     /// The next `data:` event's JSON, skipping comments and blank lines.
     pub async fn next_event(&mut self) -> Value {
         loop {

@@ -202,3 +202,85 @@ impl Batch {
         queued
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+
+    use super::super::testing::{open_broker, Client};
+    use super::super::Limits;
+
+    #[tokio::test]
+    async fn a_run_is_serialized_once_and_shared_by_every_subscriber() {
+        let shared = open_broker(Limits::default());
+        let subscribers: Vec<Client> = (0..3).map(|_| Client::open(&shared, None)).collect();
+        for s in &subscribers {
+            s.request(&[json!({"command": "subscribe", "tags": ["a"]})])
+                .await;
+        }
+        let publisher = Client::open(&shared, None);
+        let mut lines = String::new();
+        for i in 0..10 {
+            lines.push_str(&format!(
+                "{{\"command\":\"publish\",\"tags\":[\"a\",\"b\"],\"data\":\"{i}\"}}\n"
+            ));
+        }
+        assert!(publisher.session.feed(lines.as_bytes()).is_none());
+        let line_len = r#"{"command":"publish","tags":["a","b"],"data":"0"}"#.len() + 1;
+        // One chunk of ten lines in memory, however many subscribers hold it.
+        assert_eq!(shared.memory.used(), 10 * line_len);
+        for s in &subscribers {
+            let got = s.received();
+            assert_eq!(got.len(), 10);
+            assert_eq!(
+                got[3],
+                json!({"command": "publish", "tags": ["a", "b"], "data": "3"})
+            );
+        }
+        assert_eq!(shared.memory.used(), 0, "written out: the chunk is freed");
+        assert!(publisher.received().is_empty(), "never to the publisher");
+        assert_eq!(shared.stats.messages_in.load(Ordering::Relaxed), 10);
+        assert_eq!(shared.stats.messages_out.load(Ordering::Relaxed), 30);
+    }
+
+    #[tokio::test]
+    async fn runs_with_different_tags_keep_the_publishers_order() {
+        let shared = open_broker(Limits::default());
+        let both = Client::open(&shared, None);
+        both.request(&[
+            json!({"command": "subscribe", "tags": ["x"]}),
+            json!({"command": "subscribe", "tags": ["y"]}),
+        ])
+        .await;
+        let publisher = Client::open(&shared, None);
+        let mut lines = String::new();
+        for (i, tag) in ["x", "x", "y", "x", "y", "y", "z", "x"].iter().enumerate() {
+            lines.push_str(&format!(
+                "{{\"command\":\"publish\",\"tags\":[\"{tag}\"],\"data\":\"{i}\"}}\n"
+            ));
+        }
+        assert!(publisher.session.feed(lines.as_bytes()).is_none());
+        let order: Vec<String> = both
+            .received()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(order, ["0", "1", "2", "3", "4", "5", "7"]);
+    }
+
+    #[tokio::test]
+    async fn too_many_tags_are_refused_before_matching() {
+        let shared = open_broker(Limits {
+            max_tags: 2,
+            ..Limits::default()
+        });
+        let client = Client::open(&shared, None);
+        let replies = client
+            .request(&[json!({"command": "publish", "tags": ["a", "b", "c"], "data": "x"})])
+            .await;
+        assert_eq!(replies[0]["error"], "too many tags: 3, the limit is 2");
+        assert_eq!(shared.stats.messages_in.load(Ordering::Relaxed), 0);
+    }
+}

@@ -28,6 +28,8 @@ mod protocol;
 mod router;
 mod session;
 mod steps;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

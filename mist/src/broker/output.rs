@@ -353,6 +353,12 @@ impl Output {
         self.queue.lock().closed
     }
 
+    /// Bytes waiting in this queue.
+    #[cfg(test)]
+    pub(crate) fn queue_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
     /// Deliveries dropped for this subscriber so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -408,3 +408,211 @@ impl Drop for Session {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mist_sdk::ErrorKind;
+    use serde_json::json;
+
+    use super::super::testing::{admin_broker, open_broker, Client, ADMIN};
+    use super::super::Limits;
+
+    fn auth(token: &str) -> serde_json::Value {
+        json!({"command": "auth", "data": token})
+    }
+
+    #[tokio::test]
+    async fn input_after_a_waiting_step_takes_effect_after_it() {
+        let (shared, store) = admin_broker(Limits::default());
+        store.set("user", &["a"]);
+        let user = Client::open(&shared, None);
+        user.request(&[auth("user")]).await;
+        let gate = store.hold();
+        // The subscribe waits on the store; the ping fed with it must not
+        // be answered before the subscription is live.
+        let feeding = user
+            .session
+            .feed(b"{\"command\":\"subscribe\",\"tags\":[\"a\"]}\n{\"command\":\"ping\"}\n");
+        let wait = feeding.expect("the subscribe waits on the store");
+        assert!(user.received().is_empty(), "no pong before the subscribe");
+        // More input meanwhile joins the backlog, in order.
+        assert!(user.session.feed(b"{\"command\":\"list\"}\n").is_none());
+        gate.add_permits(1);
+        wait.await;
+        let replies = user.received();
+        assert_eq!(replies[0], json!({"command": "ping", "data": "pong"}));
+        assert_eq!(replies[1], json!({"command": "list", "data": "[[\"a\"]]"}));
+    }
+
+    #[tokio::test]
+    async fn a_step_of_a_closed_connection_cannot_act_for_the_next_one() {
+        let (shared, store) = admin_broker(Limits::default());
+        store.set("user", &["secret"]);
+        store.set("other", &["public"]);
+        let old = Client::open(&shared, None);
+        old.request(&[auth("user")]).await;
+        let gate = store.hold();
+        let wait = old
+            .session
+            .feed(b"{\"command\":\"subscribe\",\"tags\":[\"secret\"]}\n")
+            .expect("waits on the store");
+        let step = tokio::spawn(wait);
+        // The connection dies while its subscribe is in flight; a new one
+        // takes the same slot.
+        old.session.close();
+        let new = Client::open(&shared, Some("other"));
+        assert_eq!(new.session.id.index, old.session.id.index, "slot reused");
+        assert_ne!(new.session.id, old.session.id);
+        gate.add_permits(1);
+        step.await.expect("the step ends");
+        let admin = Client::open(&shared, Some(ADMIN));
+        assert_eq!(new.subscriptions().await, json!([]));
+        // Nothing published on the tag reaches the new connection.
+        admin
+            .request(&[json!({"command": "publish", "tags": ["secret"], "data": "x"})])
+            .await;
+        assert!(new.received().is_empty());
+        assert_eq!(shared.router.read().subscription_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_stops_being_read() {
+        let limits = Limits {
+            max_queue_bytes: 1000,
+            ..Limits::default()
+        };
+        let shared = open_broker(limits);
+        let client = Client::open(&shared, None);
+        let pings = "{\"command\":\"ping\"}\n".repeat(500);
+        let wait = client
+            .session
+            .feed(pings.as_bytes())
+            .expect("the queue fills: input halts");
+        // Halted right after the reply that went over the limit: the queue
+        // holds at most the limit plus one reply, not 500 replies.
+        let queued = client.session.output.queue_bytes();
+        assert!(queued <= 1000 + 40, "{queued} bytes queued");
+        assert!(client.session.feed(b"{\"command\":\"ping\"}\n").is_none());
+        let reading = tokio::spawn({
+            let session = client.session.clone();
+            async move {
+                let mut total = 0;
+                while total < 501 {
+                    let mut out = Vec::new();
+                    session.drain(&mut out);
+                    total += out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                total
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("reading lets the input go on");
+        let total = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("every pong arrives")
+            .expect("reader");
+        assert_eq!(total, 501);
+    }
+
+    #[tokio::test]
+    async fn execute_returns_each_refusal_typed() {
+        let limits = Limits {
+            max_message_bytes: 100,
+            ..Limits::default()
+        };
+        let (shared, store) = admin_broker(limits);
+        store.set("user", &["a"]);
+        let publish = |tags: &str| {
+            format!("{{\"command\":\"publish\",\"tags\":[{tags}],\"data\":\"x\"}}").into_bytes()
+        };
+        let kind = |result: abi_stable::std_types::RResult<(), mist_sdk::SdkError>| {
+            result.into_result().err().map(|e| e.kind)
+        };
+        let anonymous = Client::open(&shared, None);
+        assert_eq!(
+            kind(anonymous.session.execute(publish("\"a\"")).await),
+            Some(ErrorKind::UNAUTHENTICATED)
+        );
+        let wrong = Client::open(&shared, Some("not-a-token"));
+        assert_eq!(
+            kind(wrong.session.execute(publish("\"a\"")).await),
+            Some(ErrorKind::UNAUTHENTICATED)
+        );
+        let user = Client::open(&shared, Some("user"));
+        assert_eq!(kind(user.session.execute(publish("\"a\"")).await), None);
+        assert_eq!(
+            kind(user.session.execute(publish("\"b\"")).await),
+            Some(ErrorKind::PERMISSION_DENIED)
+        );
+        assert_eq!(
+            kind(user.session.execute(vec![b'x'; 101]).await),
+            Some(ErrorKind::TOO_LARGE)
+        );
+        assert_eq!(
+            kind(user.session.execute(b"{".to_vec()).await),
+            Some(ErrorKind::INVALID_INPUT)
+        );
+        assert!(
+            user.received().is_empty(),
+            "refusals are returned, not queued as replies"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_full_past_the_timeout_is_disconnected() {
+        let limits = Limits {
+            max_queue_bytes: 1000,
+            slow_consumer_timeout: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        let shared = open_broker(limits);
+        let slow = Client::open(&shared, None);
+        slow.request(&[json!({"command": "subscribe", "tags": ["a"]})])
+            .await;
+        let publisher = Client::open(&shared, None);
+        let line = "{\"command\":\"publish\",\"tags\":[\"a\"],\"data\":\"0123456789\"}\n";
+        // Fill the queue: the first drop starts the clock...
+        assert!(publisher
+            .session
+            .feed(line.repeat(100).as_bytes())
+            .is_none());
+        assert_eq!(slow.closes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // ...and a drop after the timeout disconnects.
+        assert!(publisher.session.feed(line.as_bytes()).is_none());
+        assert_eq!(slow.closes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(slow.session.is_closed());
+        assert_eq!(shared.figures().slow_consumers_disconnected, 1);
+        assert_eq!(
+            shared.router.read().open_sessions(),
+            1,
+            "only the publisher"
+        );
+        assert_eq!(shared.memory.used(), 0, "its queue was discarded");
+        assert!(slow.session.feed(b"{\"command\":\"ping\"}\n").is_none());
+        assert!(
+            slow.received().is_empty(),
+            "a closed session answers nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connect_token_is_checked_before_the_first_command() {
+        let (shared, store) = admin_broker(Limits::default());
+        store.set("user", &["a"]);
+        let user = Client::open(&shared, Some("user"));
+        user.request(&[json!({"command": "subscribe", "tags": ["a"]})])
+            .await;
+        assert_eq!(user.subscriptions().await, json!([["a"]]));
+        let admin = Client::open(&shared, Some(ADMIN));
+        let who = admin.request(&[json!({"command": "who"})]).await;
+        assert_eq!(
+            who[0]["command"], "who",
+            "the server token gives admin mode"
+        );
+    }
+}

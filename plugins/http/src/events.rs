@@ -79,8 +79,11 @@ async fn forward(session: Session, events: mpsc::Sender<Bytes>, mut stop: watch:
         let chunk = tokio::select! {
             open = session.output(&mut output) => {
                 let chunk = event_lines(&output);
+                // The stream's one subscription was revoked: the client
+                // gets the notice as an event, then the stream ends.
+                let revoked = is_revocation(&output);
                 output.clear();
-                if !open {
+                if !open || revoked {
                     let _ = events.send(chunk).await;
                     break;
                 }
@@ -95,6 +98,14 @@ async fn forward(session: Session, events: mpsc::Sender<Bytes>, mut stop: watch:
         }
     }
     session.close();
+}
+
+/// Whether the broker revoked a subscription: a `revoked` notice, which
+/// the broker writes with `command` first.
+fn is_revocation(output: &[u8]) -> bool {
+    output
+        .split(|&b| b == b'\n')
+        .any(|line| line.starts_with(br#"{"command":"revoked""#))
 }
 
 /// `data: <line>\n\n` for each JSON line the session handed over.
