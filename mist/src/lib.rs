@@ -31,10 +31,6 @@
 //! - [`bench`](mod@bench): `mist bench`, the load tool.
 
 pub mod bench;
-// The broker's overview links its private modules on purpose: it is read by
-// contributors, with `cargo doc -p mist --document-private-items`, where
-// those links resolve.
-#[allow(rustdoc::private_intra_doc_links)]
 pub mod broker;
 pub mod builtin;
 pub mod cli;
