@@ -157,7 +157,8 @@ impl Client {
     /// sent as the first command (`auth`) and a refusal is
     /// [`Error::Auth`]; over WebSocket it goes in the `X-AUTH-TOKEN` header,
     /// and a token the broker does not know leaves the connection anonymous
-    /// (SPEC §3), so refusals come with the commands that need it.
+    /// (docs/protocol.md, "Tokens and admin mode"), so refusals come with
+    /// the commands that need it.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), mist_client::Error> {

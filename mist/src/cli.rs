@@ -1,4 +1,4 @@
-//! The command line (SPEC §5).
+//! The command line: `mist --server`, the client commands and `mist bench`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// The client commands (SPEC §5).
+/// The client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Ask the broker for a pong.
@@ -129,7 +129,7 @@ pub struct ServerArgs {
     pub limits: LimitArgs,
 }
 
-/// What no client may exceed (SPEC §6–§7). Sizes take a number of bytes or
+/// What no client may exceed (docs/protocol.md, "Limits"). Sizes take a number of bytes or
 /// a unit (`64KiB`, `1MiB`, `2GiB`); durations a unit (`500ms`, `10s`, `1m`).
 #[derive(Debug, Default, Args)]
 pub struct LimitArgs {

@@ -9,7 +9,7 @@ use tracing::level_filters::LevelFilter;
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
 
-/// The listeners started when none are given (SPEC §5).
+/// The listeners started when none are given.
 pub const DEFAULT_LISTENERS: &[&str] = &[
     "tcp://127.0.0.1:1445",
     "http://127.0.0.1:8080",
@@ -75,7 +75,7 @@ pub enum ConfigError {
     },
 }
 
-/// The keys of a configuration file (SPEC §5, as in the seed's example).
+/// The keys of a configuration file (as in the seed's example).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {

@@ -3,7 +3,7 @@
 //!
 //! This crate is the host: the `mist` binary (server and CLI), the broker
 //! core, the subscription matcher and the plugin loader. Plugins depend only
-//! on `mist-sdk`. The behaviour contract is the project's `SPEC.md`; how a
+//! on `mist-sdk`. The protocol clients rely on is `docs/protocol.md`; how a
 //! message travels through the code is in `docs/architecture.md`.
 //!
 //! ```no_run
@@ -28,7 +28,7 @@
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
 //! - [`client`]: the client commands (`mist ping`, `subscribe`, ...).
-//! - [`bench`]: `mist bench`, the load tool.
+//! - [`bench`](mod@bench): `mist bench`, the load tool.
 
 pub mod bench;
 pub mod broker;

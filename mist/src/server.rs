@@ -55,7 +55,8 @@ pub enum ServerError {
 pub struct Server {
     broker: Broker,
     listeners: Vec<(String, ListenerBox)>,
-    _registry: Registry,
+    /// The started plugins: held for as long as the server runs.
+    registry: Registry,
 }
 
 impl Server {
@@ -94,14 +95,14 @@ impl Server {
         let mut server = Server {
             broker,
             listeners: Vec::new(),
-            _registry: registry,
+            registry,
         };
         for uri in &config.listeners {
             let scheme = scheme_of(uri);
-            let Some(plugin) = server._registry.listener(scheme) else {
+            let Some(plugin) = server.registry.listener(scheme) else {
                 tracing::error!(
                     "skipping listener {uri}: no loaded plugin serves {scheme}:// (available: {})",
-                    server._registry.listener_schemes().join(", ")
+                    server.registry.listener_schemes().join(", ")
                 );
                 continue;
             };

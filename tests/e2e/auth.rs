@@ -1,4 +1,5 @@
-//! Admin mode and per-token permissions (SPEC §3), one set of cases run
+//! Admin mode and per-token permissions (docs/protocol.md, "Tokens and
+//! admin mode"), one set of cases run
 //! against each authenticator: memory, scribble (a temporary directory) and
 //! a real PostgreSQL server started by the tests.
 

@@ -1,4 +1,4 @@
-//! Loading plugin libraries from `plugins.toml` (SPEC §5a): the real loader,
+//! Loading plugin libraries from `plugins.toml`: the real loader,
 //! the real shared libraries, and the ways a library can be refused.
 
 use std::path::Path;

@@ -43,8 +43,13 @@ pub fn artifacts() -> &'static Artifacts {
         let profile = dir.file_name().unwrap().to_str().unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
+        // `--examples` (the workspace has none) makes cargo resolve features
+        // as `cargo test` does, dev-dependencies' included: this build then
+        // reuses the test build's dependencies instead of compiling tokio
+        // and everything on it a second time (minutes on a small machine).
         build
-            .args(["build", "--workspace", "--target-dir"])
+            .args(["build", "--workspace", "--lib", "--bins", "--examples"])
+            .arg("--target-dir")
             .arg(target);
         if profile == "release" {
             build.arg("--release");
