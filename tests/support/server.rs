@@ -78,7 +78,12 @@ impl MistServer {
     /// Starts `mist --server` with `args` and waits until it logs
     /// `listeners` listening lines. Panics with the log if it exits first.
     pub fn start_with(args: &[&str], listeners: usize) -> MistServer {
-        let mut server = Self::spawn(args);
+        Self::start_with_env(args, listeners, &[])
+    }
+
+    /// As [`MistServer::start_with`], with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], listeners: usize, env: &[(&str, &str)]) -> MistServer {
+        let mut server = Self::spawn(args, env);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let found = server
@@ -112,16 +117,24 @@ impl MistServer {
     /// Runs `mist --server` with `args` and expects it to exit on its own
     /// (a start-up error); returns its status and log.
     pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
-        let mut server = Self::spawn(args);
+        Self::run_to_exit_with_env(args, &[])
+    }
+
+    /// As [`MistServer::run_to_exit`], with `env` added to its environment.
+    pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut server = Self::spawn(args, env);
         let status = server.wait_exit();
         (status, server.log())
     }
 
-    fn spawn(args: &[&str]) -> MistServer {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> MistServer {
         let mut command = Command::new(artifacts().mist());
         command
             .arg("--server")
             .args(args)
+            // Only what a test gives: never a token from the developer's shell.
+            .env_remove("MIST_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
