@@ -91,11 +91,21 @@
 //!
 //! # Versions
 //!
-//! When `mist` loads a library, `abi_stable` compares the version of this
-//! crate the library was built with to its own (for `0.x`, the minor
-//! versions must match) and the layout of every type reachable from the
-//! root module. A mismatch refuses the library with an error naming it;
-//! nothing of it runs. The interface grows only by addition (see [`abi`]).
+//! This crate's version is the plugin interface's version. When `mist`
+//! loads a library, it reads the version of this crate the library was
+//! built with and compares it with its own (patch versions never matter):
+//!
+//! - `0.x`: the minor versions must be equal. A `mist` built with sdk
+//!   `0.2.0` loads plugins built against `0.2.*`, and refuses `0.1.*` and
+//!   `0.3.*`.
+//! - from `1.0`: the major versions must be equal and the plugin's minor
+//!   version at most `mist`'s: a `1.4` host loads plugins built against
+//!   `1.0` to `1.4`, not `1.5`.
+//!
+//! Then `abi_stable` compares the layout of every type reachable from the
+//! root module. A mismatch refuses the library with an error naming it and
+//! both versions; nothing of the library runs. The interface grows only by
+//! addition (see [`abi`]).
 
 #![deny(missing_docs)]
 
