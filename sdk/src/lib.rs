@@ -79,7 +79,9 @@
 //! crossing back to the host as an [`async_ffi::FfiFuture`]. Write ordinary
 //! tokio code; do not block a runtime thread.
 //!
-//! `tracing` events from a plugin are forwarded to the host's log.
+//! `tracing` events from a plugin are forwarded to the host's log. (A plugin
+//! linked into the host shares the host's `tracing`, so nothing is
+//! forwarded there: its events reach the host's subscriber directly.)
 //!
 //! # What crosses the boundary
 //!
@@ -87,7 +89,18 @@
 //! `RString`/`RVec`, trait objects made with `#[sabi_trait]`, and FFI-safe
 //! futures. A panic in plugin code is caught before it reaches the boundary
 //! and becomes an [`SdkError`] of kind [`ErrorKind::PANICKED`]; the broker
-//! logs it or answers the client with an error, and carries on.
+//! logs it or answers the client with an error, and carries on. That holds
+//! for every call the host makes into a plugin, the synchronous ones
+//! (a listener's `stop`, `local_addr`, `health`, `reload`) included, and
+//! for the drop of every plugin object the host owns (plugin, listener,
+//! authenticator, backplane): each runs inside the library's runtime, with
+//! panics caught and logged. A panic unwinding across the boundary would
+//! abort the whole broker.
+//!
+//! This needs unwinding. **A plugin built with `panic = "abort"`** (in its
+//! `[profile.*]`) cannot be caught: its first panic kills the broker
+//! process, with every client connection. Build plugins with the default
+//! `panic = "unwind"`.
 //!
 //! # Versions
 //!
@@ -130,6 +143,8 @@ pub use backplane::{Backplane, Inbox};
 pub use broker::{Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};
+#[doc(hidden)]
+pub use plugin::__exported;
 pub use plugin::{module, Host, Listener, Plugin};
 pub use runtime::runtime;
 pub use uri::socket_address;

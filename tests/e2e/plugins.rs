@@ -358,6 +358,51 @@ fn a_listener_that_panics_on_start_is_a_start_up_error_not_a_crash() {
     );
 }
 
+#[tokio::test]
+async fn a_listener_that_panics_in_local_addr_stop_or_drop_does_not_bring_the_broker_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugins_file(
+        dir.path(),
+        &entry(&artifacts().library("mist_fixture_faulty"), ""),
+    );
+    let mut server = MistServer::start_with(
+        &[
+            "--plugins",
+            &file,
+            "--listeners",
+            "tcp://127.0.0.1:0,faulty://x?panic=local_addr+stop+drop",
+        ],
+        2,
+    );
+    server.wait_for_log("faulty listener local_addr: inside a runtime: true");
+    server.wait_for_log(
+        "listening on faulty://plugin panicked: the faulty listener panics in local_addr",
+    );
+    let mut c = [
+        Client::connect(&server.tcp()).await,
+        Client::connect(&server.tcp()).await,
+    ];
+    c[1].subscribe(&["still"]).await;
+    c[0].publish(&["still"], "alive").await;
+    assert_eq!(c[1].sync().await, [delivery(&["still"], "alive")]);
+
+    // Shutdown stops and drops the listener: both panic, both are caught.
+    let status = server.terminate();
+    let log = server.log();
+    assert!(
+        status.success(),
+        "a clean exit, not an abort ({status}):\n{log}"
+    );
+    for line in [
+        "faulty listener stop: inside a runtime: true",
+        "stopping a listener failed: plugin panicked: the faulty listener panics in stop",
+        "faulty listener drop: inside a runtime: true",
+        "dropping a plugin object failed: plugin panicked: the faulty listener panics in drop",
+    ] {
+        assert!(log.contains(line), "no {line:?} in:\n{log}");
+    }
+}
+
 #[test]
 fn a_command_that_clashes_with_a_builtin_or_another_plugin_is_refused() {
     let faulty = artifacts().library("mist_fixture_faulty");
