@@ -101,10 +101,11 @@ pub struct Message {
 
 /// Something the broker said on its own, not as an answer to a request.
 ///
-/// Today the broker sends one kind: `revoked`, when an admin has taken
-/// `tags` from the token this connection authenticated with. The broker has
-/// already removed every subscription that held one of them; `error` says
-/// why, in the broker's words.
+/// Today the broker sends one kind: `revoked`, when an admin has taken tags
+/// from the token this connection authenticated with: one notice for each
+/// subscription that held such a tag, which the broker has already
+/// removed. `tags` is that subscription's tag set; `error` says why, in the
+/// broker's words.
 ///
 /// ```no_run
 /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
@@ -120,7 +121,7 @@ pub struct Message {
 pub struct Notice {
     /// What happened (`"revoked"`).
     pub command: String,
-    /// The tags it concerns.
+    /// For `revoked`: the tag set of the subscription removed.
     pub tags: Vec<String>,
     /// The broker's explanation.
     pub error: String,

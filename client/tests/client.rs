@@ -360,3 +360,42 @@ async fn a_revoked_notice_is_not_an_answer_and_can_be_read() {
     assert_eq!(tags, ["early", "late", "inside", "late", "late"]);
     assert_eq!(client.notices_dropped(), 0);
 }
+
+#[tokio::test]
+async fn a_revocation_by_the_broker_arrives_as_a_notice_and_answers_stay_in_place() {
+    use serde_json::json;
+    let server = MistServer::start(&["--authenticator", "memory://", "--token", "admin-7e1d"]);
+    let mut admin = mist_e2e::Client::connect(&server.tcp()).await;
+    admin
+        .send(json!({"command": "auth", "data": "admin-7e1d"}))
+        .await;
+    admin
+        .send(json!({"command": "register", "tags": ["a", "b"], "data": "user-5c2f"}))
+        .await;
+    assert!(admin.sync().await.is_empty());
+
+    let user = within(Client::connect(&server.tcp(), Some("user-5c2f")))
+        .await
+        .unwrap();
+    within(user.subscribe(&["a"])).await.unwrap();
+    within(user.subscribe(&["a", "b"])).await.unwrap();
+    within(user.subscribe(&["b"])).await.unwrap();
+    admin
+        .send(json!({"command": "unset", "tags": ["a"], "data": "user-5c2f"}))
+        .await;
+    assert!(admin.sync().await.is_empty());
+
+    // The notices arrived before this answer: it is list's own, not an error.
+    assert_eq!(within(user.list()).await.unwrap(), [vec!["b"]]);
+    let mut revoked = Vec::new();
+    for _ in 0..2 {
+        let notice = within(user.next_notice()).await.unwrap();
+        assert_eq!(notice.command, "revoked", "{notice:?}");
+        assert!(!notice.error.is_empty(), "{notice:?}");
+        revoked.push(notice.tags);
+    }
+    revoked.sort();
+    assert_eq!(revoked, [vec!["a"], vec!["a", "b"]]);
+    within(user.ping()).await.unwrap();
+    assert_eq!(user.notices_dropped(), 0);
+}
