@@ -384,6 +384,8 @@ async fn a_listener_that_panics_in_local_addr_stop_or_drop_does_not_bring_the_br
     ];
     c[1].subscribe(&["still"]).await;
     c[0].publish(&["still"], "alive").await;
+    // The publisher's pong: the publish has been delivered.
+    c[0].expect_nothing().await;
     assert_eq!(c[1].sync().await, [delivery(&["still"], "alive")]);
 
     // Shutdown stops and drops the listener: both panic, both are caught.

@@ -231,11 +231,37 @@ impl MistServer {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
+    ///
+    /// Waits first until the process catches SIGTERM: mist installs its
+    /// handler only after its listeners are up, and on a busy machine a
+    /// signal sent right after the last "listening on" line can arrive
+    /// before that and kill it outright.
     pub fn terminate(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.catches_sigterm() {
+            assert!(
+                Instant::now() < deadline,
+                "mist never installed its SIGTERM handler:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
         self.wait_exit()
+    }
+
+    /// Whether the process has a handler for SIGTERM (Linux: `SigCgt` in
+    /// `/proc/PID/status`, a mask whose bit 14 is signal 15).
+    fn catches_sigterm(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << 14) != 0)
     }
 
     /// The server's process id.
