@@ -51,6 +51,15 @@ pub enum Error {
     #[error("the broker sent something that is not a Mist message: {0}")]
     Protocol(String),
 
+    /// The broker sent a line (or WebSocket message) longer than `limit`
+    /// bytes ([`MAX_LINE_BYTES`](crate::MAX_LINE_BYTES)); the connection is
+    /// closed.
+    #[error("the broker sent a line longer than {limit} bytes; the connection is closed")]
+    LineTooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
     /// Writing to the connection failed.
     #[error("writing to the broker: {0}")]
     Io(#[from] std::io::Error),

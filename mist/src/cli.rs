@@ -108,9 +108,16 @@ pub struct ServerArgs {
     #[arg(long)]
     pub authenticator: Option<String>,
 
-    /// The server token: authenticating with it enters admin mode.
-    #[arg(long)]
+    /// The server token: authenticating with it enters admin mode. Anyone
+    /// who can list processes sees it: prefer --token-file or MIST_TOKEN.
+    /// Taken first: --token or --token-file, then the MIST_TOKEN environment
+    /// variable, then the config file.
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+
+    /// A file holding the server token (its trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// A configuration file (YAML or TOML) with the same keys as these flags.
     #[arg(long)]

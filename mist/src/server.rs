@@ -14,7 +14,7 @@ use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Reg
 #[non_exhaustive]
 pub enum ServerError {
     /// `--authenticator` without `--token`.
-    #[error("an authenticator needs a server token: start with --token TOKEN (or token: in the config file)")]
+    #[error("an authenticator needs a server token: start with --token-file FILE, the MIST_TOKEN environment variable, --token TOKEN, or token: in the config file")]
     TokenRequired,
     /// `plugins.toml` is unusable.
     #[error(transparent)]
