@@ -152,9 +152,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // The targets inherit the limit: 10,000 routing subscribers are
-    // 10,000 descriptors on each side.
+    // 10,000 descriptors in the driver and as many in the target.
     let most = args.conns.max(args.route_subs).max(args.subs);
-    crate::raise_fd_limit(most * 2 + 1024)?;
+    crate::raise_fd_limit(most + 1024)?;
     let me = std::env::current_exe().context("finding mist-compare's own path")?;
 
     let mut running = Vec::new();

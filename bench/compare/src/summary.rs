@@ -173,10 +173,15 @@ pub fn table(results: &[Value]) -> String {
         };
         let _ = writeln!(out, " {ratio} |");
     }
-    let runs = results
+    // Rounds: the most rows any one target has of one throughput scenario.
+    let runs = rows
         .iter()
-        .filter(|r| r["scenario"] == "fanout" && r["target"] == "nats" && r.get("paced").is_none())
-        .count();
+        .filter(|row| !matches!(row.figure, Figure::Memory))
+        .flat_map(|row| {
+            COLUMNS.map(|(target, _)| rows_of(results, target, row.scenario, row.paced).count())
+        })
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(
         out,
         "\nMedians of {runs} run(s) (min–max); 128-byte payloads unless the results say otherwise."
