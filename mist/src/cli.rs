@@ -1,37 +1,10 @@
-//! The command line: `mist --server`, the client commands and `mist bench`.
+//! The flags of the command line: the server's, and the client commands'
+//! (the `mist` binary puts them together with `mist bench`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-
-use crate::bench::BenchArgs;
-
-/// A tagged publish/subscribe broker.
-#[derive(Debug, Parser)]
-#[command(name = "mist", version, disable_version_flag = true)]
-pub struct Cli {
-    /// Server options.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// A client command; without one, `mist --server` runs the broker.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// Display the version.
-    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
-    version: Option<bool>,
-}
-
-/// The subcommands: a client of a running broker, or its load tool.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    #[command(flatten)]
-    Client(ClientCommand),
-    /// Load a running broker and measure it (see `mist bench --help`).
-    Bench(BenchArgs),
-}
+use clap::{Args, Subcommand};
 
 /// The client commands.
 #[derive(Debug, Subcommand)]

@@ -1,12 +1,12 @@
 //! The client commands of the CLI (`mist ping | subscribe | publish | list
-//! | who`), on [`mist_client`].
+//! | who`), on [`mist_client`]: part of the binary, not of the library.
 
 use std::io::Write;
 
 use mist_client::{Client, Error};
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
+use mist::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
 
 /// Runs one client command; what it prints goes to stdout.
 pub async fn run(command: ClientCommand) -> Result<(), Error> {

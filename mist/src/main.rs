@@ -1,8 +1,36 @@
+mod client;
+
 use std::process::ExitCode;
 
-use clap::Parser;
-use mist::cli::{Cli, Command};
+use clap::{ArgAction, Parser, Subcommand};
+use mist::cli::{ClientCommand, ServerArgs};
 use mist::config::ServerConfig;
+
+/// A tagged publish/subscribe broker.
+#[derive(Debug, Parser)]
+#[command(name = "mist", version, disable_version_flag = true)]
+struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// A client command; without one, `mist --server` runs the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Display the version.
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+}
+
+/// The subcommands: a client of a running broker, or its load tool.
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Client(ClientCommand),
+    /// Load running brokers and measure them (see `mist bench --help`).
+    Bench(mist_bench::BenchArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,7 +66,7 @@ fn client_command(command: Command) -> ExitCode {
         Err(e) => return fail(&e),
     };
     match command {
-        Command::Bench(args) => match runtime.block_on(mist::bench::run(&args)) {
+        Command::Bench(args) => match runtime.block_on(mist_bench::run(&args)) {
             Ok(report) if args.json => {
                 println!("{}", report.to_json());
                 ExitCode::SUCCESS
@@ -49,7 +77,7 @@ fn client_command(command: Command) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        Command::Client(command) => match runtime.block_on(mist::client::run(command)) {
+        Command::Client(command) => match runtime.block_on(client::run(command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
