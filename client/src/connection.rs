@@ -14,13 +14,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::transport::{LineStream, WsStream};
 use crate::{Error, Message};
 
 /// The barrier that ends every request's answer.
@@ -69,8 +67,6 @@ impl Shared {
     }
 }
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// The sending half of a connection. Once a write fails it stays failed:
 /// the order of requests and answers can no longer be trusted.
 pub(crate) struct Writer {
@@ -80,7 +76,7 @@ pub(crate) struct Writer {
 }
 
 enum Sink {
-    Tcp(BufWriter<OwnedWriteHalf>),
+    Tcp(BufWriter<WriteHalf<LineStream>>),
     Ws(SplitSink<WsStream, Frame>),
 }
 
@@ -143,9 +139,8 @@ pub(crate) struct Parts {
 }
 
 /// Starts reading `stream`. Deliveries beyond `capacity` unread are dropped.
-pub(crate) fn tcp(stream: TcpStream, capacity: usize) -> Parts {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+pub(crate) fn tcp(stream: LineStream, capacity: usize) -> Parts {
+    let (read, write) = tokio::io::split(stream);
     let (shared, deliveries, receiver) = channels(capacity);
     let reader = tokio::spawn(read_tcp(read, Router::new(shared.clone(), deliveries)));
     Parts {
@@ -186,7 +181,7 @@ fn channels(capacity: usize) -> (Arc<Shared>, mpsc::Sender<Message>, mpsc::Recei
     (shared, deliveries, receiver)
 }
 
-async fn read_tcp(read: OwnedReadHalf, mut router: Router) {
+async fn read_tcp(read: ReadHalf<LineStream>, mut router: Router) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if !router.route(&line) {

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use mist_sdk::tls::TlsParams;
+
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
 
@@ -35,6 +37,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
     pub shutdown_timeout: Duration,
+    /// Certificates for TLS listeners, written into each one's URI.
+    pub tls: TlsParams,
 }
 
 /// How long shutdown writes what is queued, when not configured.
@@ -65,6 +69,14 @@ pub enum ConfigError {
     /// A limit of zero.
     #[error("{0} must be greater than zero")]
     ZeroLimit(&'static str),
+    /// `--tls-cert` without `--tls-key`, or the other way round.
+    #[error("--{given} needs --{missing} (a certificate and its key go together)")]
+    TlsPair {
+        /// The key given.
+        given: &'static str,
+        /// The key missing.
+        missing: &'static str,
+    },
     /// A size or duration that does not parse.
     #[error("{key}: {reason}")]
     BadValue {
@@ -108,6 +120,14 @@ struct FileConfig {
     request_timeout: Option<Value>,
     #[serde(alias = "shutdown_timeout")]
     shutdown_timeout: Option<Value>,
+    #[serde(alias = "tls_cert")]
+    tls_cert: Option<PathBuf>,
+    #[serde(alias = "tls_key")]
+    tls_key: Option<PathBuf>,
+    #[serde(alias = "tls_self_signed")]
+    tls_self_signed: Option<bool>,
+    #[serde(alias = "tls_client_ca")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// A size or a duration in a file: a number (bytes, seconds) or a string
@@ -178,6 +198,7 @@ impl ServerConfig {
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new(""));
+        let tls = resolve_tls(args, &file, base)?;
         let listeners = if !args.listeners.is_empty() {
             split_listeners(&args.listeners)
         } else {
@@ -294,7 +315,38 @@ impl ServerConfig {
             },
             limits,
             shutdown_timeout,
+            tls,
         })
+    }
+}
+
+/// The TLS flags over the file's keys; a file's paths are relative to it.
+fn resolve_tls(
+    args: &ServerArgs,
+    file: &FileConfig,
+    base: &Path,
+) -> Result<TlsParams, ConfigError> {
+    let flags = &args.tls;
+    let path = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>| match flag {
+        Some(flag) => Some(flag.clone()),
+        None => from_file.as_ref().map(|p| base.join(p)),
+    };
+    let tls = TlsParams {
+        cert: path(&flags.tls_cert, &file.tls_cert),
+        key: path(&flags.tls_key, &file.tls_key),
+        self_signed: flags.tls_self_signed || file.tls_self_signed.unwrap_or(false),
+        client_ca: path(&flags.tls_client_ca, &file.tls_client_ca),
+    };
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => Err(ConfigError::TlsPair {
+            given: "tls-cert",
+            missing: "tls-key",
+        }),
+        (None, Some(_)) => Err(ConfigError::TlsPair {
+            given: "tls-key",
+            missing: "tls-cert",
+        }),
+        _ => Ok(tls),
     }
 }
 
@@ -477,6 +529,33 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(error.contains("header-timeout"), "{error}");
+    }
+
+    #[test]
+    fn reads_tls_flags_and_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            dir.path(),
+            "tls.yaml",
+            "tls-cert: certs/cert.pem\ntls-key: certs/key.pem\ntls-client-ca: /etc/ca.pem\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let c = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(c.tls.cert, Some(dir.path().join("certs/cert.pem")));
+        assert_eq!(c.tls.key, Some(dir.path().join("certs/key.pem")));
+        assert_eq!(c.tls.client_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.tls.self_signed);
+        a.tls.tls_self_signed = true;
+        a.tls.tls_cert = Some("/flag/cert.pem".into());
+        let c = ServerConfig::resolve(&a).expect("resolve");
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.cert, Some(PathBuf::from("/flag/cert.pem")));
+
+        let mut a = args();
+        a.tls.tls_cert = Some("/c.pem".into());
+        let error = ServerConfig::resolve(&a).expect_err("no key").to_string();
+        assert!(error.contains("--tls-cert needs --tls-key"), "{error}");
     }
 
     #[test]

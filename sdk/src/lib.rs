@@ -110,6 +110,7 @@ mod message;
 pub mod net;
 mod plugin;
 mod runtime;
+pub mod tls;
 mod uri;
 
 pub use abi::{
@@ -117,7 +118,7 @@ pub use abi::{
 };
 pub use auth::Authenticator;
 pub use backplane::{Backplane, Inbox};
-pub use broker::{Broker, ConnectionPermit, Feed, Session};
+pub use broker::{output_lines, Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};
 pub use plugin::{module, Host, Listener, Plugin};
