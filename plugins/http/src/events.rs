@@ -1,6 +1,7 @@
 //! `GET /subscribe?tags=a,b`: deliveries as Server-Sent Events.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use mist_sdk::abi_stable::std_types::RVec;
 use mist_sdk::net::stopping;
 use mist_sdk::{Broker, Session, SessionInfo};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::reply::{self, json_error, Body};
 
@@ -29,6 +30,7 @@ pub(crate) async fn subscribe(
     scheme: &'static str,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
+    abort: Arc<Notify>,
 ) -> Response<Body> {
     let tags: Vec<String> = request
         .uri()
@@ -69,7 +71,7 @@ pub(crate) async fn subscribe(
     let (events, receiver) = mpsc::channel(IN_FLIGHT);
     // Room for one is certain: the channel is new.
     let _ = events.try_send(Bytes::from_static(b": subscribed\n\n"));
-    tokio::spawn(forward(session, events, stop));
+    tokio::spawn(forward(session, events, stop, abort));
     let body = StreamBody::new(futures_util::stream::unfold(
         receiver,
         |mut receiver| async {
@@ -88,7 +90,12 @@ pub(crate) async fn subscribe(
 /// goes away (the body, and with it the receiver, is dropped), the session
 /// ends, its subscription is revoked, or the listener stops (after writing
 /// what is queued).
-async fn forward(session: Session, events: mpsc::Sender<Bytes>, mut stop: watch::Receiver<bool>) {
+async fn forward(
+    session: Session,
+    events: mpsc::Sender<Bytes>,
+    mut stop: watch::Receiver<bool>,
+    abort: Arc<Notify>,
+) {
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await; // the first tick is immediate
     let mut output = RVec::new();
@@ -101,6 +108,12 @@ async fn forward(session: Session, events: mpsc::Sender<Bytes>, mut stop: watch:
             }
             _ = keep_alive.tick() => (Bytes::from_static(b": keep-alive\n\n"), false),
             _ = events.closed() => break,
+            // The broker ended the session (a slow consumer): the whole
+            // connection goes, even if a write to the client is stuck.
+            () = session.closed() => {
+                abort.notify_one();
+                break;
+            }
             _ = stopping(&mut stop) => {
                 session.try_output(&mut output);
                 (event_lines(&output).0, true)

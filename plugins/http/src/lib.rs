@@ -36,6 +36,7 @@ mod reply;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
@@ -49,7 +50,7 @@ use mist_sdk::abi::ModuleRef;
 use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, SessionInfo};
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use reply::{json_error, text, Body};
 
@@ -95,6 +96,9 @@ struct Connection {
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     upgrades: Upgrades,
+    /// Notified when the connection must close at once: the broker ended
+    /// an event stream's session while a write to its client was stuck.
+    abort: Arc<Notify>,
 }
 
 async fn serve(
@@ -106,12 +110,14 @@ async fn serve(
 ) {
     let header_timeout = Duration::from_millis(broker.limits().header_timeout_ms);
     let upgrades = Upgrades::default();
+    let abort = Arc::new(Notify::new());
     let connection = Connection {
         broker,
         scheme,
         peer,
         stop: stop.clone(),
         upgrades: upgrades.clone(),
+        abort: abort.clone(),
     };
     let service = service_fn(move |request| {
         let connection = connection.clone();
@@ -127,9 +133,13 @@ async fn serve(
     // have written what is queued) finish; idle connections close.
     let result = tokio::select! {
         result = http.as_mut() => result,
+        () = abort.notified() => return,
         _ = stopping(&mut stop) => {
             http.as_mut().graceful_shutdown();
-            http.await
+            tokio::select! {
+                result = http => result,
+                () = abort.notified() => return,
+            }
         }
     };
     if let Err(e) = result {
@@ -147,12 +157,13 @@ async fn route(mut request: Request<Incoming>, connection: Connection) -> Respon
         peer,
         stop,
         upgrades,
+        abort,
     } = connection;
     match (&method, path.as_str()) {
         (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
         (&Method::POST, "/publish") => publish(request, &broker, scheme, peer).await,
         (&Method::GET, "/subscribe") => {
-            events::subscribe(request, broker, scheme, peer, stop).await
+            events::subscribe(request, broker, scheme, peer, stop, abort).await
         }
         (&Method::GET, "/subscribe/websocket") => {
             mist_plugin_ws::accept(&mut request, &broker, scheme, peer, &stop, &upgrades)

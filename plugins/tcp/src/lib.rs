@@ -110,6 +110,12 @@ async fn serve(
             false
         }
         _ = stopping(&mut stop) => true,
+        // The broker ended the session (a slow consumer): close at once,
+        // even if a write to the client is stuck.
+        () = session.closed() => {
+            writing.abort();
+            return;
+        }
     };
     // The client is done: queued replies are still written, then the
     // writer ends. When the listener stops, the writer writes out what is
@@ -189,8 +195,13 @@ async fn write_output<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        if writer.write_all(&buffer).await.is_err() {
-            // The client is gone; its input side will notice too.
+        let written = tokio::select! {
+            written = writer.write_all(&buffer) => written.is_ok(),
+            () = session.closed() => false,
+        };
+        if !written {
+            // The client is gone (its input side will notice too), or the
+            // broker ended the session while the write was stuck.
             session.close();
             return;
         }

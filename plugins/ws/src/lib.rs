@@ -299,6 +299,12 @@ where
             false
         }
         _ = stopping(&mut stop) => true,
+        // The broker ended the session (a slow consumer): close at once,
+        // even if a write to the client is stuck.
+        () = session.closed() => {
+            writing.abort();
+            return;
+        }
     };
     drop(pongs);
     if !stopped {
@@ -374,8 +380,13 @@ async fn write_output<W>(
             frames::text_frame(&mut wire, line);
         }
         output.clear();
-        if writer.write_all(&wire).await.is_err() {
-            // The client is gone; its reading side will notice too.
+        let written = tokio::select! {
+            written = writer.write_all(&wire) => written.is_ok(),
+            () = session.closed() => false,
+        };
+        if !written {
+            // The client is gone (its reading side will notice too), or
+            // the broker ended the session while the write was stuck.
             session.close();
             return;
         }
