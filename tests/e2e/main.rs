@@ -13,4 +13,5 @@ mod http;
 mod plugins;
 mod startup;
 mod tcp;
+mod tls;
 mod ws;
