@@ -51,7 +51,9 @@
 //!   [`Broker::open_session`], [feeds](Session::feed) it the bytes the client
 //!   sends and writes out what [`Session::output`] yields. The broker parses
 //!   the protocol, routes messages and produces replies: a listener only moves
-//!   bytes.
+//!   bytes. [`net::Serve`] does what every socket listener needs around that:
+//!   the connection limit, TLS (certificates from the URI, see [`tls`]), the
+//!   handshake timeout, refusals and reload.
 //! - **authenticators**, by URI scheme (`memory`): [`Plugin::open_authenticator`]
 //!   returns an [`Authenticator`], a token store.
 //! - **custom commands**, by name (`echo`): the broker sends lines whose

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod example_plugin;
 mod http;
+mod listeners;
 mod plugins;
 mod startup;
 mod tcp;

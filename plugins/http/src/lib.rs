@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -215,14 +216,24 @@ async fn publish_within(
 ) -> Response<Body> {
     let token = header_token(&request);
     let limit = usize::try_from(broker.limits().max_message_bytes).unwrap_or(usize::MAX);
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("message too large: the body is over the limit of {limit} bytes"),
+        )
+    };
+    // A body announced over the limit is refused before any of it is read.
+    let announced = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return too_large();
+    }
     let body = match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("message too large: the body is over the limit of {limit} bytes"),
-            )
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
     let line = match publish_line(&body) {
