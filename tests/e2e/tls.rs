@@ -617,3 +617,34 @@ async fn a_tls_handshake_never_finished_is_closed_after_the_handshake_timeout() 
         "closed after {took:?}"
     );
 }
+
+#[tokio::test]
+async fn mist_bench_loads_a_tls_listener_and_gets_everything_delivered() {
+    let pki = Pki::new();
+    let server = start("tls://127.0.0.1:0", &pki, &[], 1);
+    let host = format!("tls://{}", server.addr("tls"));
+    let ca = pki.ca.cert.display().to_string();
+    let out = tokio::time::timeout(
+        TIMEOUT * 3,
+        Command::new(artifacts().mist())
+            .args(["bench", "fanout", "--subscribers", "5", "-n", "2000"])
+            .args(["--host", &host, "--ca", &ca, "--json"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mist bench did not finish in time")
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages_sent"], 2000, "{report}");
+    assert_eq!(report["delivered"], 10_000, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+
+    // Without the CA, the bench refuses the certificate.
+    let out = mist(&["bench", "pubsub", "-n", "10", "--host", &host]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+}

@@ -2,15 +2,106 @@
 //! bench shares two cores with the broker it measures and must not spend
 //! them on parsing every delivery.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use memchr::memchr;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BenchError;
+
+/// A connection's read half: TCP, or TLS over TCP.
+pub(super) type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's write half.
+pub(super) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where and how the bench connects: `host:port` in plain TCP, or
+/// `tls://host:port` with the certificate verified against `--ca` (or the
+/// system's roots).
+#[derive(Clone)]
+pub(super) struct Dialer {
+    addr: String,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+impl Dialer {
+    pub(super) fn new(host: &str, ca: Option<&Path>) -> Result<Dialer, BenchError> {
+        let Some(addr) = host.strip_prefix("tls://") else {
+            let addr = host.strip_prefix("tcp://").unwrap_or(host);
+            return Ok(Dialer {
+                addr: addr.to_owned(),
+                tls: None,
+            });
+        };
+        let addr = addr.trim_end_matches('/').to_owned();
+        let usage = |why: String| BenchError::Usage(why);
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| usage(format!("cannot read --ca {}: {e}", path.display())))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| usage(format!("--ca {}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| usage(format!("--ca {}: {e}", path.display())))?;
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| usage(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = ServerName::try_from(host).map_err(|e| usage(e.to_string()))?;
+        Ok(Dialer {
+            addr,
+            tls: Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name)),
+        })
+    }
+
+    async fn dial(&self) -> Result<(Reader, Writer), BenchError> {
+        let connect = |source| BenchError::Connect {
+            host: self.addr.clone(),
+            source,
+        };
+        let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| BenchError::Timeout(REPLY_TIMEOUT))?
+            .map_err(connect)?;
+        // Small replies and paced publishes must not wait for Nagle.
+        stream.set_nodelay(true)?;
+        match &self.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                Ok((Box::new(read), Box::new(write)))
+            }
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(connect)?;
+                let (read, write) = tokio::io::split(stream);
+                Ok((Box::new(read), Box::new(write)))
+            }
+        }
+    }
+}
 
 /// How long a command's reply may take before the bench gives up.
 pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,7 +111,7 @@ const MAX_LINE: usize = 2 << 20;
 
 /// The read half: a buffer of bytes split into lines as they arrive.
 pub(super) struct Lines {
-    read: OwnedReadHalf,
+    read: Reader,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -126,19 +217,10 @@ fn classify(line: &[u8]) -> Line<'_> {
 /// Connects, authenticates when a token is given and checks the broker
 /// took it.
 pub(super) async fn open(
-    host: &str,
+    dialer: &Dialer,
     token: Option<&str>,
-) -> Result<(Lines, OwnedWriteHalf), BenchError> {
-    let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(host))
-        .await
-        .map_err(|_| BenchError::Timeout(REPLY_TIMEOUT))?
-        .map_err(|source| BenchError::Connect {
-            host: host.to_owned(),
-            source,
-        })?;
-    // Small replies and paced publishes must not wait for Nagle.
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+) -> Result<(Lines, Writer), BenchError> {
+    let (read, mut write) = dialer.dial().await?;
     let mut lines = Lines {
         read,
         buf: vec![0; 64 * 1024],
@@ -158,7 +240,7 @@ pub(super) async fn open(
 /// Subscribes to each of `tag_sets` and waits until they are live.
 pub(super) async fn subscribe(
     lines: &mut Lines,
-    write: &mut OwnedWriteHalf,
+    write: &mut Writer,
     tag_sets: &[Vec<String>],
 ) -> Result<(), BenchError> {
     let mut out = Vec::new();

@@ -8,11 +8,10 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memchr::memmem;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::conn::{self, Line, Lines, REPLY_TIMEOUT};
+use super::conn::{self, Dialer, Line, Lines, Writer, REPLY_TIMEOUT};
 use super::report::{Latency, Memory, Report};
 use super::{BenchArgs, BenchError, Scenario};
 
@@ -103,11 +102,12 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let mut subscribers = JoinSet::new();
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut ready = JoinSet::new();
+    let dialer = Dialer::new(&args.host, args.ca.as_deref())?;
     for tags in plan.subscriptions.iter().cloned() {
-        let (host, token, gate) = (args.host.clone(), args.token.clone(), gate.clone());
+        let (dialer, token, gate) = (dialer.clone(), args.token.clone(), gate.clone());
         ready.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let (mut lines, mut write) = conn::open(&host, token.as_deref()).await?;
+            let (mut lines, mut write) = conn::open(&dialer, token.as_deref()).await?;
             conn::subscribe(&mut lines, &mut write, &[tags]).await?;
             Ok::<_, BenchError>((lines, write))
         });
@@ -134,7 +134,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 
     let mut publishers = JoinSet::new();
     for _ in 0..plan.publishers {
-        let (lines, write) = conn::open(&args.host, args.token.as_deref()).await?;
+        let (lines, write) = conn::open(&dialer, args.token.as_deref()).await?;
         let job = Publish {
             templates: templates(&plan.publish_tags, args.size),
             messages: plan.messages,
@@ -258,7 +258,7 @@ struct Published {
 }
 
 impl Publish {
-    async fn run(self, lines: Lines, mut write: OwnedWriteHalf) -> Result<Published, BenchError> {
+    async fn run(self, lines: Lines, mut write: Writer) -> Result<Published, BenchError> {
         // Replies are read while publishing: a broker refusing every
         // publish would otherwise fill this connection's queue and stall it.
         let replies = tokio::spawn(publisher_replies(lines));
@@ -341,7 +341,7 @@ struct Received {
 
 async fn subscriber(
     mut lines: Lines,
-    mut write: OwnedWriteHalf,
+    mut write: Writer,
     base: Instant,
     counters: Arc<Counters>,
     mut finished: watch::Receiver<bool>,

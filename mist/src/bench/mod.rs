@@ -31,9 +31,15 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The broker's TCP listener.
+    /// The broker's TCP listener (host:port), or its TLS listener
+    /// (tls://host:port).
     #[arg(long, default_value = "127.0.0.1:1445")]
     pub host: String,
+
+    /// Over TLS: trust the certificates in this PEM file instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 
     /// A token to `auth` with on every connection.
     #[arg(long)]
