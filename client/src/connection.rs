@@ -22,10 +22,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use crate::{Error, Message, Notice};
@@ -95,7 +93,7 @@ impl Shared {
     }
 }
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::transport::{LineStream, WsStream};
 
 /// Any byte stream's writing half.
 type ByteSink = Box<dyn AsyncWrite + Unpin + Send>;
@@ -120,9 +118,8 @@ pub(crate) struct Parts {
 /// Starts a line-protocol connection over `stream`. Deliveries beyond
 /// `capacity` unread are dropped; a line longer than `max_line` bytes ends
 /// the connection.
-pub(crate) fn tcp(stream: TcpStream, capacity: usize, max_line: usize) -> Parts {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+pub(crate) fn tcp(stream: LineStream, capacity: usize, max_line: usize) -> Parts {
+    let (read, write) = tokio::io::split(stream);
     lines(read, write, capacity, max_line)
 }
 

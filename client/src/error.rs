@@ -25,6 +25,26 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The TLS handshake failed: most often, the server's certificate does
+    /// not verify against the trusted roots (the system's, or the CA file
+    /// given). An unverified certificate is never accepted.
+    #[error("TLS with {target} failed: {reason}")]
+    Tls {
+        /// What was dialled.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The CA file to trust could not be used.
+    #[error("cannot use the CA file {}: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// The WebSocket handshake or a frame failed.
     #[error("WebSocket: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),

@@ -1,5 +1,5 @@
 //! An async client for the [Mist](https://example.invalid/mist) broker, on
-//! tokio, over TCP or WebSocket.
+//! tokio, over TCP or WebSocket, each with or without TLS.
 //!
 //! A [`Client`] sends commands and gets each one's own answer, even while
 //! deliveries stream in on the same connection; deliveries are read with
@@ -39,8 +39,14 @@
 //! # }
 //! ```
 //!
+//! Over TLS (`tls://host:port`, `wss://host:port/`) the server's
+//! certificate is verified against the system's roots, or against the CA
+//! file given in [`ConnectOptions::ca_file`]; one that does not verify is
+//! [`Error::Tls`], never accepted.
+//!
 //! # Layout
 //! - `lib.rs`: [`Client`], its commands, and the values they return.
+//! - `transport.rs`: opening TCP, TLS and WebSocket streams.
 //! - `connection.rs`: the wire: the writing and reading tasks, and matching
 //!   answers to requests.
 //! - `error.rs`: [`Error`].
@@ -49,13 +55,14 @@
 
 mod connection;
 mod error;
+mod transport;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -171,6 +178,46 @@ pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
     Ok(())
 }
 
+/// How [`Client::connect_with`] connects: the token to give, and which
+/// certificates to trust over TLS.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mist_client::Error> {
+/// use mist_client::{Client, ConnectOptions};
+/// let options = ConnectOptions::new().token("TOKEN").ca_file("/etc/mist/ca.pem");
+/// let client = Client::connect_with("tls://broker.example:1446", &options).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// A token to authenticate with.
+    pub token: Option<String>,
+    /// Trust the certificates in this PEM file (a private CA, or a
+    /// self-signed certificate) instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ConnectOptions {
+    /// No token; the system's roots.
+    pub fn new() -> Self {
+        ConnectOptions::default()
+    }
+
+    /// Authenticates with `token`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the certificates in `path` instead of the system's roots.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+}
+
 /// One connection to a broker. Commands take `&self`, so one task may read
 /// deliveries while others send; share it with an `Arc`. Dropping it closes
 /// the connection.
@@ -211,8 +258,10 @@ impl Drop for Client {
 impl Client {
     /// Connects to `target` and, with a `token`, authenticates.
     ///
-    /// `target` is `host:port` or `tcp://host:port` for the line protocol,
-    /// or a `ws://host:port/path` URL for WebSocket. Over TCP the token is
+    /// `target` is `host:port` or `tcp://host:port` for the line protocol
+    /// (`tls://host:port` over TLS), or a `ws://host:port/path` URL for
+    /// WebSocket (`wss://` over TLS), with TLS certificates verified against
+    /// the system's roots ([`Client::connect_with`] takes a CA file). Over TCP the token is
     /// sent as the first command (`auth`) and a refusal is
     /// [`Error::Auth`]; over WebSocket it goes in the `X-AUTH-TOKEN` header,
     /// and a token the broker does not know leaves the connection anonymous
@@ -226,16 +275,29 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(target: &str, token: Option<&str>) -> Result<Client, Error> {
+        let options = ConnectOptions {
+            token: token.map(str::to_owned),
+            ca_file: None,
+        };
+        Self::connect_with(target, &options).await
+    }
+
+    /// Connects to `target` (as [`Client::connect`]) with `options`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), mist_client::Error> {
+    /// use mist_client::{Client, ConnectOptions};
+    /// let options = ConnectOptions::new().ca_file("cert.pem");
+    /// let client = Client::connect_with("wss://localhost:8443/", &options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with(target: &str, options: &ConnectOptions) -> Result<Client, Error> {
+        let (token, ca_file) = (options.token.as_deref(), options.ca_file.as_deref());
         if target.starts_with("ws://") || target.starts_with("wss://") {
-            return Self::connect_ws(target, token).await;
+            return Self::connect_ws(target, token, ca_file).await;
         }
-        let addr = target.strip_prefix("tcp://").unwrap_or(target);
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| Error::Connect {
-                target: target.to_owned(),
-                source,
-            })?;
+        let stream = transport::line_stream(target, ca_file).await?;
         let client = Client::new(connection::tcp(stream, DELIVERY_BUFFER, MAX_LINE_BYTES));
         if let Some(token) = token {
             let line = serde_json::json!({"command": "auth", "data": token}).to_string();
@@ -249,7 +311,11 @@ impl Client {
         Ok(client)
     }
 
-    async fn connect_ws(url: &str, token: Option<&str>) -> Result<Client, Error> {
+    async fn connect_ws(
+        url: &str,
+        token: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, Error> {
         let mut request = url.into_client_request()?;
         if let Some(token) = token {
             let value = token
@@ -260,17 +326,7 @@ impl Client {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_LINE_BYTES))
             .max_frame_size(Some(MAX_LINE_BYTES));
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-        let (socket, _) = match connecting.await {
-            Ok(connected) => connected,
-            Err(tokio_tungstenite::tungstenite::Error::Io(source)) => {
-                return Err(Error::Connect {
-                    target: url.to_owned(),
-                    source,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let socket = transport::websocket(url, request, config, ca_file).await?;
         Ok(Client::new(connection::ws(
             socket,
             DELIVERY_BUFFER,

@@ -24,13 +24,19 @@ pub enum ClientCommand {
 /// Where a client command connects.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// The broker: host:port for TCP, or a ws://host:port/ URL.
+    /// The broker: host:port or tcp://host:port, tls://host:port, or a
+    /// ws://host:port/ or wss://host:port/ URL.
     #[arg(long, default_value = "127.0.0.1:1445")]
     pub host: String,
 
     /// A token to authenticate with.
     #[arg(long)]
     pub token: Option<String>,
+
+    /// Trust the TLS certificates signed by a CA in this PEM file (or this
+    /// self-signed certificate) instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `mist subscribe`.
@@ -107,6 +113,33 @@ pub struct ServerArgs {
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    /// Certificates for TLS listeners.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificates for every `tls://`, `wss://` and `https://` listener that
+/// does not name its own (`?cert=FILE&key=FILE` in its URI).
+#[derive(Debug, Default, Args)]
+pub struct TlsArgs {
+    /// The certificate chain, PEM (leaf first).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key, PEM.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Without --tls-cert: generate a self-signed certificate at start for
+    /// localhost, 127.0.0.1 and the listener's host, and log its fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Require TLS clients to present a certificate signed by a CA in this
+    /// PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// What no client may exceed (docs/protocol.md, "Limits"). Sizes take a number of bytes or

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use mist_client::{Client, Error};
+use mist_client::{Client, ConnectOptions, Error};
 use tokio::io::AsyncBufReadExt;
 
 use mist::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
@@ -30,7 +30,14 @@ pub async fn run(command: ClientCommand) -> Result<(), Error> {
 }
 
 async fn connect(connection: &Connection) -> Result<Client, Error> {
-    Client::connect(&connection.host, connection.token.as_deref()).await
+    let mut options = ConnectOptions::new();
+    if let Some(token) = &connection.token {
+        options = options.token(token.as_str());
+    }
+    if let Some(ca) = &connection.ca {
+        options = options.ca_file(ca.as_path());
+    }
+    Client::connect_with(&connection.host, &options).await
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

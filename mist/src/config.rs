@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
+use mist_sdk::tls::TlsParams;
+
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
 
@@ -36,6 +38,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
     pub shutdown_timeout: Duration,
+    /// Certificates for TLS listeners, written into each one's URI.
+    pub tls: TlsParams,
 }
 
 /// The environment variable the server token can be given in.
@@ -82,6 +86,14 @@ pub enum ConfigError {
     /// Both `token` and `token-file` in the config file.
     #[error("config file {0}: give token or token-file, not both")]
     TwoTokens(PathBuf),
+    /// `--tls-cert` without `--tls-key`, or the other way round.
+    #[error("--{given} needs --{missing} (a certificate and its key go together)")]
+    TlsPair {
+        /// The key given.
+        given: &'static str,
+        /// The key missing.
+        missing: &'static str,
+    },
     /// A size or duration that does not parse.
     #[error("{key}: {reason}")]
     BadValue {
@@ -127,6 +139,14 @@ struct FileConfig {
     request_timeout: Option<Value>,
     #[serde(alias = "shutdown_timeout")]
     shutdown_timeout: Option<Value>,
+    #[serde(alias = "tls_cert")]
+    tls_cert: Option<PathBuf>,
+    #[serde(alias = "tls_key")]
+    tls_key: Option<PathBuf>,
+    #[serde(alias = "tls_self_signed")]
+    tls_self_signed: Option<bool>,
+    #[serde(alias = "tls_client_ca")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// The `token` key: a string, or a number (YAML reads `token: 1234` as
@@ -237,6 +257,7 @@ impl ServerConfig {
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new(""));
+        let tls = resolve_tls(args, &file, base)?;
         let listeners = if !args.listeners.is_empty() {
             split_listeners(&args.listeners)
         } else {
@@ -370,7 +391,38 @@ impl ServerConfig {
             },
             limits,
             shutdown_timeout,
+            tls,
         })
+    }
+}
+
+/// The TLS flags over the file's keys; a file's paths are relative to it.
+fn resolve_tls(
+    args: &ServerArgs,
+    file: &FileConfig,
+    base: &Path,
+) -> Result<TlsParams, ConfigError> {
+    let flags = &args.tls;
+    let path = |flag: &Option<PathBuf>, from_file: &Option<PathBuf>| match flag {
+        Some(flag) => Some(flag.clone()),
+        None => from_file.as_ref().map(|p| base.join(p)),
+    };
+    let tls = TlsParams {
+        cert: path(&flags.tls_cert, &file.tls_cert),
+        key: path(&flags.tls_key, &file.tls_key),
+        self_signed: flags.tls_self_signed || file.tls_self_signed.unwrap_or(false),
+        client_ca: path(&flags.tls_client_ca, &file.tls_client_ca),
+    };
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => Err(ConfigError::TlsPair {
+            given: "tls-cert",
+            missing: "tls-key",
+        }),
+        (None, Some(_)) => Err(ConfigError::TlsPair {
+            given: "tls-key",
+            missing: "tls-cert",
+        }),
+        _ => Ok(tls),
     }
 }
 
@@ -740,6 +792,33 @@ mod tests {
             "unknown field `listners`, expected `listeners`"
         );
         assert_eq!(without_values(r#"string "unterminated"#), "string");
+    }
+
+    #[test]
+    fn reads_tls_flags_and_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            dir.path(),
+            "tls.yaml",
+            "tls-cert: certs/cert.pem\ntls-key: certs/key.pem\ntls-client-ca: /etc/ca.pem\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let c = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(c.tls.cert, Some(dir.path().join("certs/cert.pem")));
+        assert_eq!(c.tls.key, Some(dir.path().join("certs/key.pem")));
+        assert_eq!(c.tls.client_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.tls.self_signed);
+        a.tls.tls_self_signed = true;
+        a.tls.tls_cert = Some("/flag/cert.pem".into());
+        let c = ServerConfig::resolve(&a).expect("resolve");
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.cert, Some(PathBuf::from("/flag/cert.pem")));
+
+        let mut a = args();
+        a.tls.tls_cert = Some("/c.pem".into());
+        let error = ServerConfig::resolve(&a).expect_err("no key").to_string();
+        assert!(error.contains("--tls-cert needs --tls-key"), "{error}");
     }
 
     #[test]

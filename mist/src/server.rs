@@ -2,6 +2,7 @@
 //! listeners, serve until told to stop.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use mist_sdk::abi::ListenerBox;
 
@@ -99,6 +100,13 @@ impl Server {
         };
         for uri in &config.listeners {
             let scheme = scheme_of(uri);
+            // The global certificate flags reach TLS listeners through
+            // their URI (parameters documented in mist_sdk::tls).
+            let start_uri = if TLS_SCHEMES.contains(&scheme) {
+                config.tls.apply(uri)
+            } else {
+                uri.clone()
+            };
             let Some(plugin) = server.registry.listener(scheme) else {
                 tracing::error!(
                     "skipping listener {uri}: no loaded plugin serves {scheme}:// (available: {})",
@@ -108,7 +116,7 @@ impl Server {
             };
             match plugin
                 .handle
-                .start_listener(uri.as_str().into())
+                .start_listener(start_uri.as_str().into())
                 .into_result()
             {
                 Ok(listener) => {
@@ -143,25 +151,143 @@ impl Server {
         &self.broker
     }
 
-    /// Stops every listener, closing its connections.
+    /// Stops every listener: it accepts no more connections, and each of
+    /// its connections stops reading, writes out what is queued for it and
+    /// closes.
     pub fn stop(&mut self) {
         for (uri, listener) in self.listeners.drain(..) {
             listener.stop();
             tracing::debug!("stopped {uri}");
         }
     }
+
+    /// Asks every listener to re-read what it loaded from files (TLS
+    /// certificates): new connections get the new ones, open ones keep
+    /// theirs. A listener whose files fail keeps its old ones; why is logged.
+    pub fn reload(&self) {
+        for (uri, listener) in &self.listeners {
+            let tls = TLS_SCHEMES.contains(&scheme_of(uri));
+            match listener.reload().into_result() {
+                Ok(()) if tls => tracing::info!("{uri}: TLS certificate reloaded"),
+                Ok(()) => {}
+                Err(e) => tracing::error!(
+                    "{uri}: reloading failed, the listener keeps its old certificate: {}",
+                    e.message
+                ),
+            }
+        }
+    }
+
+    /// Shuts down gracefully (SPEC §7): stops accepting, gives connections
+    /// up to `timeout` to write out what is queued for them, then calls each
+    /// plugin's stop hook.
+    pub async fn shutdown(mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.stop();
+        loop {
+            let open = self.broker.stats().sessions;
+            if open == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "{open} connection(s) still writing after the shutdown timeout of {timeout:?}: closing them"
+                );
+                break;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        let mut stopping = tokio::task::JoinSet::new();
+        for plugin in self.registry.plugins() {
+            let (name, stop) = (plugin.name.clone(), plugin.handle.stop());
+            stopping.spawn(async move {
+                stop.await;
+                name
+            });
+        }
+        let all_stopped = tokio::time::timeout(PLUGIN_STOP_TIMEOUT, async {
+            while let Some(stopped) = stopping.join_next().await {
+                if let Ok(name) = stopped {
+                    tracing::debug!("plugin {name} stopped");
+                }
+            }
+        })
+        .await;
+        if all_stopped.is_err() {
+            tracing::warn!(
+                "{} plugin(s) did not stop within {PLUGIN_STOP_TIMEOUT:?}",
+                stopping.len()
+            );
+        }
+    }
 }
 
-/// Runs a server until `shutdown` completes.
+/// Listener schemes served over TLS: the global `--tls-*` flags apply to them.
+const TLS_SCHEMES: &[&str] = &["tls", "wss", "https"];
+/// How often shutdown looks whether every connection has finished writing.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+/// How long the plugins' stop hooks may take together.
+const PLUGIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a server until `shutdown` completes, reloading certificates on
+/// SIGHUP, then shuts it down gracefully.
 pub async fn run(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut server = Server::start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    server.stop();
+    let server = Server::start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut reloads = Reloads::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = reloads.next() => {
+                tracing::info!("SIGHUP: reloading certificates");
+                server.reload();
+            }
+        }
+    }
+    tracing::info!(
+        "shutting down: writing what is queued for up to {:?}",
+        config.shutdown_timeout
+    );
+    server.shutdown(config.shutdown_timeout).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP, where there is such a thing.
+struct Reloads {
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloads {
+    fn new() -> Reloads {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hangups = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot watch for SIGHUP, certificates will not reload: {e}")
+                })
+                .ok();
+            Reloads { hangups }
+        }
+        #[cfg(not(unix))]
+        Reloads {}
+    }
+
+    /// Completes at the next SIGHUP; never, without a way to receive it.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangups) = &mut self.hangups {
+            if hangups.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 fn load_plugins(config: &ServerConfig, broker: &Broker) -> Result<Registry, ServerError> {

@@ -51,7 +51,9 @@
 //!   [`Broker::open_session`], [feeds](Session::feed) it the bytes the client
 //!   sends and writes out what [`Session::output`] yields. The broker parses
 //!   the protocol, routes messages and produces replies: a listener only moves
-//!   bytes.
+//!   bytes. [`net::Serve`] does what every socket listener needs around that:
+//!   the connection limit, TLS (certificates from the URI, see [`tls`]), the
+//!   handshake timeout, refusals and reload.
 //! - **authenticators**, by URI scheme (`memory`): [`Plugin::open_authenticator`]
 //!   returns an [`Authenticator`], a token store.
 //! - **custom commands**, by name (`echo`): the broker sends lines whose
@@ -133,6 +135,7 @@ mod message;
 pub mod net;
 mod plugin;
 mod runtime;
+pub mod tls;
 mod uri;
 
 pub use abi::{
@@ -140,7 +143,7 @@ pub use abi::{
 };
 pub use auth::Authenticator;
 pub use backplane::{Backplane, Inbox};
-pub use broker::{Broker, ConnectionPermit, Feed, Session};
+pub use broker::{output_lines, Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};
 #[doc(hidden)]

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod client;
 pub mod postgres;
 pub mod server;
+pub mod tls;
 pub mod web;
 
 pub use client::Client;

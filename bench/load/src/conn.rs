@@ -14,8 +14,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use memchr::memchr;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -52,7 +51,7 @@ impl Buffers {
 type Ws = WebSocketStream<TcpStream>;
 
 enum Source {
-    Tcp(OwnedReadHalf),
+    Tcp(ReadHalf<Box<dyn net::ByteStream>>),
     Ws(SplitStream<Ws>, String),
 }
 
@@ -66,7 +65,7 @@ pub(crate) struct Lines {
 
 /// The write half.
 pub(crate) enum Writer {
-    Tcp(OwnedWriteHalf),
+    Tcp(WriteHalf<Box<dyn net::ByteStream>>),
     Ws(SplitSink<Ws, Message>, String),
 }
 
@@ -257,7 +256,8 @@ pub(crate) async fn open(
         let stream = net::dial(endpoint, source).await?;
         match &endpoint.ws_url {
             None => {
-                let (read, write) = stream.into_split();
+                let stream = net::secure(endpoint, stream).await?;
+                let (read, write) = tokio::io::split(stream);
                 Ok::<_, BenchError>((Lines::new(Source::Tcp(read), buffers), Writer::Tcp(write)))
             }
             Some(url) => {

@@ -76,6 +76,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub websocket: bool,
 
+    /// Over TLS (`tls://host:port` hosts): trust the certificates in this
+    /// PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
     /// Local addresses to open connections from, comma separated (say
     /// `127.0.0.2,127.0.0.3`), used in turn: each gets its own range of
     /// ephemeral ports, so more connections fit than one address allows.

@@ -96,7 +96,7 @@ struct Counters {
 
 pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let plan = Plan::of(args);
-    let endpoints = Endpoint::resolve_all(&args.hosts, args.websocket).await?;
+    let endpoints = Endpoint::resolve_all(&args.hosts, args.websocket, args.ca.as_deref()).await?;
     let sources = Arc::new(Sources::new(&args.source_addrs));
     let connections = plan.subscriptions.len() + plan.publishers;
     sources.check(&endpoints, connections)?;

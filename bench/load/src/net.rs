@@ -3,14 +3,19 @@
 //! open-files limit that many connections need.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::BenchError;
 
 /// One broker to connect to.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     /// As given on the command line, for messages.
     pub name: String,
@@ -18,6 +23,72 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// The URL of the WebSocket handshake; `None` for plain TCP.
     pub ws_url: Option<String>,
+    /// For `tls://` hosts: the connector (verifying against `--ca` or the
+    /// system's roots) and the name the certificate must carry.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("ws_url", &self.ws_url)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Any byte stream a line connection runs over: TCP, or TLS over TCP.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// Wraps `stream` in TLS when `endpoint` is a `tls://` host.
+pub(crate) async fn secure(
+    endpoint: &Endpoint,
+    stream: TcpStream,
+) -> Result<Box<dyn ByteStream>, BenchError> {
+    let Some((connector, name)) = &endpoint.tls else {
+        return Ok(Box::new(stream));
+    };
+    let stream = connector
+        .connect(name.clone(), stream)
+        .await
+        .map_err(|source| BenchError::Connect {
+            host: endpoint.name.clone(),
+            from: None,
+            source,
+        })?;
+    Ok(Box::new(stream))
+}
+
+/// A TLS connector trusting `ca` (a PEM file) or the system's roots.
+fn tls_connector(host: &str, ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, BenchError> {
+    let usage = BenchError::Usage;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| usage(format!("cannot read --ca {}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| usage(format!("--ca {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| usage(format!("--ca {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| usage(format!("{host}: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 impl Endpoint {
@@ -26,13 +97,28 @@ impl Endpoint {
     pub async fn resolve_all(
         hosts: &[String],
         websocket: bool,
+        ca: Option<&Path>,
     ) -> Result<Vec<Endpoint>, BenchError> {
         if hosts.is_empty() {
             return Err(BenchError::Usage("--host needs at least one broker".into()));
         }
         let mut endpoints = Vec::with_capacity(hosts.len());
         for host in hosts {
-            let (authority, ws_url) = split_host(host, websocket)?;
+            let (authority, ws_url, tls) = split_host(host, websocket)?;
+            let tls = match tls {
+                false => None,
+                true => {
+                    let name = authority
+                        .rsplit_once(':')
+                        .map_or(authority, |(name, _)| name)
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned();
+                    let name = ServerName::try_from(name)
+                        .map_err(|e| BenchError::Usage(format!("{host}: {e}")))?;
+                    Some((tls_connector(host, ca)?, name))
+                }
+            };
             let addr = tokio::net::lookup_host(authority)
                 .await
                 .ok()
@@ -49,19 +135,29 @@ impl Endpoint {
                 name: host.clone(),
                 addr,
                 ws_url,
+                tls,
             });
         }
         Ok(endpoints)
     }
 }
 
-/// `host:port` or `ws://host:port/path` → the address to dial and, for
-/// WebSocket, the URL of the handshake.
-fn split_host(host: &str, websocket: bool) -> Result<(&str, Option<String>), BenchError> {
+/// `host:port`, `tls://host:port` or `ws://host:port/path` → the address
+/// to dial, for WebSocket the URL of the handshake, and whether it is TLS.
+fn split_host(host: &str, websocket: bool) -> Result<(&str, Option<String>, bool), BenchError> {
     if host.starts_with("wss://") || host.starts_with("https://") {
         return Err(BenchError::Usage(format!(
-            "{host}: mist bench speaks plain TCP and ws:// only, not TLS"
+            "{host}: mist bench speaks TCP, tls:// and ws://, not wss://"
         )));
+    }
+    if let Some(authority) = host.strip_prefix("tls://") {
+        let authority = authority.trim_end_matches('/');
+        if websocket {
+            return Err(BenchError::Usage(format!(
+                "{host}: --websocket over TLS is not supported"
+            )));
+        }
+        return Ok((authority, None, true));
     }
     if let Some(rest) = host.strip_prefix("ws://") {
         let authority = rest.split('/').next().unwrap_or_default();
@@ -75,14 +171,14 @@ fn split_host(host: &str, websocket: bool) -> Result<(&str, Option<String>), Ben
         } else {
             format!("{host}/")
         };
-        return Ok((authority, Some(url)));
+        return Ok((authority, Some(url), false));
     }
     if host.contains("://") || host.contains('/') {
         return Err(BenchError::Usage(format!(
             "{host}: a host is host:port, or a ws://host:port/path URL"
         )));
     }
-    Ok((host, websocket.then(|| format!("ws://{host}/"))))
+    Ok((host, websocket.then(|| format!("ws://{host}/")), false))
 }
 
 /// Hands out local addresses in turn, one per connection.
@@ -210,22 +306,27 @@ mod tests {
     fn hosts_are_tcp_or_websocket() {
         assert_eq!(
             split_host("127.0.0.1:1445", false).unwrap(),
-            ("127.0.0.1:1445", None)
+            ("127.0.0.1:1445", None, false)
+        );
+        assert_eq!(
+            split_host("tls://localhost:1446", false).unwrap(),
+            ("localhost:1446", None, true)
         );
         assert_eq!(
             split_host("127.0.0.1:8888", true).unwrap(),
-            ("127.0.0.1:8888", Some("ws://127.0.0.1:8888/".into()))
+            ("127.0.0.1:8888", Some("ws://127.0.0.1:8888/".into()), false)
         );
         assert_eq!(
             split_host("ws://localhost:8080/subscribe/websocket", false).unwrap(),
             (
                 "localhost:8080",
-                Some("ws://localhost:8080/subscribe/websocket".into())
+                Some("ws://localhost:8080/subscribe/websocket".into()),
+                false
             )
         );
         assert_eq!(
             split_host("ws://localhost:8888", false).unwrap(),
-            ("localhost:8888", Some("ws://localhost:8888/".into()))
+            ("localhost:8888", Some("ws://localhost:8888/".into()), false)
         );
         for bad in ["wss://a:1/", "http://a:1", "ws:///x", "a:1/x"] {
             assert!(split_host(bad, false).is_err(), "{bad}");
@@ -246,7 +347,7 @@ mod tests {
     async fn connections_come_from_the_source_addresses() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
-        let endpoints = Endpoint::resolve_all(&[host], false).await.unwrap();
+        let endpoints = Endpoint::resolve_all(&[host], false, None).await.unwrap();
         let sources = Sources::new(&["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()]);
         sources.check(&endpoints, 10).unwrap();
         let mut held = Vec::new();
@@ -261,7 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn impossible_sources_are_refused_before_dialling() {
-        let endpoints = Endpoint::resolve_all(&["127.0.0.1:9".into()], false)
+        let endpoints = Endpoint::resolve_all(&["127.0.0.1:9".into()], false, None)
             .await
             .unwrap();
         let v6 = Sources::new(&["::1".parse().unwrap()]);
@@ -289,12 +390,12 @@ mod tests {
     #[tokio::test]
     async fn unresolvable_and_tls_hosts_fail_clearly() {
         // No port: refused without asking any resolver.
-        let err = Endpoint::resolve_all(&["127.0.0.1".into()], false)
+        let err = Endpoint::resolve_all(&["127.0.0.1".into()], false, None)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
-        let err = Endpoint::resolve_all(&["wss://127.0.0.1:1/".into()], false)
+        let err = Endpoint::resolve_all(&["wss://127.0.0.1:1/".into()], false, None)
             .await
             .unwrap_err()
             .to_string();
