@@ -31,6 +31,13 @@ pub enum Command {
     Client(ClientCommand),
     /// Load a running broker and measure it (see `mist bench --help`).
     Bench(BenchArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of mist.
+    Manpage,
 }
 
 /// The client commands.
@@ -124,6 +131,15 @@ pub struct ServerArgs {
     #[arg(long)]
     pub log_level: Option<String>,
 
+    /// human, or json for one JSON object per line [default: human].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
+
+    /// Also serve /metrics, /healthz and /readyz (only those) on this
+    /// http:// address, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URI")]
+    pub metrics_listener: Option<String>,
+
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -179,4 +195,16 @@ pub struct LimitArgs {
     /// On SIGINT/SIGTERM, how long to go on writing what is queued [default: 5s].
     #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Option<Duration>,
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "mist", out);
+}
+
+/// Writes the man page of `mist` (roff) to `out`.
+pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(out)
 }

@@ -8,6 +8,7 @@ use tracing::level_filters::LevelFilter;
 
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
+use crate::logging::LogFormat;
 
 /// The listeners started when none are given.
 pub const DEFAULT_LISTENERS: &[&str] = &[
@@ -31,6 +32,10 @@ pub struct ServerConfig {
     pub plugins_file: Option<PathBuf>,
     /// The log level.
     pub log_level: LevelFilter,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// An extra HTTP address serving only /metrics, /healthz and /readyz.
+    pub metrics_listener: Option<String>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
@@ -86,6 +91,10 @@ struct FileConfig {
     token: Option<String>,
     server: Option<bool>,
     plugins: Option<PathBuf>,
+    #[serde(alias = "log_format")]
+    log_format: Option<LogFormat>,
+    #[serde(alias = "metrics_listener")]
+    metrics_listener: Option<String>,
     #[serde(alias = "max_message_bytes")]
     max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
@@ -294,6 +303,8 @@ impl ServerConfig {
             },
             limits,
             shutdown_timeout,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            metrics_listener: args.metrics_listener.clone().or(file.metrics_listener),
         })
     }
 }

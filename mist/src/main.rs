@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         eprintln!("mist: nothing to do: start a server with --server (see mist --help)");
         return ExitCode::from(2);
     }
-    mist::logging::init(config.log_level);
+    mist::logging::init(config.log_level, config.log_format);
     // The sdk's runtime: plugins linked into the binary run on it too.
     let result = mist_sdk::runtime().block_on(mist::server::run(&config, shutdown_signal()));
     match result {
@@ -27,30 +27,41 @@ fn main() -> ExitCode {
 }
 
 fn client_command(command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&e),
-    };
     match command {
-        Command::Bench(args) => match runtime.block_on(mist::bench::run(&args)) {
-            Ok(report) if args.json => {
+        Command::Bench(args) => match block_on(mist::bench::run(&args)) {
+            Ok(Ok(report)) if args.json => {
                 println!("{}", report.to_json());
                 ExitCode::SUCCESS
             }
-            Ok(report) => {
+            Ok(Ok(report)) => {
                 println!("{report}");
                 ExitCode::SUCCESS
             }
+            Ok(Err(e)) => fail(&e),
             Err(e) => fail(&e),
         },
-        Command::Client(command) => match runtime.block_on(mist::client::run(command)) {
+        Command::Client(command) => match block_on(mist::client::run(command)) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => fail(&e),
+            Err(e) => fail(&e),
+        },
+        Command::Completions { shell } => {
+            mist::cli::write_completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => match mist::cli::write_manpage(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }
+}
+
+/// Runs `future` on a runtime of its own (the client commands need one).
+fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {

@@ -6,6 +6,7 @@
 //! | `POST /publish`, body `{"tags":[..],"data":".."}` | `204` once the broker has taken it; `4xx` with `{"error":".."}` if it refused it |
 //! | `GET /subscribe?tags=a,b` | Server-Sent Events: `: subscribed` once live, then `data: <delivery JSON>` per message |
 //! | `GET /subscribe/websocket` | a WebSocket upgrade, the same protocol as the ws listener |
+//! | `GET /metrics`, `/healthz`, `/readyz`, `/dashboard` | for operators: see the `ops` module |
 //! | anything else | `404` (or `405`) with `{"error":".."}` |
 //!
 //! A token goes in the `X-AUTH-TOKEN` header (or, for the WebSocket, the
@@ -22,6 +23,7 @@
 //! ```
 
 mod events;
+mod ops;
 mod reply;
 
 use std::convert::Infallible;
@@ -73,6 +75,9 @@ impl Plugin for Http {
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
         let broker = self.broker.clone();
+        if ops::ops_only(uri) {
+            return ops::start(uri, broker);
+        }
         mist_sdk::net::serve_tcp(uri, move |stream, peer, stop| {
             serve(stream, peer, broker.clone(), stop)
         })
@@ -110,6 +115,9 @@ async fn route(
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Response<Body> {
+    if let Some(response) = ops::route(&request, &broker, true).await {
+        return response;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     match (&method, path.as_str()) {
