@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod example_plugin;
 mod http;
+mod ops;
 mod plugins;
 mod startup;
 mod tcp;
