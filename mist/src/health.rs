@@ -7,6 +7,11 @@
 //! milliseconds (or a crowd of them) costs the store one query a second at
 //! most. Probes that arrive while a check runs wait for its answer instead
 //! of starting their own.
+//!
+//! More parts plug in the same way: the cluster backplane, once connected,
+//! registers a [`Part`] wrapping its `health()` with [`Health::register`];
+//! `/readyz`, `mist_ready` and `mist_check_ready{check}` then include it
+//! with nothing else to change.
 
 use std::future::Future;
 use std::pin::Pin;

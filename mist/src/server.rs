@@ -221,8 +221,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let mut server = Server::start(config).await?;
+    // Poll the shutdown signal once before saying READY: a signal handler
+    // that installs itself when first polled is then in place, so a
+    // SIGTERM sent the moment systemd hears READY=1 is a clean shutdown,
+    // not the default action (death).
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    shutdown.await;
+    if !stop_now {
+        shutdown.await;
+    }
     tracing::info!("shutting down");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     server.stop();

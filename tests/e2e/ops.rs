@@ -202,8 +202,34 @@ async fn failed_auths_are_counted() {
     .await;
 }
 
+/// A subscriber that never reads, and 16 MiB published to it: more than
+/// its queue and the kernel's socket buffers hold.
+async fn flood_a_sleeper(server: &MistServer) -> Client {
+    let mut sleeper = Client::connect(&server.tcp()).await;
+    sleeper.subscribe(&["flood"]).await;
+    let mut publisher = Client::connect(&server.tcp()).await;
+    let data = "x".repeat(4096);
+    for _ in 0..4000 {
+        publisher.publish(&["flood"], &data).await;
+    }
+    publisher.sync().await;
+    sleeper
+}
+
 #[tokio::test]
-async fn drops_and_slow_consumers_are_counted() {
+async fn drops_and_queued_bytes_are_counted() {
+    let server = server_with_all_listeners(&["--max-queue-bytes", "64KiB"]);
+    let addr = server.addr("http");
+    let _sleeper = flood_a_sleeper(&server).await;
+    let body = await_sample(&addr, &[], "mist_messages_dropped_total", |n| n > 0.0).await;
+    assert!(
+        sample(&body, "mist_queue_bytes").is_some_and(|b| b > 0.0),
+        "a full queue holds bytes:\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn slow_consumers_are_counted() {
     let server = server_with_all_listeners(&[
         "--max-queue-bytes",
         "64KiB",
@@ -211,21 +237,7 @@ async fn drops_and_slow_consumers_are_counted() {
         "1s",
     ]);
     let addr = server.addr("http");
-    // A subscriber that never reads: its queue fills and the rest drops.
-    let mut sleeper = Client::connect(&server.tcp()).await;
-    sleeper.subscribe(&["flood"]).await;
-    let mut publisher = Client::connect(&server.tcp()).await;
-    let data = "x".repeat(4096);
-    // 16 MiB: more than the kernel's socket buffers hold.
-    for _ in 0..4000 {
-        publisher.publish(&["flood"], &data).await;
-    }
-    publisher.sync().await;
-    let body = await_sample(&addr, &[], "mist_messages_dropped_total", |n| n > 0.0).await;
-    assert!(
-        sample(&body, "mist_queue_bytes").is_some_and(|b| b > 0.0),
-        "a full queue holds bytes:\n{body}"
-    );
+    let _sleeper = flood_a_sleeper(&server).await;
     await_sample(&addr, &[], "mist_slow_consumers_disconnected_total", |n| {
         n >= 1.0
     })
@@ -369,16 +381,24 @@ fn systemd_hears_ready_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Generous: the whole suite may be starting servers at once.
+    socket.set_read_timeout(Some(3 * TIMEOUT)).unwrap();
     let mut child = std::process::Command::new(artifacts().mist())
         .args(["--server", "--listeners", "tcp://127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &path)
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
         .spawn()
         .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     let mut buf = [0; 256];
-    let n = socket.recv(&mut buf).expect("no READY=1 from mist");
+    let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no READY=1 from mist ({e}; exited: {:?}); its log:\n{}",
+            child.try_wait(),
+            log()
+        )
+    });
     assert_eq!(&buf[..n], b"READY=1\n");
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
