@@ -291,7 +291,7 @@ impl Authenticator for Store {
         row.try_get("allowed").map_err(|e| self.error(e))
     }
 
-    /// `SELECT 1` on a pooled connection, bounded by [`CHECK_TIMEOUT`]: a
+    /// `SELECT 1` on a pooled connection, bounded by `CHECK_TIMEOUT`: a
     /// database that stopped answering (not only one that refuses
     /// connections) reads as unreachable.
     async fn check(&self) -> Result<(), SdkError> {
