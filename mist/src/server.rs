@@ -220,13 +220,14 @@ pub async fn run(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut server = Server::start(config).await?;
-    // Poll the shutdown signal once before saying READY: a signal handler
-    // that installs itself when first polled is then in place, so a
-    // SIGTERM sent the moment systemd hears READY=1 is a clean shutdown,
-    // not the default action (death).
+    // Poll the shutdown signal once before anything starts: a signal
+    // handler that installs itself when first polled (tokio's) is then in
+    // place before any listener is up or systemd hears READY=1, so a
+    // SIGTERM at any moment after that is a clean shutdown, not the default
+    // action (death). One that arrives during start-up is kept for below.
     let mut shutdown = std::pin::pin!(shutdown);
     let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
+    let mut server = Server::start(config).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     if !stop_now {
         shutdown.await;
