@@ -110,6 +110,15 @@ pub struct ServerArgs {
     #[arg(long)]
     pub log_level: Option<String>,
 
+    /// human, or json for one JSON object per line [default: human].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
+
+    /// Also serve /metrics, /healthz and /readyz (only those) on this
+    /// http:// address, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URI")]
+    pub metrics_listener: Option<String>,
+
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -10,6 +10,7 @@ use mist_sdk::tls::TlsParams;
 
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
+use crate::logging::LogFormat;
 
 /// The listeners started when none are given.
 pub const DEFAULT_LISTENERS: &[&str] = &[
@@ -34,6 +35,10 @@ pub struct ServerConfig {
     pub plugins_file: Option<PathBuf>,
     /// The log level.
     pub log_level: LevelFilter,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// An extra HTTP address serving only /metrics, /healthz and /readyz.
+    pub metrics_listener: Option<String>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
@@ -117,6 +122,10 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     server: Option<bool>,
     plugins: Option<PathBuf>,
+    #[serde(alias = "log_format")]
+    log_format: Option<LogFormat>,
+    #[serde(alias = "metrics_listener")]
+    metrics_listener: Option<String>,
     #[serde(alias = "max_message_bytes")]
     max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
@@ -392,6 +401,8 @@ impl ServerConfig {
             limits,
             shutdown_timeout,
             tls,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            metrics_listener: args.metrics_listener.clone().or(file.metrics_listener),
         })
     }
 }

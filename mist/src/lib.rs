@@ -25,6 +25,8 @@
 //! - [`cli`], [`config`], [`logging`]: the command-line flags, the
 //!   configuration file and the log.
 //! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
+//! - [`metrics`], [`health`]: `/metrics` and `/readyz`, as the HTTP listener
+//!   serves them through the broker handle.
 //! - [`broker`]: sessions, commands, publish → match → deliver, queues.
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
@@ -34,7 +36,9 @@ pub mod broker;
 pub mod builtin;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod tags;

@@ -2,7 +2,7 @@ mod client;
 
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use mist::cli::{ClientCommand, ServerArgs};
 use mist::config::ServerConfig;
 
@@ -30,6 +30,13 @@ enum Command {
     Client(ClientCommand),
     /// Load running brokers and measure them (see `mist bench --help`).
     Bench(mist_bench::BenchArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of mist.
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -45,7 +52,7 @@ fn main() -> ExitCode {
         eprintln!("mist: nothing to do: start a server with --server (see mist --help)");
         return ExitCode::from(2);
     }
-    mist::logging::init(config.log_level);
+    mist::logging::init(config.log_level, config.log_format);
     // The sdk's runtime: plugins linked into the binary run on it too.
     let result = mist_sdk::runtime().block_on(async {
         let shutdown = shutdown_signal();
@@ -58,30 +65,43 @@ fn main() -> ExitCode {
 }
 
 fn client_command(command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&e),
-    };
     match command {
-        Command::Bench(args) => match runtime.block_on(mist_bench::run(&args)) {
-            Ok(report) if args.json => {
+        Command::Bench(args) => match block_on(mist_bench::run(&args)) {
+            Ok(Ok(report)) if args.json => {
                 println!("{}", report.to_json());
                 ExitCode::SUCCESS
             }
-            Ok(report) => {
+            Ok(Ok(report)) => {
                 println!("{report}");
                 ExitCode::SUCCESS
             }
+            Ok(Err(e)) => fail(&e),
             Err(e) => fail(&e),
         },
-        Command::Client(command) => match runtime.block_on(client::run(command)) {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Client(command) => match block_on(client::run(command)) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => fail(&e),
             Err(e) => fail(&e),
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mist", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
     }
+}
+
+/// Runs `future` on a runtime of its own (the client commands need one).
+fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {

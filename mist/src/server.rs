@@ -2,12 +2,14 @@
 //! listeners, serve until told to stop.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mist_sdk::abi::ListenerBox;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::ServerConfig;
+use crate::health::{AuthenticatorPart, ListenerPart};
 use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Registry, Source};
 
 /// Why the server could not start.
@@ -47,15 +49,24 @@ pub enum ServerError {
         /// What the plugin said.
         message: String,
     },
+    /// `--metrics-listener` is not an `http://host:port` URI.
+    #[error("bad --metrics-listener {0:?}: expected http://host:port")]
+    MetricsListener(String),
     /// Configuring the broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
 
+/// How often the server checks its own readiness when nobody asks, for
+/// the `mist_ready` metric.
+const HEALTH_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A started server: its plugins, broker and running listeners.
 pub struct Server {
     broker: Broker,
-    listeners: Vec<(String, ListenerBox)>,
+    /// Refreshes the readiness answer the metrics export.
+    health_checks: Option<tokio::task::JoinHandle<()>>,
+    listeners: Vec<(String, Arc<ListenerBox>)>,
     /// The started plugins: held for as long as the server runs.
     registry: Registry,
 }
@@ -89,11 +100,15 @@ impl Server {
                     uri: shown.clone(),
                     message: e.message.into_string(),
                 })?;
+            broker
+                .health()
+                .register(Arc::new(AuthenticatorPart::new(store.clone())));
             broker.set_authenticator(store, token.clone(), &plugin.name)?;
             tracing::info!("admin mode on, tokens stored in {shown}");
         }
 
         let mut server = Server {
+            health_checks: None,
             broker,
             listeners: Vec::new(),
             registry,
@@ -122,9 +137,12 @@ impl Server {
                 Ok(listener) => {
                     let addr = listener.local_addr();
                     tracing::info!("listening on {scheme}://{addr}");
+                    let (uri, listener) = (format!("{scheme}://{addr}"), Arc::new(listener));
                     server
-                        .listeners
-                        .push((format!("{scheme}://{addr}"), listener));
+                        .broker
+                        .health()
+                        .register_listener(uri.clone(), listener.clone());
+                    server.listeners.push((uri, listener));
                 }
                 Err(e) => {
                     server.stop();
@@ -138,7 +156,48 @@ impl Server {
         if server.listeners.is_empty() {
             tracing::warn!("no listener is running: clients cannot connect");
         }
+        if let Some(uri) = &config.metrics_listener {
+            if let Err(e) = server.start_metrics_listener(uri) {
+                server.stop();
+                return Err(e);
+            }
+        }
+        let health = server.broker.health().clone();
+        server.health_checks = Some(tokio::spawn(health.keep_checking(HEALTH_CHECK_PERIOD)));
         Ok(server)
+    }
+
+    /// `--metrics-listener`: the http plugin, asked (`?only=ops`) to serve
+    /// nothing but the operator's endpoints.
+    fn start_metrics_listener(&mut self, uri: &str) -> Result<(), ServerError> {
+        if scheme_of(uri) != "http" {
+            return Err(ServerError::MetricsListener(uri.to_string()));
+        }
+        let plugin = self
+            .registry
+            .listener("http")
+            .ok_or_else(|| ServerError::Listener {
+                uri: uri.to_string(),
+                message: "no loaded plugin serves http://".into(),
+            })?;
+        let separator = if uri.contains('?') { '&' } else { '?' };
+        let listener = plugin
+            .handle
+            .start_listener(format!("{uri}{separator}only=ops").as_str().into())
+            .into_result()
+            .map_err(|e| ServerError::Listener {
+                uri: uri.to_string(),
+                message: e.message.into_string(),
+            })?;
+        let uri = format!("http://{}", listener.local_addr());
+        tracing::info!("serving metrics and health on {uri}");
+        let listener = Arc::new(listener);
+        self.broker.health().register(Arc::new(ListenerPart {
+            uri: format!("{uri} (metrics)"),
+            listener: listener.clone(),
+        }));
+        self.listeners.push((uri, listener));
+        Ok(())
     }
 
     /// The running listeners' URIs with the addresses actually bound.
@@ -155,6 +214,10 @@ impl Server {
     /// its connections stops reading, writes out what is queued for it and
     /// closes.
     pub fn stop(&mut self) {
+        self.broker.health().set_stopping();
+        if let Some(checks) = self.health_checks.take() {
+            checks.abort();
+        }
         for (uri, listener) in self.listeners.drain(..) {
             listener.stop();
             tracing::debug!("stopped {uri}");
@@ -235,15 +298,24 @@ pub async fn run(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let server = Server::start(config).await?;
+    // Poll the shutdown signal once before anything starts: a signal
+    // handler that installs itself when first polled (tokio's) is then in
+    // place before any listener is up or systemd hears READY=1, so a
+    // SIGTERM at any moment after that is a clean shutdown, not the default
+    // action (death). One that arrives during start-up is kept for below.
     let mut shutdown = std::pin::pin!(shutdown);
+    let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
+    let server = Server::start(config).await?;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     let mut reloads = Reloads::new();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = reloads.next() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                server.reload();
+    if !stop_now {
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = reloads.next() => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    server.reload();
+                }
             }
         }
     }
@@ -251,9 +323,18 @@ pub async fn run(
         "shutting down: writing what is queued for up to {:?}",
         config.shutdown_timeout
     );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     server.shutdown(config.shutdown_timeout).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how start-up or shutdown went; nothing
+/// when not started by systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// SIGHUP, where there is such a thing.

@@ -12,6 +12,7 @@ mod cli;
 mod example_plugin;
 mod http;
 mod listeners;
+mod ops;
 mod plugins;
 mod startup;
 mod tcp;

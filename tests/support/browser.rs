@@ -131,6 +131,11 @@ impl Chromium {
         }
     }
 
+    /// The browser's profile directory (where `DevToolsActivePort` appears).
+    pub fn profile(&self) -> &std::path::Path {
+        self._profile.path()
+    }
+
     /// What Chromium has printed so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

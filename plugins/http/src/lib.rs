@@ -7,6 +7,7 @@
 //! | `POST /publish`, body `{"tags":[..],"data":".."}` | `204` once the broker has taken it; `4xx`/`5xx` with `{"error":".."}` if it refused it |
 //! | `GET /subscribe?tags=a,b` | Server-Sent Events: `: subscribed` once live, then `data: <delivery JSON>` per message |
 //! | `GET /subscribe/websocket` | a WebSocket upgrade, the same protocol as the ws listener |
+//! | `GET /metrics`, `/healthz`, `/readyz`, `/dashboard` | for operators: see the `ops` module |
 //! | anything else | `404` (or `405`) with `{"error":".."}` |
 //!
 //! A token goes in the `X-AUTH-TOKEN` header (or, for the WebSocket, the
@@ -31,6 +32,7 @@
 //! ```
 
 mod events;
+mod ops;
 mod reply;
 
 use std::collections::BTreeMap;
@@ -79,6 +81,9 @@ impl Plugin for Http {
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
         let broker = self.broker.clone();
+        if ops::ops_only(uri) {
+            return ops::start(uri, broker);
+        }
         let tls = uri.starts_with("https://");
         let scheme = if tls { "https" } else { "http" };
         let mut listener = Serve::new(uri, &self.broker).refusal(Refusal::Http);
@@ -150,6 +155,9 @@ async fn serve(
 }
 
 async fn route(mut request: Request<Incoming>, connection: Connection) -> Response<Body> {
+    if let Some(response) = ops::route(&request, &connection.broker, true).await {
+        return response;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let Connection {
