@@ -76,6 +76,10 @@ async fn two_thousand_half_sent_http_requests_are_closed_after_the_header_timeou
         }
     }
     let took = opened.elapsed();
+    eprintln!(
+        "figure: 2,000 half-sent requests: +{} KiB RSS while open, all closed after {took:?}",
+        peak.saturating_sub(before) >> 10
+    );
     assert_eq!(
         open, 0,
         "{open} half-sent requests still open after {took:?}"
