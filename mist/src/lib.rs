@@ -28,7 +28,7 @@
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
 //! - [`client`]: the client commands (`mist ping`, `subscribe`, ...).
-//! - [`bench`]: `mist bench`, the load tool.
+//! - [`bench`](mod@bench): `mist bench`, the load tool.
 
 pub mod bench;
 pub mod broker;
@@ -36,6 +36,8 @@ pub mod builtin;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod plugins;
 pub mod server;
