@@ -14,7 +14,7 @@ use async_ffi::FfiFuture;
 
 use crate::abi::{BackplaneApi, BackplaneInboxBox};
 use crate::error::SdkError;
-use crate::runtime::{catch, spawn_ffi};
+use crate::runtime::{inside, spawn_ffi, InRuntime};
 
 /// A connection to a backplane. Every method is called from the host's
 /// threads; none may block.
@@ -68,7 +68,7 @@ impl Inbox {
     }
 }
 
-pub(crate) struct BackplaneAdapter(pub(crate) Arc<dyn Backplane>);
+pub(crate) struct BackplaneAdapter(pub(crate) InRuntime<Arc<dyn Backplane>>);
 
 fn owned(items: RVec<RString>) -> Vec<String> {
     items.into_iter().map(RString::into_string).collect()
@@ -76,27 +76,27 @@ fn owned(items: RVec<RString>) -> Vec<String> {
 
 impl BackplaneApi for BackplaneAdapter {
     fn subscribe(&self, channels: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
-        let backplane = self.0.clone();
+        let backplane = Arc::clone(&self.0);
         spawn_ffi(async move { backplane.subscribe(owned(channels)).await })
     }
 
     fn unsubscribe(&self, channels: RVec<RString>) {
-        let _ = catch(|| {
+        let _ = inside(|| {
             self.0.unsubscribe(owned(channels));
             Ok(())
         });
     }
 
     fn publish(&self, channels: RVec<RString>, payload: RVec<u8>) -> RResult<(), SdkError> {
-        catch(|| self.0.publish(owned(channels), payload.into_vec())).into()
+        inside(|| self.0.publish(owned(channels), payload.into_vec())).into()
     }
 
     fn health(&self) -> RResult<(), SdkError> {
-        catch(|| self.0.health()).into()
+        inside(|| self.0.health()).into()
     }
 
     fn stop(&self) {
-        let _ = catch(|| {
+        let _ = inside(|| {
             self.0.stop();
             Ok(())
         });

@@ -1,7 +1,7 @@
-//! Access control that holds (SPEC §3): revocation reaches open
-//! connections at once, on every listener and with every store; a closed
-//! connection leaves nothing a later one could inherit; an unsubscribe is
-//! ordered with the deliveries around it.
+//! Access control that holds (docs/protocol.md, "Tokens and admin mode"):
+//! revocation reaches open connections at once, on every listener and with
+//! every store; a closed connection leaves nothing a later one could
+//! inherit; an unsubscribe is ordered with the deliveries around it.
 
 use std::time::Duration;
 

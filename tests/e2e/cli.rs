@@ -1,4 +1,4 @@
-//! The client commands of the `mist` binary (SPEC §5) against a real
+//! The client commands of the `mist` binary (README.md) against a real
 //! server: `mist ping | subscribe | publish | list | who`.
 
 use std::process::{Output, Stdio};

@@ -1,5 +1,6 @@
-//! The HTTP listener (SPEC §4): `/ping`, `POST /publish`, Server-Sent
-//! Events on `/subscribe`, JSON errors, and traffic across listeners.
+//! The HTTP listener (docs/protocol.md, "HTTP endpoints"): `/ping`,
+//! `POST /publish`, Server-Sent Events on `/subscribe`, JSON errors, and
+//! traffic across listeners.
 
 use mist_e2e::client::delivery;
 use mist_e2e::web::{
@@ -89,7 +90,7 @@ async fn publish_reaches_tcp_and_websocket_subscribers() {
     assert_eq!(ws.recv().await, expected);
     assert_eq!(web.recv().await, expected);
 
-    // A `command` field is allowed and ignored (SPEC §4): still a publish.
+    // A `command` field is allowed and ignored: still a publish.
     let response = http_publish(
         &server.addr("http"),
         json!({"command": "subscribe", "tags": ["news"], "data": "still a publish"}),

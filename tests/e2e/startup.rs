@@ -1,5 +1,5 @@
-//! Starting and stopping the server: SPEC §4 (listener start-up errors) and
-//! §5 (the command line and configuration file).
+//! Starting and stopping the server: listener start-up errors, the command
+//! line and the configuration file.
 
 use std::process::Command;
 
@@ -124,7 +124,7 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(c.closed().await, "connections are closed on shutdown");
 }
 
-/// SPEC §5: with no flags, the three default listeners start. This is the
+/// With no flags, the three default listeners start. This is the
 /// one test that binds fixed ports (1445, 8080, 8888); if something else on
 /// the machine holds one, it fails saying so.
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! SPEC §1 (the model), §2 (the wire protocol) and §6 (limits), over TCP
-//! against the real binary.
+//! The model, the wire protocol and the size limit (docs/protocol.md), over
+//! TCP against the real binary.
 
 use mist_e2e::client::{delivery, error_of};
 use mist_e2e::{Client, MistServer};

@@ -1,5 +1,5 @@
-//! The WebSocket listener (SPEC §2, §4): one JSON message per text frame,
-//! on the ws port and through the http port's upgrade.
+//! The WebSocket listener (docs/protocol.md, "Framing"): one JSON message
+//! per text frame, on the ws port and through the http port's upgrade.
 
 use mist_e2e::client::{delivery, error_of};
 use mist_e2e::web::{

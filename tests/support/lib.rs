@@ -8,8 +8,11 @@
 
 pub mod browser;
 pub mod client;
+pub mod devtools;
 pub mod postgres;
+pub mod prometheus;
 pub mod server;
+pub mod tls;
 pub mod web;
 
 pub use client::Client;

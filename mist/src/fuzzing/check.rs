@@ -1,5 +1,6 @@
-//! The invariants of what the broker writes to a client (SPEC §2): whole
-//! `\n`-terminated lines, each one JSON object of the protocol's fields.
+//! The invariants of what the broker writes to a client
+//! (`docs/protocol.md`, Framing): whole `\n`-terminated lines, each one
+//! JSON object of the protocol's fields.
 
 use serde_json::{Map, Value};
 

@@ -6,17 +6,20 @@
 //! The input is the body. It is published twice: on a broker without an
 //! authenticator, and on one in admin mode by a session holding a registered
 //! token, then by sessions with no valid token. The verdict is checked
-//! against the protocol's rules computed here independently (SPEC §2, §3,
-//! §6): the size limit, tags a non-empty array of at most `max_tags`
-//! non-empty strings, data a string or absent; a registered token only
-//! publishes tags it holds; a session without a valid token publishes
-//! nothing. A published body reaches a subscriber to `["a"]` exactly once
-//! when its tags include `a`, with the body's tags and data unchanged.
+//! against the protocol's rules computed here independently
+//! (`docs/protocol.md`: publish, Limits, Tokens and admin mode): the size
+//! limit, tags a non-empty array of at most `max_tags` non-empty strings,
+//! data a string or absent; a registered token only publishes tags it
+//! holds; a session without a valid token publishes nothing. A published
+//! body reaches a subscriber to `["a"]` exactly once when its tags include
+//! `a`, with the body's tags and data unchanged.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use abi_stable::std_types::RVec;
 use mist_sdk::{ErrorKind, SdkError, SessionInfo};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::check::Expect;
@@ -52,14 +55,27 @@ pub fn http_publish_body(body: &[u8]) {
             return;
         }
     };
-    let request: Map<String, Value> =
+    // The plugin copies values raw (a lone surrogate escape included,
+    // which no `Value` holds): only the fields the protocol reads must be
+    // readable, and a `tags` or `data` that is not makes the body invalid.
+    let fields: BTreeMap<String, Box<RawValue>> =
         serde_json::from_str(&line).expect("the request line is a JSON object");
+    let mut request = Map::new();
+    let mut unreadable = false;
+    for (name, value) in fields {
+        match serde_json::from_str::<Value>(value.get()) {
+            Ok(value) => {
+                request.insert(name, value);
+            }
+            Err(_) => unreadable |= name == "tags" || name == "data",
+        }
+    }
     assert_eq!(
         request.get("command").and_then(Value::as_str),
         Some("publish"),
         "the request line is not a publish: {line}"
     );
-    let verdict = verdict(&request, line.len());
+    let verdict = verdict(&request, unreadable, line.len());
 
     let open = Broker::new(LIMITS);
     publish(&open, None, &line, &request, &verdict, &[]);
@@ -96,9 +112,16 @@ pub fn http_publish_body(body: &[u8]) {
 }
 
 /// What the protocol says of a publish: its tags, or the kind of its refusal.
-fn verdict(request: &Map<String, Value>, size: usize) -> Result<Vec<String>, ErrorKind> {
+fn verdict(
+    request: &Map<String, Value>,
+    unreadable: bool,
+    size: usize,
+) -> Result<Vec<String>, ErrorKind> {
     if size > LIMITS.max_message_bytes {
         return Err(ErrorKind::TOO_LARGE);
+    }
+    if unreadable {
+        return Err(ErrorKind::INVALID_INPUT);
     }
     let tags: Vec<String> = match request.get("tags") {
         Some(Value::Array(tags)) => tags

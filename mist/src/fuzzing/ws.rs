@@ -4,11 +4,10 @@
 //!
 //! The input is written raw into one end of an in-memory pipe whose other
 //! end the plugin serves, in pieces with a pause after each, then a close
-//! frame; then the client's writing side is shut. (Without the pauses, the
-//! server reads the close before its writer had a turn, and the replies
-//! queued before it are never sent: the ws plugin on tungstenite refuses to
-//! send once it has read a close frame.) What the
-//! server sends back is decoded as a WebSocket client would decode it.
+//! frame; then the client's writing side is shut. (The pauses let the
+//! server's writer run between reads, as it would against a real client.)
+//! What the server sends back is decoded as a WebSocket client
+//! (tungstenite) would decode it.
 //! Checked: `serve` finishes (within [`HANG`]); every frame the server sends
 //! is valid WebSocket; every text frame holds one protocol JSON object; a
 //! subscriber to `["a"]` and `["b","c"]` on the same broker gets only
@@ -43,7 +42,8 @@ const WATCH: &[u8] =
     b"{\"command\":\"subscribe\",\"tags\":[\"a\"]}\n{\"command\":\"subscribe\",\"tags\":[\"b\",\"c\"]}\n";
 
 const LIMITS: Limits = Limits {
-    // Under the plugin's own frame limit: larger messages get error replies.
+    // Also the frame reader's limit, as the listeners pass it: larger
+    // messages are skipped and get error replies.
     max_message_bytes: 1024,
     max_queue_bytes: 1 << 14,
     max_memory: 1 << 20,
@@ -80,9 +80,6 @@ fn serve(input: &[u8]) -> usize {
 
     let sent = runtime.block_on(async {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let socket =
-            WebSocketStream::from_raw_socket(server, Role::Server, Some(mist_plugin_ws::config()))
-                .await;
         // Kept until the end: a dropped sender would stop the server at once.
         let (_stop, stop) = watch::channel(false);
         let (from_server, mut to_server) = tokio::io::split(client);
@@ -100,7 +97,7 @@ fn serve(input: &[u8]) -> usize {
         };
         let exchange = async {
             tokio::join!(
-                mist_plugin_ws::serve(socket, session, stop),
+                mist_plugin_ws::serve(server, session, LIMITS.max_message_bytes, stop),
                 send,
                 receive(from_server),
             )

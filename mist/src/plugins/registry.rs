@@ -34,8 +34,6 @@ impl fmt::Display for Source {
 pub struct LoadedPlugin {
     /// Its declared name.
     pub name: String,
-    /// Its declared version.
-    pub version: String,
     /// Where it came from.
     pub source: Source,
     /// The plugin itself.
@@ -140,7 +138,6 @@ impl Registry {
         tracing::debug!(plugin = %name, version = %info.version, %source, "plugin started");
         self.plugins.push(Arc::new(LoadedPlugin {
             name,
-            version: info.version.into_string(),
             source,
             handle: Arc::new(handle),
         }));
@@ -174,6 +171,12 @@ impl Registry {
             .collect()
     }
 
+    /// Every started plugin, in the order they were started (for their
+    /// stop hooks at shutdown).
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
     /// The listener schemes served, sorted, for error messages.
     pub fn listener_schemes(&self) -> Vec<String> {
         let mut schemes: Vec<String> = self.listeners.keys().cloned().collect();
@@ -186,10 +189,5 @@ impl Registry {
         let mut schemes: Vec<String> = self.authenticators.keys().cloned().collect();
         schemes.sort();
         schemes
-    }
-
-    /// Every started plugin.
-    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
-        &self.plugins
     }
 }
