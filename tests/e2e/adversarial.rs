@@ -250,11 +250,15 @@ async fn a_publish_naming_many_tags_costs_no_product() {
     let answered = start.elapsed();
     assert_eq!(receiver.recv().await["data"], "all of them");
     let slowest = watchdog.finish().await;
+    // The bound in release on an idle machine is a second (BENCHMARKS.md,
+    // "Under attack"); this is a debug build on a shared 2-core machine, so
+    // the test allows three. The quadratic matcher this guards against took
+    // 2.4 s in release, tens of seconds in a debug build: it still fails.
     assert!(
-        answered < Duration::from_secs(1),
+        answered < Duration::from_secs(3),
         "answered after {answered:?}"
     );
-    assert!(slowest < 1000, "another client waited {slowest} ms");
+    assert!(slowest < 3000, "another client waited {slowest} ms");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -387,7 +387,7 @@ fn connections_beyond_the_port_range_or_from_foreign_addresses_fail_before_diall
     assert!(err.contains("from 192.0.2.1"), "{err}");
 
     for (host, needle) in [
-        ("wss://127.0.0.1:1/", "not TLS"),
+        ("wss://127.0.0.1:1/", "not wss://"),
         ("127.0.0.1:1/x", "host:port"),
     ] {
         let output = bench(&["pubsub", "--host", host, "-n", "1"]);

@@ -399,6 +399,6 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not TLS"), "{err}");
+        assert!(err.contains("not wss://"), "{err}");
     }
 }
