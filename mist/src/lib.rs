@@ -36,6 +36,8 @@ pub mod broker;
 pub mod builtin;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -36,6 +36,8 @@ pub(crate) enum ProtocolError {
     EmptyTag,
     #[error("data must be a string")]
     DataNotString,
+    #[error("data holds a \\u escape that is no character (a lone surrogate)")]
+    DataLoneSurrogate,
     #[error("missing data")]
     MissingData,
     #[error("message too large: {size} bytes, the limit is {limit} bytes")]
@@ -183,10 +185,22 @@ pub(crate) fn parse_optional_tags(raw: Option<&RawValue>) -> Result<Tags<'_>, Pr
 }
 
 /// The raw JSON string token of `data` (`"\"x\""`), `""` when absent.
+///
+/// The token is forwarded to subscribers as it is, so it must be one every
+/// JSON parser reads: serde_json takes any `\uXXXX` into a raw value, a lone
+/// surrogate included, which decodes to no character and which a
+/// subscriber's parser (serde_json's among them) refuses. A token with a
+/// `\u` escape is therefore decoded once, to check it.
 pub(crate) fn raw_data(raw: Option<&RawValue>) -> Result<&str, ProtocolError> {
     match present(raw) {
         None => Ok("\"\""),
-        Some(raw) if raw.get().starts_with('"') => Ok(raw.get()),
+        Some(raw) if raw.get().starts_with('"') => {
+            let token = raw.get();
+            if token.contains("\\u") && serde_json::from_str::<String>(token).is_err() {
+                return Err(ProtocolError::DataLoneSurrogate);
+            }
+            Ok(token)
+        }
         Some(_) => Err(ProtocolError::DataNotString),
     }
 }
@@ -356,6 +370,26 @@ mod tests {
         let r = parse_request(br#"{}"#).expect("parse");
         assert_eq!(raw_data(r.data), Ok("\"\""));
         assert_eq!(data_string(r.data), Err(ProtocolError::MissingData));
+    }
+
+    #[test]
+    fn data_with_a_lone_surrogate_is_refused() {
+        // Found by the line_protocol fuzz target: forwarded raw, this data
+        // made a delivery no subscriber could parse.
+        for data in [r#""\ude00""#, r#""x\ud83d""#, r#""\ud41d\ude00 y""#] {
+            let line = format!(r#"{{"command":"publish","tags":["a"],"data":{data}}}"#);
+            let r = parse_request(line.as_bytes()).expect("serde_json reads it raw");
+            assert_eq!(
+                raw_data(r.data),
+                Err(ProtocolError::DataLoneSurrogate),
+                "{data}"
+            );
+        }
+        for data in [r#""\ud83d\ude00""#, r#""\u0041\\u""#, r#""\\ude00""#] {
+            let line = format!(r#"{{"command":"publish","tags":["a"],"data":{data}}}"#);
+            let r = parse_request(line.as_bytes()).expect("parse");
+            assert_eq!(raw_data(r.data), Ok(data), "{data}");
+        }
     }
 
     #[test]
