@@ -6,10 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+pub mod backplane;
 pub mod browser;
 pub mod client;
+pub mod nats;
 pub mod postgres;
+pub mod redis;
 pub mod server;
+pub mod service;
 pub mod web;
 
 pub use client::Client;
