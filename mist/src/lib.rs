@@ -27,6 +27,9 @@
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
+//! - [`cluster`]: the node's side of a cluster over a backplane plugin
+//!   (anchors, channel names, payloads, duplicates, heartbeats); no I/O of
+//!   its own.
 //! - [`client`]: the client commands (`mist ping`, `subscribe`, ...).
 //! - [`bench`](mod@bench): `mist bench`, the load tool.
 
@@ -35,6 +38,7 @@ pub mod broker;
 pub mod builtin;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod logging;
 pub mod plugins;
