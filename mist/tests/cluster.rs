@@ -114,7 +114,7 @@ fn json(data: &str) -> String {
     serde_json::to_string(data).unwrap()
 }
 
-async fn suite(module: fn() -> ModuleRef, uri: &str, server: &Service) {
+async fn suite(module: fn() -> ModuleRef, uri: &str, server: Option<&Service>) {
     let a = node(module(), uri).await;
     let b = node(module(), uri).await;
     let c = node(module(), uri).await;
@@ -195,34 +195,37 @@ async fn suite(module: fn() -> ModuleRef, uri: &str, server: &Service) {
     .await;
     assert_eq!(a.local.tokens.lock()[0], TokenDigest::of("t0ken"));
 
-    // The backplane dies: every node notices, keeps going, drops and
-    // counts what it would have sent.
-    server.kill();
-    until("every node notices", TIMEOUT, || {
-        [&a, &b, &c]
-            .iter()
-            .all(|n| n.cluster.health().is_err() && !n.cluster.figures().up)
-    })
-    .await;
-    let dropped = a.cluster.figures().dropped;
-    a.cluster.publish(&["x"], &json("lost"));
-    assert_eq!(a.cluster.figures().dropped, dropped + 1);
+    // The backplane dies (where there is a server to kill).
+    if let Some(server) = server {
+        // Every node notices, keeps going, drops and
+        // counts what it would have sent.
+        server.kill();
+        until("every node notices", TIMEOUT, || {
+            [&a, &b, &c]
+                .iter()
+                .all(|n| n.cluster.health().is_err() && !n.cluster.figures().up)
+        })
+        .await;
+        let dropped = a.cluster.figures().dropped;
+        a.cluster.publish(&["x"], &json("lost"));
+        assert_eq!(a.cluster.figures().dropped, dropped + 1);
 
-    // It returns: nodes reconnect and resubscribe by themselves within 5 s.
-    server.restart();
-    let back = Instant::now();
-    until("every node reconnects", Duration::from_secs(5), || {
-        [&a, &b, &c].iter().all(|n| n.cluster.health().is_ok())
-    })
-    .await;
-    a.cluster.publish(&["x"], &json("after"));
-    until(
-        "delivery resumes",
-        Duration::from_secs(5).saturating_sub(back.elapsed()),
-        || b.local.data().last().map(String::as_str) == Some("after"),
-    )
-    .await;
-    assert!(!b.local.data().contains(&"lost".to_string()));
+        // It returns: nodes reconnect and resubscribe by themselves within 5 s.
+        server.restart();
+        let back = Instant::now();
+        until("every node reconnects", Duration::from_secs(5), || {
+            [&a, &b, &c].iter().all(|n| n.cluster.health().is_ok())
+        })
+        .await;
+        a.cluster.publish(&["x"], &json("after"));
+        until(
+            "delivery resumes",
+            Duration::from_secs(5).saturating_sub(back.elapsed()),
+            || b.local.data().last().map(String::as_str) == Some("after"),
+        )
+        .await;
+        assert!(!b.local.data().contains(&"lost".to_string()));
+    }
 
     // A node leaving is dropped from the others' lists at once.
     c.cluster.stop();
@@ -234,7 +237,12 @@ async fn suite(module: fn() -> ModuleRef, uri: &str, server: &Service) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_redis() {
     let redis = mist_e2e::redis::Redis::start();
-    suite(mist_plugin_redis::module, &redis.uri(), &redis.service).await;
+    suite(
+        mist_plugin_redis::module,
+        &redis.uri(),
+        Some(&redis.service),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +251,51 @@ async fn three_nodes_over_nats() {
     suite(
         mist_plugin_nats::module,
         &format!("{}?prefix=app.test", nats.uri()),
-        &nats.service,
+        Some(&nats.service),
+    )
+    .await;
+}
+
+/// The example plugin's `unixgram://` backplane, built as a stranger builds
+/// it and loaded from its shared library: a third party's backplane passes
+/// the same suite (there is no server to kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_the_example_plugin() {
+    static LIBRARY: std::sync::OnceLock<ModuleRef> = std::sync::OnceLock::new();
+    fn example() -> ModuleRef {
+        *LIBRARY.get().unwrap()
+    }
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugin/Cargo.toml");
+    // target/<profile>/deps/cluster-<hash> → target/
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap());
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().unwrap().success(),
+        "building examples/plugin failed"
+    );
+    let library = profile_dir.join(format!(
+        "{}mist_example_plugin{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let _ = LIBRARY.set(mist::plugins::load_library(&library).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    suite(
+        example,
+        &format!("unixgram://{}", dir.path().display()),
+        None,
     )
     .await;
 }
