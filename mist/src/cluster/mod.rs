@@ -243,9 +243,17 @@ pub trait LocalBroker: Send + Sync + 'static {
 pub struct Confirmation(Shared<BoxFuture<'static, Result<(), ClusterError>>>);
 
 impl Confirmation {
-    /// A clone if it has not completed yet.
+    /// A clone if it may not have completed yet (`Shared` only records the
+    /// result once someone polled it: peek at the task's end by polling
+    /// once without a waker of interest).
     fn pending(&self) -> Option<Confirmation> {
-        self.0.peek().is_none().then(|| self.clone())
+        if self.0.peek().is_some() {
+            return None;
+        }
+        match self.clone().now_or_never() {
+            Some(_) => None,
+            None => Some(self.clone()),
+        }
     }
 }
 
@@ -321,6 +329,10 @@ struct Node {
     /// Messages dropped in the current outage, for the log.
     dropped_in_outage: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime the node's tasks run on: the broker may call in from
+    /// threads of another runtime (a listener plugin's own), where
+    /// `tokio::spawn` would find none.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Cluster {
@@ -372,6 +384,7 @@ impl Cluster {
             counters: Counters::default(),
             dropped_in_outage: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            runtime: tokio::runtime::Handle::current(),
         });
         inbox.attach(&node);
         let control = node
@@ -383,8 +396,8 @@ impl Cluster {
             Err(_) => tracing::warn!("cluster control channel not confirmed in time"),
         }
         node.heartbeat();
-        let flusher = tokio::spawn(node.clone().flusher());
-        let heartbeats = tokio::spawn(node.clone().heartbeats());
+        let flusher = node.runtime.spawn(node.clone().flusher());
+        let heartbeats = node.runtime.spawn(node.clone().heartbeats());
         node.tasks.lock().extend([flusher, heartbeats]);
         tracing::info!(
             "node {} joined the cluster over {}:// (prefix {})",
@@ -452,7 +465,7 @@ impl Cluster {
         let lingering = self.node.interest.lock().remove(&canonical(tags));
         if let Some((channel, generation)) = lingering {
             let node = self.node.clone();
-            tokio::spawn(async move {
+            self.node.runtime.clone().spawn(async move {
                 tokio::time::sleep(node.config.linger).await;
                 let mut interest = node.interest.lock();
                 if interest.reap(&channel, generation) {
@@ -554,28 +567,32 @@ impl Cluster {
 }
 
 impl Node {
-    /// Subscribes `channel` on the backplane; the confirmation is driven
-    /// by a task of its own, so it completes (and is logged) whether or
-    /// not anyone awaits it.
+    /// Subscribes `channel` on the backplane. The wait runs in a task on
+    /// the node's runtime (so it completes, and is logged, whether or not
+    /// anyone awaits it); the confirmation only awaits that task, which any
+    /// executor can do.
     fn confirm(&self, channel: &str) -> Confirmation {
         let confirmed = self.transport.subscribe(vec![channel.to_string()]);
         let limit = self.config.confirm_timeout;
-        let shared = async move {
-            match tokio::time::timeout(limit, confirmed).await {
+        let channel = channel.to_string();
+        let waiting = self.runtime.spawn(async move {
+            let result = match tokio::time::timeout(limit, confirmed).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ClusterError::Unavailable(e.message.into_string())),
                 Err(_) => Err(ClusterError::Timeout(limit)),
+            };
+            if let Err(e) = &result {
+                tracing::debug!("backplane channel {channel} not confirmed: {e}");
             }
+            result
+        });
+        let shared = async move {
+            waiting.await.unwrap_or_else(|e| {
+                Err(ClusterError::Unavailable(format!("confirmation lost: {e}")))
+            })
         }
         .boxed()
         .shared();
-        let driven = shared.clone();
-        let channel = channel.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = driven.await {
-                tracing::debug!("backplane channel {channel} not confirmed: {e}");
-            }
-        });
         Confirmation(shared)
     }
 

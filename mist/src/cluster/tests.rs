@@ -466,3 +466,37 @@ async fn hostile_payloads_are_counted_and_do_no_harm() {
     assert_eq!(b.got(on_b), ["stranger", "fine"]);
     assert_eq!(b.cluster.figures().malformed, 4);
 }
+
+/// The broker may call in from threads with no tokio runtime of this
+/// library (a listener plugin's own runtime): nothing may need one there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_threads_without_a_runtime_work() {
+    let hub = Hub::new();
+    let a = TestNode::start(&hub).await;
+    let b = TestNode::start(&hub).await;
+    let on_b = b.local.clients.lock().len();
+    b.local.clients.lock().push(LocalClient {
+        subscriptions: vec![["x".to_string()].into()],
+        got: Vec::new(),
+    });
+    let cluster = b.cluster.clone();
+    let confirmation = std::thread::spawn(move || {
+        let confirmation = cluster.subscribe(&["x"]);
+        cluster.subscribe(&["gone"]);
+        cluster.unsubscribe(&["gone"]);
+        confirmation
+    })
+    .join()
+    .unwrap();
+    if let Some(confirmed) = confirmation {
+        tokio::time::timeout(WAIT, confirmed)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let publisher = a.cluster.clone();
+    std::thread::spawn(move || publisher.publish(&["x"], "\"from a thread\""))
+        .join()
+        .unwrap();
+    b.wait_for(on_b, "from a thread").await;
+}
