@@ -66,9 +66,13 @@ async fn node(module: ModuleRef, uri: &str) -> Node {
     registry
         .start(module, Source::Builtin, "{}".into(), &broker)
         .unwrap();
-    let plugin = registry.plugins()[0].handle.clone();
-    let local = Arc::new(Recorder::default());
     let config = ClusterConfig::from_uri(uri).unwrap();
+    let plugin = registry
+        .backplane(&config.scheme)
+        .expect("a plugin serving the scheme")
+        .handle
+        .clone();
+    let local = Arc::new(Recorder::default());
     let uri = uri.to_string();
     let cluster = Cluster::join(config, local.clone(), move |inbox| async move {
         plugin.open_backplane(uri.into(), inbox).await.into_result()
