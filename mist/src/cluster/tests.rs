@@ -381,15 +381,15 @@ async fn while_the_backplane_is_down_traffic_is_dropped_and_counted_then_resumes
             .unwrap()
             .is_err());
     }
-    hub.set_down(false);
-    a.cluster.health().unwrap();
-    a.cluster.publish(&["x"], "\"after\"");
-    a.cluster.publish(&["new"], "\"new after\"");
     let on_new = b.local.clients.lock().len();
     b.local.clients.lock().push(LocalClient {
         subscriptions: vec![["new".to_string()].into()],
         got: Vec::new(),
     });
+    hub.set_down(false);
+    a.cluster.health().unwrap();
+    a.cluster.publish(&["x"], "\"after\"");
+    a.cluster.publish(&["new"], "\"new after\"");
     b.wait_for(on_b, "after").await;
     b.wait_for(on_new, "new after").await;
     assert_eq!(b.got(on_b), ["after"]);
