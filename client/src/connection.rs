@@ -1,11 +1,18 @@
-//! The wire: one connection's writer, and the task that reads it and sorts
-//! what arrives into deliveries and replies.
+//! The wire: one connection's writing task, and the task that reads it and
+//! sorts what arrives into deliveries, notices and answers.
 //!
 //! The broker answers a connection's commands in order and has no request
 //! ids, so a request is matched to its answer by position: every request is
 //! followed by a `ping`, and everything the broker sends that is not a
-//! delivery, up to the `pong`, is that request's answer. Requests are written
-//! and queued for an answer under one lock, so the two orders agree.
+//! delivery or a notice, up to the `pong`, is that request's answer.
+//!
+//! Only the writing task writes, and it queues a request for its answer
+//! right before writing it, so the two orders agree. A caller hands its
+//! request to that task whole, over a channel, and then only waits: a caller
+//! that gives up (its future dropped) can neither leave half a line on the
+//! wire nor leave a queued answer without its `ping`, either of which would
+//! shift every later answer onto the wrong request. A request whose caller
+//! gave up before the task reached it is not sent at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,17 +21,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use crate::{Error, Message};
+use crate::{Error, Message, Notice};
 
 /// The barrier that ends every request's answer.
 pub(crate) const PING: &str = r#"{"command":"ping"}"#;
+
+/// Commands the broker sends on its own, never as an answer: a line with
+/// one of them goes to [`crate::Client::next_notice`].
+const NOTICES: &[&str] = &["revoked"];
+
+/// How many requests may wait for the writing task. A caller beyond them
+/// waits for room (cancel-safely: a request is either handed over whole or
+/// not at all).
+const REQUEST_QUEUE: usize = 64;
 
 /// A line the broker sent, as far as the client cares.
 #[derive(Debug, Deserialize)]
@@ -38,19 +52,29 @@ pub(crate) struct Reply {
 
 type Answer = oneshot::Sender<Result<Vec<Reply>, Error>>;
 
+/// A request on its way to the writing task.
+pub(crate) struct Request {
+    /// The command's line, without its newline; `None` for a bare ping.
+    pub line: Option<String>,
+    /// Where its replies go.
+    pub answer: Answer,
+}
+
 /// Requests written and not yet answered, oldest first.
 #[derive(Default)]
 struct Pending {
     queue: VecDeque<(Answer, Vec<Reply>)>,
-    /// Set when the reader stops: nothing queued after it would be answered.
+    /// Set when the connection ends: nothing queued after it would be answered.
     closed: bool,
 }
 
-/// What the reader task and the callers share.
+/// What the reading and writing tasks and the callers share.
 pub(crate) struct Shared {
     pending: Mutex<Pending>,
     /// Deliveries dropped because the caller was not reading them.
     pub dropped: AtomicU64,
+    /// Notices dropped because the caller was not reading them.
+    pub notices_dropped: AtomicU64,
 }
 
 impl Shared {
@@ -58,185 +82,233 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Fails every request still waiting, and every later one: the
-    /// connection is gone.
-    fn close(&self) {
+    /// Fails every request still waiting with `why()` and every later one
+    /// with [`Error::Closed`]: the connection is gone.
+    fn fail(&self, why: impl Fn() -> Error) {
         let mut pending = self.pending();
         pending.closed = true;
         for (answer, _) in pending.queue.drain(..) {
-            let _ = answer.send(Err(Error::Closed));
+            let _ = answer.send(Err(why()));
         }
     }
 }
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::transport::{LineStream, WsStream};
 
-/// The sending half of a connection. Once a write fails it stays failed:
-/// the order of requests and answers can no longer be trusted.
-pub(crate) struct Writer {
-    sink: Sink,
-    shared: Arc<Shared>,
-    broken: bool,
-}
+/// Any byte stream's writing half.
+type ByteSink = Box<dyn AsyncWrite + Unpin + Send>;
 
+/// The sending half of a connection, owned by the writing task.
 enum Sink {
-    Tcp(BufWriter<OwnedWriteHalf>),
+    Tcp(BufWriter<ByteSink>),
     Ws(SplitSink<WsStream, Frame>),
-}
-
-impl Writer {
-    /// Writes `line` (if any) and the ping barrier, and returns where the
-    /// answer will arrive.
-    pub(crate) async fn request(
-        &mut self,
-        line: Option<&str>,
-    ) -> Result<oneshot::Receiver<Result<Vec<Reply>, Error>>, Error> {
-        if self.broken {
-            return Err(Error::Closed);
-        }
-        let (answer, receiver) = oneshot::channel();
-        {
-            let mut pending = self.shared.pending();
-            if pending.closed {
-                return Err(Error::Closed);
-            }
-            pending.queue.push_back((answer, Vec::new()));
-        }
-        if let Err(e) = self.write(line).await {
-            self.broken = true;
-            self.shared.close();
-            return Err(e);
-        }
-        Ok(receiver)
-    }
-
-    async fn write(&mut self, line: Option<&str>) -> Result<(), Error> {
-        match &mut self.sink {
-            Sink::Tcp(out) => {
-                if let Some(line) = line {
-                    out.write_all(line.as_bytes()).await?;
-                    out.write_all(b"\n").await?;
-                }
-                out.write_all(PING.as_bytes()).await?;
-                out.write_all(b"\n").await?;
-                out.flush().await?;
-            }
-            Sink::Ws(out) => {
-                if let Some(line) = line {
-                    out.feed(Frame::text(line)).await?;
-                }
-                out.feed(Frame::text(PING)).await?;
-                out.flush().await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A started connection.
 pub(crate) struct Parts {
-    pub writer: Writer,
+    /// Where requests go; closed once the connection cannot take more.
+    pub requests: mpsc::Sender<Request>,
     pub deliveries: mpsc::Receiver<Message>,
+    pub notices: mpsc::Receiver<Notice>,
     pub shared: Arc<Shared>,
-    /// The reading task: it holds the socket open until aborted.
-    pub reader: tokio::task::AbortHandle,
+    /// The reading and writing tasks: they hold the socket open until aborted.
+    pub tasks: [tokio::task::AbortHandle; 2],
 }
 
-/// Starts reading `stream`. Deliveries beyond `capacity` unread are dropped.
-pub(crate) fn tcp(stream: TcpStream, capacity: usize) -> Parts {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let (shared, deliveries, receiver) = channels(capacity);
-    let reader = tokio::spawn(read_tcp(read, Router::new(shared.clone(), deliveries)));
-    Parts {
-        writer: Writer {
-            sink: Sink::Tcp(BufWriter::new(write)),
-            shared: shared.clone(),
-            broken: false,
-        },
-        deliveries: receiver,
-        shared,
-        reader: reader.abort_handle(),
-    }
+/// Starts a line-protocol connection over `stream`. Deliveries beyond
+/// `capacity` unread are dropped; a line longer than `max_line` bytes ends
+/// the connection.
+pub(crate) fn tcp(stream: LineStream, capacity: usize, max_line: usize) -> Parts {
+    let (read, write) = tokio::io::split(stream);
+    lines(read, write, capacity, max_line)
 }
 
-/// As [`tcp`], for a WebSocket.
-pub(crate) fn ws(socket: WsStream, capacity: usize) -> Parts {
+/// As [`tcp`], over any byte stream's two halves.
+pub(crate) fn lines<R, W>(read: R, write: W, capacity: usize, max_line: usize) -> Parts
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let channels = Channels::new(capacity);
+    let router = channels.router();
+    let reader = tokio::spawn(read_lines(read, max_line, router));
+    let write: ByteSink = Box::new(write);
+    channels.start(Sink::Tcp(BufWriter::new(write)), reader.abort_handle())
+}
+
+/// As [`tcp`], for a WebSocket (whose message size tungstenite bounds).
+pub(crate) fn ws(socket: WsStream, capacity: usize, max_line: usize) -> Parts {
     let (write, read) = socket.split();
-    let (shared, deliveries, receiver) = channels(capacity);
-    let reader = tokio::spawn(read_ws(read, Router::new(shared.clone(), deliveries)));
-    Parts {
-        writer: Writer {
-            sink: Sink::Ws(write),
-            shared: shared.clone(),
-            broken: false,
-        },
-        deliveries: receiver,
-        shared,
-        reader: reader.abort_handle(),
+    let channels = Channels::new(capacity);
+    let router = channels.router();
+    let reader = tokio::spawn(read_ws(read, max_line, router));
+    channels.start(Sink::Ws(write), reader.abort_handle())
+}
+
+/// The channels of a connection being started.
+struct Channels {
+    shared: Arc<Shared>,
+    deliveries: (mpsc::Sender<Message>, mpsc::Receiver<Message>),
+    notices: (mpsc::Sender<Notice>, mpsc::Receiver<Notice>),
+}
+
+impl Channels {
+    fn new(capacity: usize) -> Channels {
+        Channels {
+            shared: Arc::new(Shared {
+                pending: Mutex::new(Pending::default()),
+                dropped: AtomicU64::new(0),
+                notices_dropped: AtomicU64::new(0),
+            }),
+            deliveries: mpsc::channel(capacity.max(1)),
+            notices: mpsc::channel(crate::NOTICE_BUFFER),
+        }
+    }
+
+    fn router(&self) -> Router {
+        Router {
+            shared: self.shared.clone(),
+            deliveries: self.deliveries.0.clone(),
+            notices: self.notices.0.clone(),
+        }
+    }
+
+    fn start(self, sink: Sink, reader: tokio::task::AbortHandle) -> Parts {
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let writer = tokio::spawn(write(sink, queue, self.shared.clone()));
+        Parts {
+            requests,
+            deliveries: self.deliveries.1,
+            notices: self.notices.1,
+            shared: self.shared,
+            tasks: [reader, writer.abort_handle()],
+        }
     }
 }
 
-fn channels(capacity: usize) -> (Arc<Shared>, mpsc::Sender<Message>, mpsc::Receiver<Message>) {
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending::default()),
-        dropped: AtomicU64::new(0),
-    });
-    let (deliveries, receiver) = mpsc::channel(capacity.max(1));
-    (shared, deliveries, receiver)
-}
-
-async fn read_tcp(read: OwnedReadHalf, mut router: Router) {
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if !router.route(&line) {
+/// The writing task: writes each request and its ping barrier, in the
+/// order they are queued for their answers. Ends when every sender is gone
+/// or a write fails; after a failed write the order of requests and
+/// answers can no longer be trusted, so the connection is failed.
+async fn write(mut sink: Sink, mut queue: mpsc::Receiver<Request>, shared: Arc<Shared>) {
+    while let Some(Request { line, answer }) = queue.recv().await {
+        if answer.is_closed() {
+            // Its caller gave up before anything was written: skip it whole.
+            continue;
+        }
+        {
+            let mut pending = shared.pending();
+            if pending.closed {
+                let _ = answer.send(Err(Error::Closed));
+                continue;
+            }
+            pending.queue.push_back((answer, Vec::new()));
+        }
+        if let Err(error) = send(&mut sink, line.as_deref()).await {
+            // The request just queued is the newest: it gets the reason.
+            let mine = shared.pending().queue.pop_back();
+            if let Some((answer, _)) = mine {
+                let _ = answer.send(Err(error));
+            }
+            shared.fail(|| Error::Closed);
             break;
         }
     }
-    router.shared.close();
+    // Requests still in the channel are dropped with it: their callers see
+    // `Error::Closed`.
 }
 
-async fn read_ws(mut read: SplitStream<WsStream>, mut router: Router) {
-    while let Some(Ok(frame)) = read.next().await {
-        match frame {
-            Frame::Text(text) if !router.route(&text) => break,
-            Frame::Close(_) => break,
-            // Pings are answered by tungstenite; nothing else is expected.
-            _ => {}
+async fn send(sink: &mut Sink, line: Option<&str>) -> Result<(), Error> {
+    match sink {
+        Sink::Tcp(out) => {
+            if let Some(line) = line {
+                out.write_all(line.as_bytes()).await?;
+                out.write_all(b"\n").await?;
+            }
+            out.write_all(PING.as_bytes()).await?;
+            out.write_all(b"\n").await?;
+            out.flush().await?;
+        }
+        Sink::Ws(out) => {
+            if let Some(line) = line {
+                out.feed(Frame::text(line)).await?;
+            }
+            out.feed(Frame::text(PING)).await?;
+            out.flush().await?;
         }
     }
-    router.shared.close();
+    Ok(())
 }
 
-/// Sorts incoming lines into deliveries and answers.
+/// Reads newline-terminated lines of at most `max_line` bytes: a longer
+/// line fails the connection instead of growing the buffer.
+async fn read_lines<R: AsyncRead + Unpin>(read: R, max_line: usize, mut router: Router) {
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(max_line));
+    loop {
+        match lines.next().await {
+            Some(Ok(line)) => {
+                if let Err(error) = router.route(&line) {
+                    return router.shared.fail(|| Error::Protocol(error.clone()));
+                }
+            }
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                return router
+                    .shared
+                    .fail(|| Error::LineTooLong { limit: max_line });
+            }
+            Some(Err(LinesCodecError::Io(error))) => {
+                let error = error.to_string();
+                return router.shared.fail(|| Error::Protocol(error.clone()));
+            }
+            None => return router.shared.fail(|| Error::Closed),
+        }
+    }
+}
+
+async fn read_ws(mut read: SplitStream<WsStream>, max_line: usize, mut router: Router) {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    while let Some(frame) = read.next().await {
+        match frame {
+            Ok(Frame::Text(text)) => {
+                if let Err(error) = router.route(&text) {
+                    return router.shared.fail(|| Error::Protocol(error.clone()));
+                }
+            }
+            Ok(Frame::Close(_)) => break,
+            // Pings are answered by tungstenite; nothing else is expected.
+            Ok(_) => {}
+            Err(WsError::Capacity(
+                CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+            )) => {
+                return router
+                    .shared
+                    .fail(|| Error::LineTooLong { limit: max_line });
+            }
+            Err(_) => break,
+        }
+    }
+    router.shared.fail(|| Error::Closed);
+}
+
+/// Sorts incoming lines into deliveries, notices and answers.
 struct Router {
     shared: Arc<Shared>,
     /// When full, the newest delivery is dropped and counted, as the broker
     /// does for a slow subscriber: replies must never wait behind
     /// deliveries nobody reads.
     deliveries: mpsc::Sender<Message>,
+    /// When full, the newest notice is dropped and counted, for the same reason.
+    notices: mpsc::Sender<Notice>,
 }
 
 impl Router {
-    fn new(shared: Arc<Shared>, deliveries: mpsc::Sender<Message>) -> Router {
-        Router { shared, deliveries }
-    }
-
-    /// Returns false when the connection can no longer be trusted.
-    fn route(&mut self, line: &str) -> bool {
+    /// An error when the connection can no longer be trusted: the line is
+    /// not a Mist message.
+    fn route(&mut self, line: &str) -> Result<(), String> {
         if line.trim().is_empty() {
-            return true;
+            return Ok(());
         }
-        let reply: Reply = match serde_json::from_str(line) {
-            Ok(reply) => reply,
-            Err(e) => {
-                let error = Error::Protocol(format!("{e}: {line:.200}"));
-                if let Some((answer, _)) = self.shared.pending().queue.pop_front() {
-                    let _ = answer.send(Err(error));
-                }
-                return false;
-            }
-        };
+        let reply: Reply = serde_json::from_str(line).map_err(|e| format!("{e}: {line:.200}"))?;
         if reply.error.is_none() && reply.command == "publish" {
             let message = Message {
                 tags: reply.tags.unwrap_or_default(),
@@ -245,7 +317,18 @@ impl Router {
             if self.deliveries.try_send(message).is_err() {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            return true;
+            return Ok(());
+        }
+        if NOTICES.contains(&reply.command.as_str()) {
+            let notice = Notice {
+                command: reply.command,
+                tags: reply.tags.unwrap_or_default(),
+                error: reply.error.unwrap_or_default(),
+            };
+            if self.notices.try_send(notice).is_err() {
+                self.shared.notices_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
         }
         let mut pending = self.shared.pending();
         let is_pong = reply.error.is_none()
@@ -253,13 +336,13 @@ impl Router {
             && reply.data.as_deref() == Some("pong");
         if is_pong {
             if let Some((answer, replies)) = pending.queue.pop_front() {
+                // Its caller may have given up: then nobody hears it.
                 let _ = answer.send(Ok(replies));
             }
         } else if let Some((_, replies)) = pending.queue.front_mut() {
             replies.push(reply);
         }
-        // A reply nobody asked for (the broker's own notice) has no caller
-        // to go to; it is dropped.
-        true
+        // A reply with no request waiting has no caller to go to; it is dropped.
+        Ok(())
     }
 }

@@ -25,6 +25,26 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The TLS handshake failed: most often, the server's certificate does
+    /// not verify against the trusted roots (the system's, or the CA file
+    /// given). An unverified certificate is never accepted.
+    #[error("TLS with {target} failed: {reason}")]
+    Tls {
+        /// What was dialled.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The CA file to trust could not be used.
+    #[error("cannot use the CA file {}: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// The WebSocket handshake or a frame failed.
     #[error("WebSocket: {0}")]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
@@ -50,6 +70,15 @@ pub enum Error {
     /// The broker sent something that is not a Mist message.
     #[error("the broker sent something that is not a Mist message: {0}")]
     Protocol(String),
+
+    /// The broker sent a line (or WebSocket message) longer than `limit`
+    /// bytes ([`MAX_LINE_BYTES`](crate::MAX_LINE_BYTES)); the connection is
+    /// closed.
+    #[error("the broker sent a line longer than {limit} bytes; the connection is closed")]
+    LineTooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
 
     /// Writing to the connection failed.
     #[error("writing to the broker: {0}")]

@@ -1,5 +1,5 @@
 //! An async client for the [Mist](https://example.invalid/mist) broker, on
-//! tokio, over TCP or WebSocket.
+//! tokio, over TCP or WebSocket, each with or without TLS.
 //!
 //! A [`Client`] sends commands and gets each one's own answer, even while
 //! deliveries stream in on the same connection; deliveries are read with
@@ -7,6 +7,21 @@
 //! [`Error::Server`], a refused token [`Error::Auth`], and a connection that
 //! ends makes every waiting and later call return [`Error::Closed`], never
 //! hang.
+//!
+//! Every call is cancel-safe: a request whose future is dropped (a
+//! `tokio::time::timeout`, a `select!` branch that lost) is either not sent
+//! at all or sent whole, and its answer is discarded; later calls still get
+//! their own answers.
+//!
+//! What the broker sends on its own, not as an answer, is a [`Notice`]: when
+//! an admin takes tags from this connection's token, the broker drops the
+//! subscriptions that held them and says so with a `revoked` notice. Read
+//! notices with [`Client::next_notice`]; they never become a request's
+//! answer or error.
+//!
+//! A line (or WebSocket message) from the broker longer than
+//! [`MAX_LINE_BYTES`] ends the connection with [`Error::LineTooLong`]
+//! rather than growing memory without bound.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mist_client::Error> {
@@ -24,32 +39,51 @@
 //! # }
 //! ```
 //!
+//! Over TLS (`tls://host:port`, `wss://host:port/`) the server's
+//! certificate is verified against the system's roots, or against the CA
+//! file given in [`ConnectOptions::ca_file`]; one that does not verify is
+//! [`Error::Tls`], never accepted.
+//!
 //! # Layout
 //! - `lib.rs`: [`Client`], its commands, and the values they return.
-//! - `connection.rs`: the wire, and matching answers to requests.
+//! - `transport.rs`: opening TCP, TLS and WebSocket streams.
+//! - `connection.rs`: the wire: the writing and reading tasks, and matching
+//!   answers to requests.
 //! - `error.rs`: [`Error`].
 
 #![deny(missing_docs)]
 
 mod connection;
 mod error;
+mod transport;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub use error::Error;
 
-use connection::{Parts, Reply, Shared, Writer};
+use connection::{Parts, Reply, Request, Shared};
 
 /// How many deliveries wait for [`Client::next_message`] before the newest
 /// are dropped (and counted in [`Client::dropped`]).
 pub const DELIVERY_BUFFER: usize = 8192;
+
+/// How many notices wait for [`Client::next_notice`] before the newest are
+/// dropped (and counted in [`Client::notices_dropped`]).
+pub const NOTICE_BUFFER: usize = 256;
+
+/// The longest line (over WebSocket: message) the client accepts from the
+/// broker, 16 MiB. A longer one ends the connection with
+/// [`Error::LineTooLong`]: the broker never sends one (its own limit on
+/// messages is far lower by default), so it is a broken or hostile peer.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// The header a WebSocket connection carries its token in.
 const TOKEN_HEADER: &str = "X-AUTH-TOKEN";
@@ -70,6 +104,34 @@ pub struct Message {
     pub tags: Vec<String>,
     /// The payload.
     pub data: String,
+}
+
+/// Something the broker said on its own, not as an answer to a request.
+///
+/// Today the broker sends one kind: `revoked`, when an admin has taken tags
+/// from the token this connection authenticated with: one notice for each
+/// subscription that held such a tag, which the broker has already
+/// removed. `tags` is that subscription's tag set; `error` says why, in the
+/// broker's words.
+///
+/// ```no_run
+/// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+/// let notice = client.next_notice().await?;
+/// if notice.command == "revoked" {
+///     eprintln!("lost tags {:?}: {}", notice.tags, notice.error);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Notice {
+    /// What happened (`"revoked"`).
+    pub command: String,
+    /// For `revoked`: the tag set of the subscription removed.
+    pub tags: Vec<String>,
+    /// The broker's explanation.
+    pub error: String,
 }
 
 /// The broker's connection figures, as `who` reports them.
@@ -116,6 +178,46 @@ pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
     Ok(())
 }
 
+/// How [`Client::connect_with`] connects: the token to give, and which
+/// certificates to trust over TLS.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mist_client::Error> {
+/// use mist_client::{Client, ConnectOptions};
+/// let options = ConnectOptions::new().token("TOKEN").ca_file("/etc/mist/ca.pem");
+/// let client = Client::connect_with("tls://broker.example:1446", &options).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// A token to authenticate with.
+    pub token: Option<String>,
+    /// Trust the certificates in this PEM file (a private CA, or a
+    /// self-signed certificate) instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ConnectOptions {
+    /// No token; the system's roots.
+    pub fn new() -> Self {
+        ConnectOptions::default()
+    }
+
+    /// Authenticates with `token`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the certificates in `path` instead of the system's roots.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+}
+
 /// One connection to a broker. Commands take `&self`, so one task may read
 /// deliveries while others send; share it with an `Arc`. Dropping it closes
 /// the connection.
@@ -136,24 +238,30 @@ pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
 /// # }
 /// ```
 pub struct Client {
-    writer: Mutex<Writer>,
+    requests: mpsc::Sender<Request>,
     deliveries: Mutex<mpsc::Receiver<Message>>,
+    notices: Mutex<mpsc::Receiver<Notice>>,
     shared: Arc<Shared>,
-    reader: tokio::task::AbortHandle,
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl Drop for Client {
-    /// Closes the connection: the reading task holds the socket otherwise.
+    /// Closes the connection: the reading and writing tasks hold the
+    /// socket otherwise.
     fn drop(&mut self) {
-        self.reader.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl Client {
     /// Connects to `target` and, with a `token`, authenticates.
     ///
-    /// `target` is `host:port` or `tcp://host:port` for the line protocol,
-    /// or a `ws://host:port/path` URL for WebSocket. Over TCP the token is
+    /// `target` is `host:port` or `tcp://host:port` for the line protocol
+    /// (`tls://host:port` over TLS), or a `ws://host:port/path` URL for
+    /// WebSocket (`wss://` over TLS), with TLS certificates verified against
+    /// the system's roots ([`Client::connect_with`] takes a CA file). Over TCP the token is
     /// sent as the first command (`auth`) and a refusal is
     /// [`Error::Auth`]; over WebSocket it goes in the `X-AUTH-TOKEN` header,
     /// and a token the broker does not know leaves the connection anonymous
@@ -167,17 +275,30 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(target: &str, token: Option<&str>) -> Result<Client, Error> {
+        let options = ConnectOptions {
+            token: token.map(str::to_owned),
+            ca_file: None,
+        };
+        Self::connect_with(target, &options).await
+    }
+
+    /// Connects to `target` (as [`Client::connect`]) with `options`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), mist_client::Error> {
+    /// use mist_client::{Client, ConnectOptions};
+    /// let options = ConnectOptions::new().ca_file("cert.pem");
+    /// let client = Client::connect_with("wss://localhost:8443/", &options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with(target: &str, options: &ConnectOptions) -> Result<Client, Error> {
+        let (token, ca_file) = (options.token.as_deref(), options.ca_file.as_deref());
         if target.starts_with("ws://") || target.starts_with("wss://") {
-            return Self::connect_ws(target, token).await;
+            return Self::connect_ws(target, token, ca_file).await;
         }
-        let addr = target.strip_prefix("tcp://").unwrap_or(target);
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| Error::Connect {
-                target: target.to_owned(),
-                source,
-            })?;
-        let client = Client::new(connection::tcp(stream, DELIVERY_BUFFER));
+        let stream = transport::line_stream(target, ca_file).await?;
+        let client = Client::new(connection::tcp(stream, DELIVERY_BUFFER, MAX_LINE_BYTES));
         if let Some(token) = token {
             let line = serde_json::json!({"command": "auth", "data": token}).to_string();
             match client.request(Some(&line)).await {
@@ -190,7 +311,11 @@ impl Client {
         Ok(client)
     }
 
-    async fn connect_ws(url: &str, token: Option<&str>) -> Result<Client, Error> {
+    async fn connect_ws(
+        url: &str,
+        token: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, Error> {
         let mut request = url.into_client_request()?;
         if let Some(token) = token {
             let value = token
@@ -198,32 +323,43 @@ impl Client {
                 .map_err(|_| Error::Invalid("the token cannot be sent in an HTTP header"))?;
             request.headers_mut().insert(TOKEN_HEADER, value);
         }
-        let (socket, _) = match tokio_tungstenite::connect_async(request).await {
-            Ok(connected) => connected,
-            Err(tokio_tungstenite::tungstenite::Error::Io(source)) => {
-                return Err(Error::Connect {
-                    target: url.to_owned(),
-                    source,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Client::new(connection::ws(socket, DELIVERY_BUFFER)))
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_LINE_BYTES))
+            .max_frame_size(Some(MAX_LINE_BYTES));
+        let socket = transport::websocket(url, request, config, ca_file).await?;
+        Ok(Client::new(connection::ws(
+            socket,
+            DELIVERY_BUFFER,
+            MAX_LINE_BYTES,
+        )))
     }
 
     fn new(parts: Parts) -> Client {
         Client {
-            writer: Mutex::new(parts.writer),
+            requests: parts.requests,
             deliveries: Mutex::new(parts.deliveries),
+            notices: Mutex::new(parts.notices),
             shared: parts.shared,
-            reader: parts.reader,
+            tasks: parts.tasks,
         }
     }
 
     /// Sends `line` and waits for its answer; an error reply is an error.
+    ///
+    /// Cancel-safe: the request goes to the writing task whole or not at
+    /// all, and once there it is written whole whatever becomes of this
+    /// future (see `connection.rs`).
     async fn request(&self, line: Option<&str>) -> Result<Vec<Reply>, Error> {
-        let answer = self.writer.lock().await.request(line).await?;
-        let replies = answer.await.map_err(|_| Error::Closed)??;
+        let (answer, replies) = oneshot::channel();
+        let request = Request {
+            line: line.map(str::to_owned),
+            answer,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let replies = replies.await.map_err(|_| Error::Closed)??;
         if let Some(reply) = replies.iter().find(|r| r.error.is_some()) {
             return Err(Error::Server {
                 command: reply.command.clone(),
@@ -361,6 +497,36 @@ impl Client {
             .recv()
             .await
             .ok_or(Error::Closed)
+    }
+
+    /// The next [`Notice`] the broker sent this connection. When the
+    /// connection ends, [`Error::Closed`] (after every notice that arrived
+    /// before).
+    ///
+    /// Notices wait here until read, up to [`NOTICE_BUFFER`]; they never
+    /// hold up deliveries or answers.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: mist_client::Client) -> Result<(), mist_client::Error> {
+    /// let notice = client.next_notice().await?;
+    /// eprintln!("{}: {:?} ({})", notice.command, notice.tags, notice.error);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn next_notice(&self) -> Result<Notice, Error> {
+        self.notices.lock().await.recv().await.ok_or(Error::Closed)
+    }
+
+    /// Notices dropped because more than [`NOTICE_BUFFER`] were waiting
+    /// unread.
+    ///
+    /// ```no_run
+    /// # fn demo(client: mist_client::Client) {
+    /// assert_eq!(client.notices_dropped(), 0);
+    /// # }
+    /// ```
+    pub fn notices_dropped(&self) -> u64 {
+        self.shared.notices_dropped.load(Ordering::Relaxed)
     }
 
     /// Deliveries dropped because more than [`DELIVERY_BUFFER`] were waiting

@@ -1,37 +1,10 @@
-//! The command line: `mist --server`, the client commands and `mist bench`.
+//! The flags of the command line: the server's, and the client commands'
+//! (the `mist` binary puts them together with `mist bench`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-
-use crate::bench::BenchArgs;
-
-/// A tagged publish/subscribe broker.
-#[derive(Debug, Parser)]
-#[command(name = "mist", version, disable_version_flag = true)]
-pub struct Cli {
-    /// Server options.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// A client command; without one, `mist --server` runs the broker.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// Display the version.
-    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
-    version: Option<bool>,
-}
-
-/// The subcommands: a client of a running broker, or its load tool.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    #[command(flatten)]
-    Client(ClientCommand),
-    /// Load a running broker and measure it (see `mist bench --help`).
-    Bench(BenchArgs),
-}
+use clap::{Args, Subcommand};
 
 /// The client commands.
 #[derive(Debug, Subcommand)]
@@ -51,13 +24,19 @@ pub enum ClientCommand {
 /// Where a client command connects.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// The broker: host:port for TCP, or a ws://host:port/ URL.
+    /// The broker: host:port or tcp://host:port, tls://host:port, or a
+    /// ws://host:port/ or wss://host:port/ URL.
     #[arg(long, default_value = "127.0.0.1:1445")]
     pub host: String,
 
     /// A token to authenticate with.
     #[arg(long)]
     pub token: Option<String>,
+
+    /// Trust the TLS certificates signed by a CA in this PEM file (or this
+    /// self-signed certificate) instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `mist subscribe`.
@@ -108,9 +87,16 @@ pub struct ServerArgs {
     #[arg(long)]
     pub authenticator: Option<String>,
 
-    /// The server token: authenticating with it enters admin mode.
-    #[arg(long)]
+    /// The server token: authenticating with it enters admin mode. Anyone
+    /// who can list processes sees it: prefer --token-file or MIST_TOKEN.
+    /// Taken first: --token or --token-file, then the MIST_TOKEN environment
+    /// variable, then the config file.
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+
+    /// A file holding the server token (its trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// A configuration file (YAML or TOML) with the same keys as these flags.
     #[arg(long)]
@@ -124,9 +110,45 @@ pub struct ServerArgs {
     #[arg(long)]
     pub log_level: Option<String>,
 
+    /// human, or json for one JSON object per line [default: human].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
+
+    /// Also serve /metrics, /healthz and /readyz (only those) on this
+    /// http:// address, e.g. http://127.0.0.1:9090.
+    #[arg(long, value_name = "URI")]
+    pub metrics_listener: Option<String>,
+
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    /// Certificates for TLS listeners.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificates for every `tls://`, `wss://` and `https://` listener that
+/// does not name its own (`?cert=FILE&key=FILE` in its URI).
+#[derive(Debug, Default, Args)]
+pub struct TlsArgs {
+    /// The certificate chain, PEM (leaf first).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key, PEM.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Without --tls-cert: generate a self-signed certificate at start for
+    /// localhost, 127.0.0.1 and the listener's host, and log its fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Require TLS clients to present a certificate signed by a CA in this
+    /// PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// What no client may exceed (docs/protocol.md, "Limits"). Sizes take a number of bytes or

@@ -1,12 +1,12 @@
 //! The client commands of the CLI (`mist ping | subscribe | publish | list
-//! | who`), on [`mist_client`].
+//! | who`), on [`mist_client`]: part of the binary, not of the library.
 
 use std::io::Write;
 
-use mist_client::{Client, Error};
+use mist_client::{Client, ConnectOptions, Error};
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
+use mist::cli::{ClientCommand, Connection, PublishArgs, SubscribeArgs};
 
 /// Runs one client command; what it prints goes to stdout.
 pub async fn run(command: ClientCommand) -> Result<(), Error> {
@@ -30,7 +30,14 @@ pub async fn run(command: ClientCommand) -> Result<(), Error> {
 }
 
 async fn connect(connection: &Connection) -> Result<Client, Error> {
-    Client::connect(&connection.host, connection.token.as_deref()).await
+    let mut options = ConnectOptions::new();
+    if let Some(token) = &connection.token {
+        options = options.token(token.as_str());
+    }
+    if let Some(ca) = &connection.ca {
+        options = options.ca_file(ca.as_path());
+    }
+    Client::connect_with(&connection.host, &options).await
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

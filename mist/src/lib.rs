@@ -1,9 +1,11 @@
 //! The Mist broker: a tagged publish/subscribe server whose listeners,
 //! authenticators and custom commands are plugins.
 //!
-//! This crate is the host: the `mist` binary (server and CLI), the broker
-//! core, the subscription matcher and the plugin loader. Plugins depend only
-//! on `mist-sdk`. The protocol clients rely on is `docs/protocol.md`; how a
+//! This crate is the host: the broker core, the subscription matcher and
+//! the plugin loader, which the `mist` binary runs (its client commands and
+//! `mist bench`, on the `mist-client` and `mist-bench` crates, are the
+//! binary's own). Plugins depend only on `mist-sdk`. The protocol clients
+//! rely on is `docs/protocol.md`; how a
 //! message travels through the code is in `docs/architecture.md`.
 //!
 //! ```no_run
@@ -20,27 +22,26 @@
 //!
 //! # Layout
 //!
-//! - [`cli`], [`config`], [`logging`]: the command line, the configuration
-//!   file and the log.
+//! - [`cli`], [`config`], [`logging`]: the command-line flags, the
+//!   configuration file and the log.
 //! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
+//! - [`metrics`], [`health`]: `/metrics` and `/readyz`, as the HTTP listener
+//!   serves them through the broker handle.
 //! - [`broker`]: sessions, commands, publish → match → deliver, queues.
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
 //! - [`cluster`]: the node's side of a cluster over a backplane plugin
-//!   (anchors, channel names, payloads, duplicates, heartbeats); no I/O of
-//!   its own.
-//! - [`client`]: the client commands (`mist ping`, `subscribe`, ...).
-//! - [`bench`](mod@bench): `mist bench`, the load tool.
+//!   (anchors, channel names, payloads, duplicates, heartbeats).
 
-pub mod bench;
 pub mod broker;
 pub mod builtin;
 pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod tags;

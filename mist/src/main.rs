@@ -1,8 +1,43 @@
+mod client;
+
 use std::process::ExitCode;
 
-use clap::Parser;
-use mist::cli::{Cli, Command};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use mist::cli::{ClientCommand, ServerArgs};
 use mist::config::ServerConfig;
+
+/// A tagged publish/subscribe broker.
+#[derive(Debug, Parser)]
+#[command(name = "mist", version, disable_version_flag = true)]
+struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// A client command; without one, `mist --server` runs the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Display the version.
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+}
+
+/// The subcommands: a client of a running broker, or its load tool.
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Client(ClientCommand),
+    /// Load running brokers and measure them (see `mist bench --help`).
+    Bench(mist_bench::BenchArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of mist.
+    Manpage,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,9 +52,12 @@ fn main() -> ExitCode {
         eprintln!("mist: nothing to do: start a server with --server (see mist --help)");
         return ExitCode::from(2);
     }
-    mist::logging::init(config.log_level);
+    mist::logging::init(config.log_level, config.log_format);
     // The sdk's runtime: plugins linked into the binary run on it too.
-    let result = mist_sdk::runtime().block_on(mist::server::run(&config, shutdown_signal()));
+    let result = mist_sdk::runtime().block_on(async {
+        let shutdown = shutdown_signal();
+        mist::server::run(&config, shutdown).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
@@ -27,30 +65,43 @@ fn main() -> ExitCode {
 }
 
 fn client_command(command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&e),
-    };
     match command {
-        Command::Bench(args) => match runtime.block_on(mist::bench::run(&args)) {
-            Ok(report) if args.json => {
+        Command::Bench(args) => match block_on(mist_bench::run(&args)) {
+            Ok(Ok(report)) if args.json => {
                 println!("{}", report.to_json());
                 ExitCode::SUCCESS
             }
-            Ok(report) => {
+            Ok(Ok(report)) => {
                 println!("{report}");
                 ExitCode::SUCCESS
             }
+            Ok(Err(e)) => fail(&e),
             Err(e) => fail(&e),
         },
-        Command::Client(command) => match runtime.block_on(mist::client::run(command)) {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Client(command) => match block_on(client::run(command)) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => fail(&e),
             Err(e) => fail(&e),
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mist", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
     }
+}
+
+/// Runs `future` on a runtime of its own (the client commands need one).
+fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
@@ -58,26 +109,33 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives while the server
+/// is still starting must end it gracefully, not by the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

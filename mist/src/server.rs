@@ -2,11 +2,14 @@
 //! listeners, serve until told to stop.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mist_sdk::abi::ListenerBox;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::ServerConfig;
+use crate::health::{AuthenticatorPart, ListenerPart};
 use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Registry, Source};
 
 /// Why the server could not start.
@@ -14,7 +17,7 @@ use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Reg
 #[non_exhaustive]
 pub enum ServerError {
     /// `--authenticator` without `--token`.
-    #[error("an authenticator needs a server token: start with --token TOKEN (or token: in the config file)")]
+    #[error("an authenticator needs a server token: start with --token-file FILE, the MIST_TOKEN environment variable, --token TOKEN, or token: in the config file")]
     TokenRequired,
     /// `plugins.toml` is unusable.
     #[error(transparent)]
@@ -46,15 +49,24 @@ pub enum ServerError {
         /// What the plugin said.
         message: String,
     },
+    /// `--metrics-listener` is not an `http://host:port` URI.
+    #[error("bad --metrics-listener {0:?}: expected http://host:port")]
+    MetricsListener(String),
     /// Configuring the broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
 
+/// How often the server checks its own readiness when nobody asks, for
+/// the `mist_ready` metric.
+const HEALTH_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A started server: its plugins, broker and running listeners.
 pub struct Server {
     broker: Broker,
-    listeners: Vec<(String, ListenerBox)>,
+    /// Refreshes the readiness answer the metrics export.
+    health_checks: Option<tokio::task::JoinHandle<()>>,
+    listeners: Vec<(String, Arc<ListenerBox>)>,
     /// The started plugins: held for as long as the server runs.
     registry: Registry,
 }
@@ -88,17 +100,28 @@ impl Server {
                     uri: shown.clone(),
                     message: e.message.into_string(),
                 })?;
+            broker
+                .health()
+                .register(Arc::new(AuthenticatorPart::new(store.clone())));
             broker.set_authenticator(store, token.clone(), &plugin.name)?;
             tracing::info!("admin mode on, tokens stored in {shown}");
         }
 
         let mut server = Server {
+            health_checks: None,
             broker,
             listeners: Vec::new(),
             registry,
         };
         for uri in &config.listeners {
             let scheme = scheme_of(uri);
+            // The global certificate flags reach TLS listeners through
+            // their URI (parameters documented in mist_sdk::tls).
+            let start_uri = if TLS_SCHEMES.contains(&scheme) {
+                config.tls.apply(uri)
+            } else {
+                uri.clone()
+            };
             let Some(plugin) = server.registry.listener(scheme) else {
                 tracing::error!(
                     "skipping listener {uri}: no loaded plugin serves {scheme}:// (available: {})",
@@ -108,15 +131,18 @@ impl Server {
             };
             match plugin
                 .handle
-                .start_listener(uri.as_str().into())
+                .start_listener(start_uri.as_str().into())
                 .into_result()
             {
                 Ok(listener) => {
                     let addr = listener.local_addr();
                     tracing::info!("listening on {scheme}://{addr}");
+                    let (uri, listener) = (format!("{scheme}://{addr}"), Arc::new(listener));
                     server
-                        .listeners
-                        .push((format!("{scheme}://{addr}"), listener));
+                        .broker
+                        .health()
+                        .register_listener(uri.clone(), listener.clone());
+                    server.listeners.push((uri, listener));
                 }
                 Err(e) => {
                     server.stop();
@@ -130,7 +156,48 @@ impl Server {
         if server.listeners.is_empty() {
             tracing::warn!("no listener is running: clients cannot connect");
         }
+        if let Some(uri) = &config.metrics_listener {
+            if let Err(e) = server.start_metrics_listener(uri) {
+                server.stop();
+                return Err(e);
+            }
+        }
+        let health = server.broker.health().clone();
+        server.health_checks = Some(tokio::spawn(health.keep_checking(HEALTH_CHECK_PERIOD)));
         Ok(server)
+    }
+
+    /// `--metrics-listener`: the http plugin, asked (`?only=ops`) to serve
+    /// nothing but the operator's endpoints.
+    fn start_metrics_listener(&mut self, uri: &str) -> Result<(), ServerError> {
+        if scheme_of(uri) != "http" {
+            return Err(ServerError::MetricsListener(uri.to_string()));
+        }
+        let plugin = self
+            .registry
+            .listener("http")
+            .ok_or_else(|| ServerError::Listener {
+                uri: uri.to_string(),
+                message: "no loaded plugin serves http://".into(),
+            })?;
+        let separator = if uri.contains('?') { '&' } else { '?' };
+        let listener = plugin
+            .handle
+            .start_listener(format!("{uri}{separator}only=ops").as_str().into())
+            .into_result()
+            .map_err(|e| ServerError::Listener {
+                uri: uri.to_string(),
+                message: e.message.into_string(),
+            })?;
+        let uri = format!("http://{}", listener.local_addr());
+        tracing::info!("serving metrics and health on {uri}");
+        let listener = Arc::new(listener);
+        self.broker.health().register(Arc::new(ListenerPart {
+            uri: format!("{uri} (metrics)"),
+            listener: listener.clone(),
+        }));
+        self.listeners.push((uri, listener));
+        Ok(())
     }
 
     /// The running listeners' URIs with the addresses actually bound.
@@ -143,25 +210,165 @@ impl Server {
         &self.broker
     }
 
-    /// Stops every listener, closing its connections.
+    /// Stops every listener: it accepts no more connections, and each of
+    /// its connections stops reading, writes out what is queued for it and
+    /// closes.
     pub fn stop(&mut self) {
+        self.broker.health().set_stopping();
+        if let Some(checks) = self.health_checks.take() {
+            checks.abort();
+        }
         for (uri, listener) in self.listeners.drain(..) {
             listener.stop();
             tracing::debug!("stopped {uri}");
         }
     }
+
+    /// Asks every listener to re-read what it loaded from files (TLS
+    /// certificates): new connections get the new ones, open ones keep
+    /// theirs. A listener whose files fail keeps its old ones; why is logged.
+    pub fn reload(&self) {
+        for (uri, listener) in &self.listeners {
+            let tls = TLS_SCHEMES.contains(&scheme_of(uri));
+            match listener.reload().into_result() {
+                Ok(()) if tls => tracing::info!("{uri}: TLS certificate reloaded"),
+                Ok(()) => {}
+                Err(e) => tracing::error!(
+                    "{uri}: reloading failed, the listener keeps its old certificate: {}",
+                    e.message
+                ),
+            }
+        }
+    }
+
+    /// Shuts down gracefully (SPEC §7): stops accepting, gives connections
+    /// up to `timeout` to write out what is queued for them, then calls each
+    /// plugin's stop hook.
+    pub async fn shutdown(mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.stop();
+        loop {
+            let open = self.broker.stats().sessions;
+            if open == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "{open} connection(s) still writing after the shutdown timeout of {timeout:?}: closing them"
+                );
+                break;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        let mut stopping = tokio::task::JoinSet::new();
+        for plugin in self.registry.plugins() {
+            let (name, stop) = (plugin.name.clone(), plugin.handle.stop());
+            stopping.spawn(async move {
+                stop.await;
+                name
+            });
+        }
+        let all_stopped = tokio::time::timeout(PLUGIN_STOP_TIMEOUT, async {
+            while let Some(stopped) = stopping.join_next().await {
+                if let Ok(name) = stopped {
+                    tracing::debug!("plugin {name} stopped");
+                }
+            }
+        })
+        .await;
+        if all_stopped.is_err() {
+            tracing::warn!(
+                "{} plugin(s) did not stop within {PLUGIN_STOP_TIMEOUT:?}",
+                stopping.len()
+            );
+        }
+    }
 }
 
-/// Runs a server until `shutdown` completes.
+/// Listener schemes served over TLS: the global `--tls-*` flags apply to them.
+const TLS_SCHEMES: &[&str] = &["tls", "wss", "https"];
+/// How often shutdown looks whether every connection has finished writing.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+/// How long the plugins' stop hooks may take together.
+const PLUGIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a server until `shutdown` completes, reloading certificates on
+/// SIGHUP, then shuts it down gracefully.
 pub async fn run(
     config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut server = Server::start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    server.stop();
+    // Poll the shutdown signal once before anything starts: a signal
+    // handler that installs itself when first polled (tokio's) is then in
+    // place before any listener is up or systemd hears READY=1, so a
+    // SIGTERM at any moment after that is a clean shutdown, not the default
+    // action (death). One that arrives during start-up is kept for below.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_now = futures_util::FutureExt::now_or_never(&mut shutdown).is_some();
+    let server = Server::start(config).await?;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let mut reloads = Reloads::new();
+    if !stop_now {
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = reloads.next() => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    server.reload();
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "shutting down: writing what is queued for up to {:?}",
+        config.shutdown_timeout
+    );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    server.shutdown(config.shutdown_timeout).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how start-up or shutdown went; nothing
+/// when not started by systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// SIGHUP, where there is such a thing.
+struct Reloads {
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloads {
+    fn new() -> Reloads {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hangups = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot watch for SIGHUP, certificates will not reload: {e}")
+                })
+                .ok();
+            Reloads { hangups }
+        }
+        #[cfg(not(unix))]
+        Reloads {}
+    }
+
+    /// Completes at the next SIGHUP; never, without a way to receive it.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangups) = &mut self.hangups {
+            if hangups.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 fn load_plugins(config: &ServerConfig, broker: &Broker) -> Result<Registry, ServerError> {

@@ -6,14 +6,37 @@
 //! was built with when the library is loaded. Plugin authors rarely touch these
 //! types directly: [`crate::Plugin`] and [`crate::export_plugin!`] build them.
 //!
+//! # Versions
+//!
+//! The host loads a library only if the mist-sdk version the library was
+//! built against is compatible with its own; patch versions never matter:
+//!
+//! - `0.x`: the **same minor version**. A `0.2.0` host loads libraries built
+//!   against `0.2.0` ..= `0.2.*`, and refuses `0.1.*` and `0.3.*` alike:
+//!   every `0.x` minor version may change this module in any way.
+//! - from `1.0`: the **same major version, and the library's minor version
+//!   at most the host's**. A `1.4` host loads libraries built against `1.0`
+//!   ..= `1.4`; a `1.5` library is refused, since it may call methods a
+//!   `1.4` host does not have.
+//!
+//! The host reads the version from the library's header and refuses it
+//! before any of the library's code runs, with an error naming the library
+//! and both versions. (`abi_stable` 0.11's own check is looser: for `0.x` it
+//! refuses only a library whose minor version is *below* the host's.) Then
+//! `abi_stable` compares the layout of every type reachable from the root
+//! module, and refuses any difference.
+//!
 //! # Growing this module
 //!
 //! The root module ([`Module`]) is a prefix type and every trait object here
 //! marks its last method with `#[sabi(last_prefix_field)]`: new fields and
-//! methods go *after* the existing ones, so a library built against an older
-//! sdk of the same major version keeps loading. Plain structs passed by value
-//! ([`PluginInfo`], [`SessionInfo`], [`Message`], ...) cannot grow without a
-//! new minor version of a `0.x` sdk, which `abi_stable` refuses at load.
+//! methods go *after* the existing ones, so that from `1.0` a library built
+//! against an older minor version of the sdk keeps loading. A field added to
+//! [`Module`] after `init` is read by the host as an `Option`
+//! (`#[sabi(missing_field(option))]`): `None` from a library too old to
+//! have it, never a panic. Plain structs passed by value ([`PluginInfo`],
+//! [`SessionInfo`], [`Message`], ...) cannot grow without a new major
+//! version (`0.x`: minor version).
 
 // abi_stable 0.11's `#[sabi_trait]` expands to impls the `non_local_definitions` lint flags.
 #![allow(non_local_definitions)]
@@ -36,7 +59,8 @@ use crate::error::SdkError;
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = ModuleRef)))]
-#[sabi(missing_field(panic))]
+// A field added after `init` reads as `None` from an older library.
+#[sabi(missing_field(option))]
 pub struct Module {
     /// The plugin's name, version and what it provides. Cannot fail.
     pub describe: extern "C" fn() -> PluginInfo,
@@ -49,8 +73,8 @@ impl RootModule for ModuleRef {
     declare_root_module_statics! {ModuleRef}
     const BASE_NAME: &'static str = "mist_plugin";
     const NAME: &'static str = "mist_plugin";
-    // The sdk's own package version: a library built against an sdk whose
-    // version is incompatible (0.x: another minor) is refused at load.
+    // The sdk's own package version. The host checks it against its own
+    // with the rule in "Versions" above, before `abi_stable`'s looser check.
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 

@@ -7,7 +7,7 @@ use async_ffi::FfiFuture;
 
 use crate::abi::AuthenticatorApi;
 use crate::error::{ErrorKind, SdkError};
-use crate::runtime::spawn_ffi;
+use crate::runtime::{spawn_ffi, InRuntime};
 
 /// A token store. Tokens are secrets: never put one in a log line or an
 /// error message.
@@ -45,7 +45,7 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 #[derive(Clone)]
-pub(crate) struct AuthenticatorAdapter(pub(crate) Arc<dyn Authenticator>);
+pub(crate) struct AuthenticatorAdapter(pub(crate) InRuntime<Arc<dyn Authenticator>>);
 
 fn owned(tags: RVec<RString>) -> Vec<String> {
     tags.into_iter().map(RString::into_string).collect()
@@ -53,27 +53,27 @@ fn owned(tags: RVec<RString>) -> Vec<String> {
 
 impl AuthenticatorApi for AuthenticatorAdapter {
     fn add_token(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.add_token(&token, &owned(tags)).await })
     }
 
     fn remove_token(&self, token: RString) -> FfiFuture<RResult<(), SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.remove_token(&token).await })
     }
 
     fn add_tags(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.add_tags(&token, &owned(tags)).await })
     }
 
     fn remove_tags(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.remove_tags(&token, &owned(tags)).await })
     }
 
     fn tags(&self, token: RString) -> FfiFuture<RResult<RVec<RString>, SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move {
             let tags = store.tags(&token).await?;
             Ok(tags.into_iter().map(RString::from).collect())
@@ -81,12 +81,12 @@ impl AuthenticatorApi for AuthenticatorAdapter {
     }
 
     fn may_use(&self, token: RString, tags: RVec<RString>) -> FfiFuture<RResult<bool, SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.may_use(&token, &owned(tags)).await })
     }
 
     fn check(&self) -> FfiFuture<RResult<(), SdkError>> {
-        let store = self.0.clone();
+        let store = Arc::clone(&self.0);
         spawn_ffi(async move { store.check().await })
     }
 }

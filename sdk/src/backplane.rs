@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::abi::{BackplaneApi, BackplaneInboxBox};
 use crate::error::SdkError;
-use crate::runtime::{catch, runtime, spawn_ffi};
+use crate::runtime::{inside, spawn_ffi, InRuntime};
 
 /// What [`Backplane::subscribe`] returns: completes once the backplane has
 /// confirmed the subscription, or with the reason it could not.
@@ -251,7 +251,7 @@ impl Outbox {
     }
 }
 
-pub(crate) struct BackplaneAdapter(pub(crate) Arc<dyn Backplane>);
+pub(crate) struct BackplaneAdapter(pub(crate) InRuntime<Arc<dyn Backplane>>);
 
 fn owned(items: RVec<RString>) -> Vec<String> {
     items.into_iter().map(RString::into_string).collect()
@@ -261,33 +261,29 @@ impl BackplaneApi for BackplaneAdapter {
     fn subscribe(&self, channels: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
         // The synchronous part runs now, on the caller's thread, so that the
         // set of channels changes in call order; only the wait is spawned.
-        let _inside = runtime().enter();
-        match catch(|| Ok(self.0.subscribe(owned(channels)))) {
+        match inside(|| Ok(self.0.subscribe(owned(channels)))) {
             Ok(confirmation) => spawn_ffi(confirmation),
             Err(e) => spawn_ffi(async move { Err(e) }),
         }
     }
 
     fn unsubscribe(&self, channels: RVec<RString>) {
-        let _inside = runtime().enter();
-        let _ = catch(|| {
+        let _ = inside(|| {
             self.0.unsubscribe(owned(channels));
             Ok(())
         });
     }
 
     fn publish(&self, channels: RVec<RString>, payload: RVec<u8>) -> RResult<(), SdkError> {
-        let _inside = runtime().enter();
-        catch(|| self.0.publish(owned(channels), payload.into_vec())).into()
+        inside(|| self.0.publish(owned(channels), payload.into_vec())).into()
     }
 
     fn health(&self) -> RResult<(), SdkError> {
-        catch(|| self.0.health()).into()
+        inside(|| self.0.health()).into()
     }
 
     fn stop(&self) {
-        let _inside = runtime().enter();
-        let _ = catch(|| {
+        let _ = inside(|| {
             self.0.stop();
             Ok(())
         });

@@ -177,6 +177,13 @@ impl Session {
         closed.await;
     }
 
+    /// Appends whatever output is waiting now to `out`, without waiting.
+    /// Returns `false` once the session is closed and drained. For a
+    /// listener that is stopping: write out what is queued, then close.
+    pub fn try_output(&self, out: &mut RVec<u8>) -> bool {
+        self.inner.drain(out)
+    }
+
     /// Ends the session; output already queued can still be drained.
     pub fn close(&self) {
         self.inner.close();
@@ -195,6 +202,20 @@ impl Session {
     pub async fn execute(&self, request: &[u8]) -> Result<(), SdkError> {
         self.inner.execute(request.into()).await.into_result()
     }
+}
+
+/// The messages in output drained from a session: each newline-terminated
+/// line, without its newline (one WebSocket frame, one SSE event, ...).
+///
+/// ```
+/// let out = b"{\"command\":\"ping\",\"data\":\"pong\"}\n{\"command\":\"list\"}\n";
+/// let lines: Vec<&[u8]> = mist_sdk::output_lines(out).collect();
+/// assert_eq!(lines, [&br#"{"command":"ping","data":"pong"}"#[..], br#"{"command":"list"}"#]);
+/// ```
+pub fn output_lines(output: &[u8]) -> impl Iterator<Item = &[u8]> {
+    output
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
 }
 
 /// Completes when the session is ready for more input. Usually ready at

@@ -51,7 +51,9 @@
 //!   [`Broker::open_session`], [feeds](Session::feed) it the bytes the client
 //!   sends and writes out what [`Session::output`] yields. The broker parses
 //!   the protocol, routes messages and produces replies: a listener only moves
-//!   bytes.
+//!   bytes. [`net::Serve`] does what every socket listener needs around that:
+//!   the connection limit, TLS (certificates from the URI, see [`tls`]), the
+//!   handshake timeout, refusals and reload.
 //! - **authenticators**, by URI scheme (`memory`): [`Plugin::open_authenticator`]
 //!   returns an [`Authenticator`], a token store.
 //! - **custom commands**, by name (`echo`): the broker sends lines whose
@@ -83,7 +85,9 @@
 //! crossing back to the host as an [`async_ffi::FfiFuture`]. Write ordinary
 //! tokio code; do not block a runtime thread.
 //!
-//! `tracing` events from a plugin are forwarded to the host's log.
+//! `tracing` events from a plugin are forwarded to the host's log. (A plugin
+//! linked into the host shares the host's `tracing`, so nothing is
+//! forwarded there: its events reach the host's subscriber directly.)
 //!
 //! # What crosses the boundary
 //!
@@ -91,15 +95,36 @@
 //! `RString`/`RVec`, trait objects made with `#[sabi_trait]`, and FFI-safe
 //! futures. A panic in plugin code is caught before it reaches the boundary
 //! and becomes an [`SdkError`] of kind [`ErrorKind::PANICKED`]; the broker
-//! logs it or answers the client with an error, and carries on.
+//! logs it or answers the client with an error, and carries on. That holds
+//! for every call the host makes into a plugin, the synchronous ones
+//! (a listener's `stop`, `local_addr`, `health`, `reload`) included, and
+//! for the drop of every plugin object the host owns (plugin, listener,
+//! authenticator, backplane): each runs inside the library's runtime, with
+//! panics caught and logged. A panic unwinding across the boundary would
+//! abort the whole broker.
+//!
+//! This needs unwinding. **A plugin built with `panic = "abort"`** (in its
+//! `[profile.*]`) cannot be caught: its first panic kills the broker
+//! process, with every client connection. Build plugins with the default
+//! `panic = "unwind"`.
 //!
 //! # Versions
 //!
-//! When `mist` loads a library, `abi_stable` compares the version of this
-//! crate the library was built with to its own (for `0.x`, the minor
-//! versions must match) and the layout of every type reachable from the
-//! root module. A mismatch refuses the library with an error naming it;
-//! nothing of it runs. The interface grows only by addition (see [`abi`]).
+//! This crate's version is the plugin interface's version. When `mist`
+//! loads a library, it reads the version of this crate the library was
+//! built with and compares it with its own (patch versions never matter):
+//!
+//! - `0.x`: the minor versions must be equal. A `mist` built with sdk
+//!   `0.2.0` loads plugins built against `0.2.*`, and refuses `0.1.*` and
+//!   `0.3.*`.
+//! - from `1.0`: the major versions must be equal and the plugin's minor
+//!   version at most `mist`'s: a `1.4` host loads plugins built against
+//!   `1.0` to `1.4`, not `1.5`.
+//!
+//! Then `abi_stable` compares the layout of every type reachable from the
+//! root module. A mismatch refuses the library with an error naming it and
+//! both versions; nothing of the library runs. The interface grows only by
+//! addition (see [`abi`]).
 
 #![deny(missing_docs)]
 
@@ -114,6 +139,7 @@ mod message;
 pub mod net;
 mod plugin;
 mod runtime;
+pub mod tls;
 mod uri;
 
 pub use abi::{
@@ -121,9 +147,11 @@ pub use abi::{
 };
 pub use auth::Authenticator;
 pub use backplane::{Backplane, Confirmation, Inbox, Outbox, Outgoing};
-pub use broker::{Broker, ConnectionPermit, Feed, Session};
+pub use broker::{output_lines, Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};
+#[doc(hidden)]
+pub use plugin::__exported;
 pub use plugin::{module, Host, Listener, Plugin};
 pub use runtime::runtime;
 pub use uri::socket_address;

@@ -1,11 +1,19 @@
 //! Forwards a plugin library's `tracing` events to the host's log.
 //!
 //! A `cdylib` has its own copy of `tracing`'s global dispatcher, which nobody
-//! has set, so without this its events would vanish. When the plugin is
-//! linked into the host, the host's subscriber is already the global default
-//! and installing fails harmlessly: events go straight to the host.
+//! has set, so without this its events would vanish. A plugin linked into
+//! the host (or into a plugin's own in-process test) shares the host's
+//! `tracing`: its events already reach the host's subscriber, if any, and
+//! the forwarder must stay out of the way. Were it installed there, it
+//! would become the host's global subscriber, forwarding the host's own
+//! events to the host's logger, which logs them through... the forwarder,
+//! recursing until the stack overflows (an embedding program that installs
+//! no subscriber hit exactly that). So it is installed only in a library
+//! that [`crate::export_plugin!`] exported, which the host loaded from disk.
 
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::std_types::RStr;
 use tracing::field::{Field, Visit};
@@ -15,9 +23,28 @@ use tracing::{Event, Level, Metadata, Subscriber};
 
 use crate::abi::{LogLevel, LoggerBox};
 
+/// Set in a library's copy of the sdk when the host builds the root module
+/// [`crate::export_plugin!`] exported: this copy is the library's own, not
+/// the host's.
+static EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Marks this copy of the sdk as a loaded library's own.
+pub(crate) fn exported() {
+    EXPORTED.store(true, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// Set while this thread forwards an event to the host.
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Makes the host's logger this library's global `tracing` subscriber, if
-/// none is set yet.
+/// this is a library the host loaded and no subscriber is set yet.
 pub(crate) fn install(logger: LoggerBox, max_level: LogLevel) {
+    if !EXPORTED.load(Ordering::Relaxed) {
+        // Linked into the host: the host's `tracing` is ours already.
+        return;
+    }
     let max = match max_level {
         LogLevel::ERROR => Level::ERROR,
         LogLevel::WARN => Level::WARN,
@@ -53,6 +80,14 @@ impl Subscriber for Forward {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
+        // An event raised while forwarding one (the host's logger logging
+        // through this very subscriber) would recurse without end: it is
+        // dropped. `export`-only installation keeps this from happening;
+        // this keeps a mistake from overflowing the stack.
+        if FORWARDING.with(|f| f.replace(true)) {
+            return;
+        }
+        let _reset = Reset;
         let meta = event.metadata();
         let level = match *meta.level() {
             Level::ERROR => LogLevel::ERROR,
@@ -73,6 +108,15 @@ impl Subscriber for Forward {
     fn enter(&self, _: &Id) {}
 
     fn exit(&self, _: &Id) {}
+}
+
+/// Clears [`FORWARDING`] when the forwarding call returns.
+struct Reset;
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        FORWARDING.with(|f| f.set(false));
+    }
 }
 
 /// Renders an event as `message key=value ...`.

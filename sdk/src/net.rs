@@ -1,25 +1,256 @@
 //! Serving a TCP port: what every socket listener needs around its
-//! per-connection code.
+//! per-connection code, written once.
+//!
+//! [`Serve`] binds the listener's address and, for each client, in order:
+//!
+//! 1. takes a place in the broker's connection limit ([`Broker::admit`]),
+//!    held until the connection's task ends;
+//! 2. with [`Serve::tls`], performs the TLS handshake within the broker's
+//!    handshake timeout ([`crate::ListenerLimits::handshake_timeout_ms`]),
+//!    with the certificate named by the URI (see [`crate::tls`]);
+//! 3. refuses a client the broker has no room for, in the listener's own
+//!    protocol ([`Refusal`]), and closes it;
+//! 4. otherwise hands the [`Stream`] to the listener's code.
+//!
+//! A panic in the accept loop is logged and the listener reports itself
+//! failed through [`Listener::health`]; `SIGHUP` reaches
+//! [`Listener::reload`], which re-reads the TLS certificate files.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::broker::{Broker, ConnectionPermit};
 use crate::error::SdkError;
 use crate::plugin::Listener;
+use crate::tls::{TlsAcceptor, TlsStream};
 use crate::uri::socket_address;
 
-/// Binds the `host:port` of `uri` and runs `serve` for each connection on
-/// this library's runtime, until the host stops the listener.
+/// How a listener tells a client the broker has no room for it (SPEC §7),
+/// before closing the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// One error line, `{"command":"","error":"..."}`: line protocols.
+    Line,
+    /// `503 Service Unavailable` with a JSON `{"error":"..."}` body: HTTP
+    /// and WebSocket.
+    Http,
+}
+
+impl Refusal {
+    /// The bytes that refuse a client with `message`.
+    pub fn bytes(self, message: &str) -> Vec<u8> {
+        match self {
+            Refusal::Line => {
+                let mut line = serde_json::json!({"command": "", "error": message}).to_string();
+                line.push('\n');
+                line.into_bytes()
+            }
+            Refusal::Http => {
+                let body = serde_json::json!({ "error": message }).to_string();
+                format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            }
+        }
+    }
+}
+
+/// A client's connection: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, handshake done.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Completes once the listener is stopping (or gone). Use it in a
+/// connection's `select!`, and in its writer to switch to writing out what
+/// is queued and ending (see [`crate::Session::try_output`]).
+pub async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// A listener being set up: the address to bind, the broker, and how to
+/// treat each connection before the listener's own code gets it.
 ///
-/// Binding happens before this returns, so a port in use is reported to the
-/// host as the start-up error it is. `serve` gets a receiver that changes
-/// when the listener stops: a connection should then finish and close.
-/// Call it from [`crate::Plugin::start_listener`], which runs inside the
-/// plugin's runtime.
+/// ```no_run
+/// use mist_sdk::net::{Refusal, Serve};
+/// use mist_sdk::{Broker, Listener, SdkError};
+/// fn start(uri: &str, broker: &Broker) -> Result<Box<dyn Listener>, SdkError> {
+///     let mut serve = Serve::new(uri, broker).refusal(Refusal::Line);
+///     if uri.starts_with("mylines+tls://") {
+///         serve = serve.tls(&[]);
+///     }
+///     serve.start(|stream, peer, _stop| async move {
+///         tracing::info!(%peer, "connected");
+///         drop(stream);
+///     })
+/// }
+/// ```
+pub struct Serve {
+    uri: String,
+    broker: Broker,
+    refusal: Refusal,
+    alpn: Option<Vec<String>>,
+}
+
+impl Serve {
+    /// Serves `uri` (`scheme://host:port[?...]`) for `broker`. Refuses with
+    /// [`Refusal::Line`] unless told otherwise; plain TCP unless
+    /// [`Serve::tls`].
+    pub fn new(uri: &str, broker: &Broker) -> Serve {
+        Serve {
+            uri: uri.to_owned(),
+            broker: broker.clone(),
+            refusal: Refusal::Line,
+            alpn: None,
+        }
+    }
+
+    /// How a client the broker has no room for is told.
+    pub fn refusal(mut self, refusal: Refusal) -> Serve {
+        self.refusal = refusal;
+        self
+    }
+
+    /// Serves TLS with the certificate the URI names (see [`crate::tls`]),
+    /// offering the ALPN protocols `alpn` (`["http/1.1"]` for HTTP and
+    /// WebSocket).
+    pub fn tls(mut self, alpn: &[&str]) -> Serve {
+        self.alpn = Some(alpn.iter().map(|p| (*p).to_owned()).collect());
+        self
+    }
+
+    /// Reads the certificate (when TLS), binds, and runs `serve` for each
+    /// admitted connection on this library's runtime until the host stops
+    /// the listener. A certificate that cannot be read and a port in use
+    /// are returned here, as the start-up errors they are.
+    ///
+    /// `serve` gets a receiver that turns `true` when the listener stops:
+    /// the connection should then stop reading, write out what is queued
+    /// for it, and close (see [`stopping`]). Call this from
+    /// [`crate::Plugin::start_listener`], which runs inside the plugin's
+    /// runtime.
+    pub fn start<F, Fut>(self, serve: F) -> Result<Box<dyn Listener>, SdkError>
+    where
+        F: Fn(Stream, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let tls = match &self.alpn {
+            Some(alpn) => {
+                let alpn: Vec<&str> = alpn.iter().map(String::as_str).collect();
+                Some(Arc::new(TlsAcceptor::from_uri(&self.uri, &alpn)?))
+            }
+            None => None,
+        };
+        let bound = bind(&self.uri)?;
+        let local_addr = local_addr(&bound)?;
+        let (stop, stopped) = watch::channel(false);
+        let handshake = Duration::from_millis(self.broker.limits().handshake_timeout_ms);
+        let scheme = self
+            .uri
+            .split_once("://")
+            .map_or("", |(scheme, _)| scheme)
+            .to_owned();
+        let context = Arc::new(Shared {
+            serve,
+            broker: self.broker,
+            scheme,
+            refusal: self.refusal,
+            tls: tls.clone(),
+            handshake,
+            stop: stopped.clone(),
+        });
+        let health = Arc::new(Health::default());
+        let dispatch = move |stream: TcpStream, peer: SocketAddr| {
+            let permit = context.broker.admit(&context.scheme);
+            tokio::spawn(connection(stream, peer, permit, context.clone()));
+        };
+        spawn_monitored(&self.uri, accept(bound, dispatch, stopped), health.clone());
+        Ok(Box::new(Serving {
+            local_addr,
+            stop,
+            health,
+            tls,
+        }))
+    }
+}
+
+/// Binds the `host:port` of `uri` and runs `serve` for each connection on
+/// this library's runtime, until the host stops the listener: no
+/// admission, no TLS. [`Serve`] does both.
 ///
 /// ```no_run
 /// use mist_sdk::{Listener, SdkError};
@@ -35,22 +266,179 @@ where
     F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let bound = bind(uri)?;
+    let local_addr = local_addr(&bound)?;
+    let (stop, stopped) = watch::channel(false);
+    let health = Arc::new(Health::default());
+    let connection_stop = stopped.clone();
+    let dispatch = move |stream: TcpStream, peer: SocketAddr| {
+        tokio::spawn(serve(stream, peer, connection_stop.clone()));
+    };
+    spawn_monitored(uri, accept(bound, dispatch, stopped), health.clone());
+    Ok(Box::new(Serving {
+        local_addr,
+        stop,
+        health,
+        tls: None,
+    }))
+}
+
+fn bind(uri: &str) -> Result<TcpListener, SdkError> {
     let addr = socket_address(uri)?;
-    let bound = std::net::TcpListener::bind(&addr)
+    std::net::TcpListener::bind(&addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .and_then(TcpListener::from_std)
-        .map_err(|e| SdkError::unavailable(format!("cannot listen on {addr}: {e}")))?;
-    let local_addr = bound
+        .map_err(|e| SdkError::unavailable(format!("cannot listen on {addr}: {e}")))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, SdkError> {
+    listener
         .local_addr()
-        .map_err(|e| SdkError::other(format!("cannot read the bound address: {e}")))?;
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(accept(bound, serve, stopped));
-    Ok(Box::new(Serving { local_addr, stop }))
+        .map_err(|e| SdkError::other(format!("cannot read the bound address: {e}")))
+}
+
+/// What every connection of one listener shares.
+struct Shared<F> {
+    serve: F,
+    broker: Broker,
+    scheme: String,
+    refusal: Refusal,
+    tls: Option<Arc<TlsAcceptor>>,
+    handshake: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+/// How long a refused client may go on sending before it is cut off: its
+/// request is read (and thrown away) so that closing does not reset the
+/// connection before the refusal arrives.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+async fn connection<F, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Result<ConnectionPermit, SdkError>,
+    context: Arc<Shared<F>>,
+) where
+    F: Fn(Stream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    // Replies are small and latency matters more than packet count; output
+    // is batched per drain anyway.
+    let _ = stream.set_nodelay(true);
+    let stream = match &context.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => match tokio::time::timeout(context.handshake, tls.accept(stream)).await {
+            Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not finished within {:?}: closed", context.handshake);
+                return;
+            }
+        },
+    };
+    match permit {
+        Ok(permit) => {
+            (context.serve)(stream, peer, context.stop.clone()).await;
+            drop(permit);
+        }
+        Err(refused) => refuse(stream, context.refusal, refused.message.as_str()).await,
+    }
+}
+
+async fn refuse(mut stream: Stream, refusal: Refusal, message: &str) {
+    let written = async {
+        stream.write_all(&refusal.bytes(message)).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(REFUSAL_LINGER, written).await.is_err() {
+        return;
+    }
+    let mut sink = [0; 4096];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+async fn accept<D>(listener: TcpListener, dispatch: D, mut stop: watch::Receiver<bool>)
+where
+    D: Fn(TcpStream, SocketAddr),
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => dispatch(stream, peer),
+                // Out of file descriptors and the like: keep serving the
+                // connections we have and try again shortly.
+                Err(e) => {
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopping(&mut stop) => return,
+        }
+    }
+}
+
+/// Whether a listener still accepts connections.
+#[derive(Default)]
+struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    fn check(&self) -> Result<(), SdkError> {
+        match &*self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Ok(()),
+            Some(why) => Err(SdkError::unavailable(why.clone())),
+        }
+    }
+}
+
+/// Runs `accepting`; if it panics, the panic is logged and `health` turns
+/// failed, so that readiness says so instead of the listener vanishing.
+fn spawn_monitored<Fut>(uri: &str, accepting: Fut, health: Arc<Health>)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let uri = uri.split(['?', '#']).next().unwrap_or(uri).to_owned();
+    let running = tokio::spawn(accepting);
+    tokio::spawn(async move {
+        if let Err(e) = running.await {
+            if e.is_panic() {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                tracing::error!("listener {uri} failed: its accept loop panicked: {message}");
+                health.fail(format!(
+                    "{uri} accepts no more connections: its accept loop panicked: {message}"
+                ));
+            }
+        }
+    });
 }
 
 struct Serving {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    health: Arc<Health>,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl Listener for Serving {
@@ -61,27 +449,74 @@ impl Listener for Serving {
     fn stop(&self) {
         self.stop.send_replace(true);
     }
+
+    fn health(&self) -> Result<(), SdkError> {
+        if *self.stop.borrow() {
+            return Err(SdkError::unavailable("stopped"));
+        }
+        self.health.check()
+    }
+
+    fn reload(&self) -> Result<(), SdkError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map_err(SdkError::from),
+            None => Ok(()),
+        }
+    }
 }
 
-async fn accept<F, Fut>(listener: TcpListener, serve: F, mut stop: watch::Receiver<bool>)
-where
-    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve(stream, peer, stop.clone()));
-                }
-                // Out of file descriptors and the like: keep serving the
-                // connections we have and try again shortly.
-                Err(e) => {
-                    tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => return,
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn refusals_are_one_line_or_one_response() {
+        let line = Refusal::Line.bytes("too many \"connections\"");
+        assert_eq!(
+            line,
+            b"{\"command\":\"\",\"error\":\"too many \\\"connections\\\"\"}\n"
+        );
+        let http = String::from_utf8(Refusal::Http.bytes("full")).unwrap();
+        assert!(http.starts_with("HTTP/1.1 503 "), "{http}");
+        assert!(http.ends_with("\r\n\r\n{\"error\":\"full\"}"), "{http}");
+        assert!(http.contains("Content-Length: 16\r\n"), "{http}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_accept_loop_turns_the_listener_unhealthy() {
+        let health = Arc::new(Health::default());
+        assert!(health.check().is_ok());
+        spawn_monitored(
+            "tcp://127.0.0.1:0?x=y",
+            async { panic!("accept loop bug") },
+            health.clone(),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while health.check().is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still healthy");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let why = health.check().unwrap_err().message.into_string();
+        assert!(
+            why.contains("tcp://127.0.0.1:0") && why.contains("accept loop bug"),
+            "{why}"
+        );
+        assert!(!why.contains("x=y"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_listener_says_so_and_closes_its_port() {
+        let listener = serve_tcp("tcp://127.0.0.1:0", |_stream, _peer, _stop| async {}).unwrap();
+        assert!(listener.health().is_ok());
+        let addr = listener.local_addr();
+        listener.stop();
+        assert!(listener.health().is_err());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

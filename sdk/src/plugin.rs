@@ -19,7 +19,7 @@ use crate::backplane::{Backplane, BackplaneAdapter, Inbox};
 use crate::broker::Broker;
 use crate::command::CommandContext;
 use crate::error::SdkError;
-use crate::runtime::{catch, runtime, spawn_ffi};
+use crate::runtime::{catch, inside, runtime, spawn_ffi, InRuntime};
 
 /// A Mist plugin: one or more listeners, authenticators and custom commands.
 ///
@@ -171,7 +171,7 @@ extern "C" fn init<P: Plugin>(host: HostContext) -> RResult<PluginBox, SdkError>
             broker: Broker::from_abi(host.broker),
         })?;
         Ok(PluginApi_TO::from_value(
-            Adapter(Arc::new(plugin)),
+            Adapter(InRuntime::new(Arc::new(plugin))),
             TD_Opaque,
         ))
     })
@@ -179,7 +179,7 @@ extern "C" fn init<P: Plugin>(host: HostContext) -> RResult<PluginBox, SdkError>
 }
 
 /// Implements the stable [`PluginApi`] around an author's [`Plugin`].
-struct Adapter<P>(Arc<P>);
+struct Adapter<P>(InRuntime<Arc<P>>);
 
 impl<P: Plugin> PluginApi for Adapter<P> {
     fn start_listener(&self, uri: RStr<'_>) -> RResult<ListenerBox, SdkError> {
@@ -188,7 +188,7 @@ impl<P: Plugin> PluginApi for Adapter<P> {
             let _inside = runtime().enter();
             let listener = self.0.start_listener(uri.as_str())?;
             Ok(ListenerApi_TO::from_value(
-                ListenerAdapter(listener),
+                ListenerAdapter(InRuntime::new(listener)),
                 TD_Opaque,
             ))
         })
@@ -199,11 +199,11 @@ impl<P: Plugin> PluginApi for Adapter<P> {
         &self,
         uri: RString,
     ) -> FfiFuture<RResult<crate::abi::AuthenticatorBox, SdkError>> {
-        let plugin = self.0.clone();
+        let plugin = Arc::clone(&self.0);
         spawn_ffi(async move {
             let store = plugin.open_authenticator(uri.as_str()).await?;
             Ok(AuthenticatorApi_TO::from_ptr(
-                RArc::new(AuthenticatorAdapter(store)),
+                RArc::new(AuthenticatorAdapter(InRuntime::new(store))),
                 TD_Opaque,
             ))
         })
@@ -214,7 +214,7 @@ impl<P: Plugin> PluginApi for Adapter<P> {
         context: AbiCommandContext,
         request: Message,
     ) -> FfiFuture<RResult<(), SdkError>> {
-        let plugin = self.0.clone();
+        let plugin = Arc::clone(&self.0);
         spawn_ffi(async move {
             plugin
                 .command(CommandContext::from_abi(context), request)
@@ -227,20 +227,20 @@ impl<P: Plugin> PluginApi for Adapter<P> {
         uri: RString,
         inbox: BackplaneInboxBox,
     ) -> FfiFuture<RResult<BackplaneBox, SdkError>> {
-        let plugin = self.0.clone();
+        let plugin = Arc::clone(&self.0);
         spawn_ffi(async move {
             let backplane = plugin
                 .open_backplane(uri.as_str(), Inbox::from_abi(inbox))
                 .await?;
             Ok(BackplaneApi_TO::from_value(
-                BackplaneAdapter(Arc::from(backplane)),
+                BackplaneAdapter(InRuntime::new(Arc::from(backplane))),
                 TD_Opaque,
             ))
         })
     }
 
     fn stop(&self) -> FfiFuture<()> {
-        let plugin = self.0.clone();
+        let plugin = Arc::clone(&self.0);
         let stopping = spawn_ffi(async move {
             plugin.stop().await;
             Ok(())
@@ -254,17 +254,20 @@ impl<P: Plugin> PluginApi for Adapter<P> {
     }
 }
 
-struct ListenerAdapter(Box<dyn Listener>);
+/// The host calls these on its own threads: each runs inside this
+/// library's runtime (a listener's code may use tokio there) with panics
+/// caught, and the listener is dropped the same way.
+struct ListenerAdapter(InRuntime<Box<dyn Listener>>);
 
 impl ListenerApi for ListenerAdapter {
     fn local_addr(&self) -> RString {
-        catch(|| Ok(self.0.local_addr()))
+        inside(|| Ok(self.0.local_addr()))
             .unwrap_or_else(|e| e.message.into_string())
             .into()
     }
 
     fn stop(&self) {
-        if let Err(e) = catch(|| {
+        if let Err(e) = inside(|| {
             self.0.stop();
             Ok(())
         }) {
@@ -273,11 +276,11 @@ impl ListenerApi for ListenerAdapter {
     }
 
     fn health(&self) -> RResult<(), SdkError> {
-        catch(|| self.0.health()).into()
+        inside(|| self.0.health()).into()
     }
 
     fn reload(&self) -> RResult<(), SdkError> {
-        catch(|| self.0.reload()).into()
+        inside(|| self.0.reload()).into()
     }
 }
 
@@ -297,6 +300,7 @@ macro_rules! export_plugin {
         pub static __MIST_PLUGIN_LIB_HEADER: $crate::abi_stable::library::LibHeader = {
             extern "C" fn __mist_plugin_module() -> $crate::abi_stable::library::RootModuleResult {
                 $crate::abi_stable::library::__call_root_module_loader(|| {
+                    $crate::__exported();
                     $crate::module::<$plugin>()
                 })
             }
@@ -309,6 +313,14 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+/// Called by [`crate::export_plugin!`] as the host builds the exported root
+/// module: this library has its own copy of the sdk (and of `tracing`), so
+/// its log events must be forwarded to the host. Not for other use.
+#[doc(hidden)]
+pub fn __exported() {
+    crate::log::exported();
 }
 
 #[cfg(test)]

@@ -629,3 +629,157 @@ fn an_authenticator_that_cannot_open_stops_the_start_with_a_clear_error() {
         assert!(!log.contains("hunter2"), "{log}");
     }
 }
+
+/// `mist --server` with a memory store, on TCP only, logging at TRACE.
+fn memory_server(args: &[&str], env: &[(&str, &str)]) -> MistServer {
+    let mut all = vec![
+        "--listeners",
+        "tcp://127.0.0.1:0",
+        "--authenticator",
+        "memory://",
+        "--log-level",
+        "TRACE",
+    ];
+    all.extend_from_slice(args);
+    MistServer::start_with_env(&all, 1, env)
+}
+
+/// The process's command line, as `ps` shows it to every user.
+fn command_line(server: &MistServer) -> String {
+    std::fs::read(format!("/proc/{}/cmdline", server.pid()))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_server_token_comes_from_a_file_or_the_environment_and_stays_out_of_sight() {
+    const FROM_FILE: &str = "file-token-3c9e";
+    const FROM_ENV: &str = "env-token-8b1f";
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    // As `echo TOKEN > file` writes it: the newline is not part of the token.
+    std::fs::write(&token_file, format!("{FROM_FILE}\n")).unwrap();
+    let token_file = token_file.to_str().unwrap();
+
+    let by_file = memory_server(&["--token-file", token_file], &[]);
+    let by_env = memory_server(&[], &[("MIST_TOKEN", FROM_ENV)]);
+    // The flag is taken before the environment.
+    let both = memory_server(&["--token-file", token_file], &[("MIST_TOKEN", FROM_ENV)]);
+    for (server, token) in [
+        (&by_file, FROM_FILE),
+        (&by_env, FROM_ENV),
+        (&both, FROM_FILE),
+    ] {
+        let mut admin = authed(server, token).await;
+        register(&mut admin, "user-token-77aa", &["a"]).await;
+    }
+    let mut not_admin = Client::connect(&both.tcp()).await;
+    let error = refused(&mut not_admin, json!({"command": "auth", "data": FROM_ENV})).await;
+    assert_eq!(error, "invalid token");
+
+    for server in [&by_file, &by_env, &both] {
+        let (command_line, log) = (command_line(server), server.log());
+        assert!(
+            log.contains("TRACE") || log.contains("DEBUG"),
+            "the log is at TRACE:\n{log}"
+        );
+        for secret in [FROM_FILE, FROM_ENV, "user-token-77aa"] {
+            assert!(!log.contains(secret), "the log holds {secret}:\n{log}");
+            assert!(!command_line.contains(secret), "{command_line}");
+        }
+    }
+}
+
+#[test]
+fn a_token_file_that_cannot_be_used_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let two_lines = dir.path().join("two-lines");
+    std::fs::write(&two_lines, "secret-part-one\nsecret-part-two\n").unwrap();
+    let missing = dir.path().join("missing");
+    let cases = [
+        (&empty, "it is empty"),
+        (&two_lines, "it holds more than one line"),
+        (&missing, "cannot read it: No such file"),
+        (&dir.path().to_owned(), "cannot read it"),
+    ];
+    for (path, words) in cases {
+        let path = path.to_str().unwrap();
+        let (status, log) = MistServer::run_to_exit(&[
+            "--listeners",
+            "tcp://127.0.0.1:0",
+            "--authenticator",
+            "memory://",
+            "--token-file",
+            path,
+            "--log-level",
+            "TRACE",
+        ]);
+        assert_eq!(status.code(), Some(1), "{path}: {log}");
+        assert!(
+            log.contains(&format!("mist: token file {path}: {words}")),
+            "{path}: {log}"
+        );
+        assert!(!log.contains("secret"), "{log}");
+    }
+}
+
+#[test]
+fn start_up_errors_never_show_a_token_or_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each config file is broken on the very line that holds the secret:
+    // a parser's message quoting that line would show it.
+    let broken = [
+        (
+            "unterminated.toml",
+            "token = \"cfg-secret-1\nserver = true\n",
+        ),
+        ("wrong-type.toml", "token = [\"cfg-secret-2\"]\n"),
+        (
+            "extra.toml",
+            "authenticator = \"postgres://u:cfg-secret-3@h?db=x\" x\n",
+        ),
+        ("wrong-type.yaml", "token: [cfg-secret-4]\n"),
+        ("no-extension", "token = \"cfg-secret-5\n"),
+    ];
+    for (name, text) in broken {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        let (status, log) = MistServer::run_to_exit(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-level",
+            "TRACE",
+        ]);
+        assert_eq!(status.code(), Some(1), "{name}: {log}");
+        assert!(log.contains(name), "the file is named: {log}");
+        assert!(!log.contains("cfg-secret"), "{name}: {log}");
+    }
+    // Two ways to give the token at once is a usage error that names the
+    // flags, not the token.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-secret-6\n").unwrap();
+    let (status, log) = MistServer::run_to_exit(&[
+        "--token",
+        "flag-secret-7",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("--token-file"), "{log}");
+    assert!(!log.contains("secret-"), "{log}");
+    // An authenticator that needs a token and has none says how to give one.
+    let (status, log) = MistServer::run_to_exit(&[
+        "--listeners",
+        "tcp://127.0.0.1:0",
+        "--authenticator",
+        "postgres://u:pw-secret-8@127.0.0.1:1?db=x",
+    ]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--token-file FILE, the MIST_TOKEN environment variable"),
+        "{log}"
+    );
+    assert!(!log.contains("pw-secret"), "{log}");
+}

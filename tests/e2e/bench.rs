@@ -199,3 +199,294 @@ fn an_unreachable_broker_or_bad_flags_fail_clearly() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("--size must be at least"), "{err}");
 }
+
+#[test]
+fn conns_over_websocket_reaches_every_idle_connection() {
+    // Only a WebSocket listener: a connection speaking lines over plain
+    // TCP would never finish its handshake here.
+    let server = MistServer::start_with(&["--listeners", "ws://127.0.0.1:0"], 1);
+    let pid = server.pid().to_string();
+    let report = bench_json(&[
+        "conns",
+        "--websocket",
+        "--host",
+        &server.addr("ws"),
+        "--json",
+        "--subscribers",
+        "200",
+        "--server-pid",
+        &pid,
+    ]);
+    check_complete(&report, 1, 200);
+    assert_eq!(report["transport"], "websocket", "{report}");
+    assert_eq!(report["memory"]["connections"], 200, "{report}");
+    assert!(
+        report["memory"]["kib_per_connection"].as_f64().is_some(),
+        "{report}"
+    );
+}
+
+#[test]
+fn fanout_over_websocket_delivers_everything() {
+    let server = MistServer::start_with(&["--listeners", "ws://127.0.0.1:0,http://127.0.0.1:0"], 2);
+    let fanout = bench_json(&[
+        "fanout",
+        "--websocket",
+        "--host",
+        &server.addr("ws"),
+        "--json",
+        "-n",
+        "300",
+        "--subscribers",
+        "5",
+    ]);
+    check_complete(&fanout, 300, 1500);
+    assert_eq!(fanout["transport"], "websocket", "{fanout}");
+    // A ws:// URL carries its path: the http listener's WebSocket endpoint.
+    let url = format!("ws://{}/subscribe/websocket", server.addr("http"));
+    let pubsub = bench_json(&[
+        "pubsub",
+        "--host",
+        &url,
+        "--json",
+        "-n",
+        "200",
+        "--subscribers",
+        "2",
+        "--rate",
+        "2000",
+    ]);
+    check_complete(&pubsub, 200, 400);
+    assert_eq!(pubsub["transport"], "websocket", "{pubsub}");
+}
+
+#[test]
+fn a_token_is_presented_on_every_connection_and_a_wrong_one_fails_clearly() {
+    let server = MistServer::start_with(
+        &[
+            "--listeners",
+            "tcp://127.0.0.1:0,ws://127.0.0.1:0",
+            "--authenticator",
+            "memory://",
+            "--token",
+            "bench-admin",
+        ],
+        2,
+    );
+    for (host, websocket) in [(server.tcp(), false), (server.addr("ws"), true)] {
+        let mut args = vec![
+            "fanout",
+            "--host",
+            &host,
+            "--token",
+            "bench-admin",
+            "--json",
+            "-n",
+            "100",
+            "--subscribers",
+            "3",
+        ];
+        if websocket {
+            args.push("--websocket");
+        }
+        check_complete(&bench_json(&args), 100, 300);
+
+        args[4] = "not-the-token";
+        let output = bench(&args);
+        assert!(!output.status.success());
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains("the broker refused auth"), "{err}");
+    }
+}
+
+#[test]
+fn source_addrs_take_turns_opening_connections() {
+    let server = MistServer::start(&["--log-level", "DEBUG"]);
+    let report = bench_json(&[
+        "conns",
+        "--host",
+        &server.tcp(),
+        "--json",
+        "--subscribers",
+        "40",
+        "--source-addrs",
+        "127.0.0.2,127.0.0.3",
+    ]);
+    check_complete(&report, 1, 40);
+    // The broker logs each session's peer: every connection, the
+    // publisher's too, came from one of the two addresses.
+    server.wait_for_log("peer=127.0.0.2:");
+    server.wait_for_log("peer=127.0.0.3:");
+    let opened: Vec<String> = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("session opened"))
+        .map(str::to_owned)
+        .collect();
+    let from = |ip: &str| {
+        opened
+            .iter()
+            .filter(|l| l.contains(&format!("peer={ip}:")))
+            .count()
+    };
+    assert_eq!(opened.len(), 41, "{opened:#?}");
+    assert_eq!(from("127.0.0.2") + from("127.0.0.3"), 41, "{opened:#?}");
+    assert!(
+        from("127.0.0.2") >= 20 && from("127.0.0.3") >= 20,
+        "{opened:#?}"
+    );
+}
+
+#[test]
+fn several_hosts_share_the_subscribers_and_publishers_in_turn() {
+    // Two brokers that know nothing of each other: a subscriber hears only
+    // the publisher on its own broker, so exactly half of the deliveries a
+    // single broker would make arrive, which only round-robin gives.
+    let (a, b) = (MistServer::start(&[]), MistServer::start(&[]));
+    let hosts = format!("{},{}", a.tcp(), b.tcp());
+    let report = bench_json(&[
+        "pubsub",
+        "--host",
+        &hosts,
+        "--json",
+        "-n",
+        "500",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "4",
+    ]);
+    assert_eq!(report["host"], hosts.as_str(), "{report}");
+    assert_eq!(report["messages_sent"], 1000, "{report}");
+    assert_eq!(report["deliveries_expected"], 4000, "{report}");
+    assert_eq!(report["delivered"], 2000, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+}
+
+#[test]
+fn connections_beyond_the_port_range_or_from_foreign_addresses_fail_before_dialling() {
+    let server = MistServer::start(&[]);
+    let output = bench(&["conns", "--host", &server.tcp(), "--subscribers", "100000"]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("--source-addrs"), "{err}");
+
+    // 192.0.2.1 (TEST-NET) is no address of this machine: binding to it
+    // fails at once and nothing is sent anywhere.
+    let output = bench(&[
+        "conns",
+        "--host",
+        &server.tcp(),
+        "--subscribers",
+        "2",
+        "--source-addrs",
+        "192.0.2.1",
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("from 192.0.2.1"), "{err}");
+
+    for (host, needle) in [
+        ("wss://127.0.0.1:1/", "not TLS"),
+        ("127.0.0.1:1/x", "host:port"),
+    ] {
+        let output = bench(&["pubsub", "--host", host, "-n", "1"]);
+        assert!(!output.status.success());
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(needle), "{host}: {err}");
+    }
+}
+
+/// `mist-compare run` with tiny sizes: every target it starts (Mist,
+/// nats-server, redis-server, the raw relay) answers every scenario, all of
+/// it delivered, and the table names every figure.
+#[test]
+fn the_comparison_harness_drives_every_target_through_every_scenario() {
+    let out = tempfile::tempdir().unwrap();
+    let mist = artifacts().mist();
+    let child = Command::new(artifacts().dir.join("mist-compare"))
+        .arg("run")
+        .arg("--mist-bin")
+        .arg(&mist)
+        .args(["--runs", "1", "--fanout-msgs", "200", "--pair-msgs", "500"])
+        .args(["--subs", "5", "--conns", "20", "--route-subs", "20"])
+        .args([
+            "--route-msgs",
+            "200",
+            "--paced-msgs",
+            "100",
+            "--timeout",
+            "20",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting mist-compare");
+    let pid = child.id();
+    let (done, wait) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let output = match wait.recv_timeout(TIMEOUT * 12) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("mist-compare did not finish in time");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "mist-compare failed: {stderr}");
+
+    let rows: Vec<Value> = std::fs::read_to_string(out.path().join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |target: &str, scenario: &str, paced: bool| {
+        rows.iter()
+            .find(|r| {
+                r["target"] == target
+                    && r["scenario"] == scenario
+                    && r.get("paced").is_some() == paced
+            })
+            .unwrap_or_else(|| panic!("no {target} {scenario} row in {rows:#?}"))
+    };
+    for target in ["mist", "nats", "redis", "raw"] {
+        for (scenario, paced, delivered) in [
+            ("fanout", false, 1000),
+            ("pair", false, 500),
+            ("fanout", true, 1000),
+            ("routing", false, 200),
+        ] {
+            if target == "raw" && scenario == "routing" {
+                continue;
+            }
+            let row = find(target, scenario, paced);
+            assert_eq!(row["delivered"], delivered, "{row}");
+            assert_eq!(row["delivered_fraction"], 1.0, "{row}");
+            assert!(row["delivered_per_s"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["lat_p99_us"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        if target != "raw" {
+            let row = find(target, "conns", false);
+            assert_eq!(row["conns"], 20, "{row}");
+            assert!(row["kib_per_conn"].as_f64().is_some(), "{row}");
+        }
+    }
+    assert!(rows
+        .iter()
+        .all(|r| r["target"] != "raw" || r["scenario"] != "routing"));
+
+    let table = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "| scenario | mist | nats-server | redis-server | raw relay | mist / nats |",
+        "| fanout 1→5, flood, delivered msgs/s |",
+        "| routing 1→20 topics, flood, delivered msgs/s |",
+        "| idle subscribed connection, broker RSS (20 on a fresh broker) |",
+        "Every run delivered 100% of its messages.",
+    ] {
+        assert!(table.contains(needle), "no {needle:?} in:\n{table}");
+    }
+    assert!(out.path().join("summary.md").is_file());
+}

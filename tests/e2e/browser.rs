@@ -12,7 +12,7 @@ use serde_json::Value;
 /// The seed's snippet, made to run unattended: it subscribes, uses a ping as
 /// the barrier that the subscription is live, lists, and fetches `/ready`;
 /// every later message is fetched back as `/got?data=<the frame>`.
-const PAGE: &str = r#"<!doctype html>
+pub(crate) const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>mist</title></head><body><script>
 // connect the websocket
 var ws = new WebSocket("ws://MIST_HTTP/subscribe/websocket?x-auth-token=token");
@@ -49,7 +49,7 @@ ws.onclose = function (e) { report("/closed", String(e.code)); };
 </script></body></html>
 "#;
 
-fn data_of(report: &str, path: &str) -> Value {
+pub(crate) fn data_of(report: &str, path: &str) -> Value {
     let query = report
         .strip_prefix(path)
         .and_then(|rest| rest.strip_prefix("?data="))

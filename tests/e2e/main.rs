@@ -4,13 +4,17 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod access;
+mod adversarial;
 mod auth;
 mod bench;
 mod browser;
 mod cli;
 mod example_plugin;
 mod http;
+mod listeners;
+mod ops;
 mod plugins;
 mod startup;
 mod tcp;
+mod tls;
 mod ws;

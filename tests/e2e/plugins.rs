@@ -1,7 +1,9 @@
 //! Loading plugin libraries from `plugins.toml`: the real loader,
 //! the real shared libraries, and the ways a library can be refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use mist_e2e::client::{delivery, error_of};
 use mist_e2e::{artifacts, Client, MistServer};
@@ -189,6 +191,76 @@ fn a_library_built_against_an_older_sdk_is_refused_by_name() {
     assert!(log.contains("0.0.1"), "the mismatch is named: {log}");
 }
 
+/// The libraries built from `tests/fixtures/sdk-*`: the current interface
+/// stamped with mist-sdk 0.1.9, 0.2.7 and 0.3.0 (the host is 0.2.0). Each
+/// fixture is its own workspace (its package is named mist-sdk), so it is
+/// built here, once, into the same target directory.
+fn sdk_fixture(version: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = &artifacts().dir; // target/<profile>
+        let target = dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for fixture in ["sdk-0.1", "sdk-0.2-patch", "sdk-0.3"] {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(fixture)
+                .join("Cargo.toml");
+            let mut build = Command::new(&cargo);
+            build
+                .arg("build")
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(target);
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(status.success(), "building tests/fixtures/{fixture} failed");
+        }
+    });
+    artifacts().library(&format!("mist_fixture_sdk_{}", version.replace('.', "_")))
+}
+
+#[test]
+fn libraries_built_against_another_minor_sdk_are_refused_before_they_run() {
+    // One minor below the host's (abi_stable refuses it too) and one above
+    // (abi_stable 0.11 would let it through its version check).
+    for version in ["0.1.9", "0.3.0"] {
+        let library = sdk_fixture(version);
+        let log = refused(&entry(&library, ""));
+        assert!(
+            log.contains(&format!(
+                "plugin library {} was built against an incompatible mist-sdk: \
+                 it uses mist-sdk {version}, and this mist (mist-sdk 0.2.0) loads only \
+                 plugins built against mist-sdk 0.2.x",
+                library.display()
+            )),
+            "{log}"
+        );
+        assert!(
+            !log.contains("root module built"),
+            "the library's code ran: {log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_library_built_against_another_patch_of_the_sdk_loads_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = sdk_fixture("0.2.7");
+    let file = plugins_file(dir.path(), &entry(&library, ""));
+    let server = MistServer::start(&["--plugins", &file]);
+    server.wait_for_log("sdk-0.2.7 fixture: root module built");
+    server.wait_for_log(&format!("loaded plugin {}", library.display()));
+    let mut c = Client::connect(&server.tcp()).await;
+    assert_eq!(
+        c.request(json!({"command": "sdk_version"})).await,
+        json!({"command": "sdk_version", "data": "0.2.7"})
+    );
+}
+
 #[test]
 fn a_library_with_a_different_interface_layout_is_refused_by_name() {
     let library = artifacts().library("mist_fixture_changed_abi");
@@ -284,6 +356,53 @@ fn a_listener_that_panics_on_start_is_a_start_up_error_not_a_crash() {
         log.contains("cannot start listener faulty://127.0.0.1:0: plugin panicked"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_listener_that_panics_in_local_addr_stop_or_drop_does_not_bring_the_broker_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugins_file(
+        dir.path(),
+        &entry(&artifacts().library("mist_fixture_faulty"), ""),
+    );
+    let mut server = MistServer::start_with(
+        &[
+            "--plugins",
+            &file,
+            "--listeners",
+            "tcp://127.0.0.1:0,faulty://x?panic=local_addr+stop+drop",
+        ],
+        2,
+    );
+    server.wait_for_log("faulty listener local_addr: inside a runtime: true");
+    server.wait_for_log(
+        "listening on faulty://plugin panicked: the faulty listener panics in local_addr",
+    );
+    let mut c = [
+        Client::connect(&server.tcp()).await,
+        Client::connect(&server.tcp()).await,
+    ];
+    c[1].subscribe(&["still"]).await;
+    c[0].publish(&["still"], "alive").await;
+    // The publisher's pong: the publish has been delivered.
+    c[0].expect_nothing().await;
+    assert_eq!(c[1].sync().await, [delivery(&["still"], "alive")]);
+
+    // Shutdown stops and drops the listener: both panic, both are caught.
+    let status = server.terminate();
+    let log = server.log();
+    assert!(
+        status.success(),
+        "a clean exit, not an abort ({status}):\n{log}"
+    );
+    for line in [
+        "faulty listener stop: inside a runtime: true",
+        "stopping a listener failed: plugin panicked: the faulty listener panics in stop",
+        "faulty listener drop: inside a runtime: true",
+        "dropping a plugin object failed: plugin panicked: the faulty listener panics in drop",
+    ] {
+        assert!(log.contains(line), "no {line:?} in:\n{log}");
+    }
 }
 
 #[test]

@@ -93,6 +93,11 @@ pub struct Chromium {
 
 impl Chromium {
     pub fn open(url: &str) -> Chromium {
+        Self::open_with(url, &[])
+    }
+
+    /// As [`Chromium::open`], with extra command-line flags.
+    pub fn open_with(url: &str, flags: &[&str]) -> Chromium {
         let profile = tempfile::tempdir().expect("a profile directory");
         let log = profile.path().join("chromium.log");
         let log_file = std::fs::File::create(&log).expect("a log file");
@@ -110,6 +115,7 @@ impl Chromium {
                 "--v=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(flags)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
@@ -123,6 +129,11 @@ impl Chromium {
             log,
             _profile: profile,
         }
+    }
+
+    /// The browser's profile directory (where `DevToolsActivePort` appears).
+    pub fn profile(&self) -> &std::path::Path {
+        self._profile.path()
     }
 
     /// What Chromium has printed so far, for failure messages.

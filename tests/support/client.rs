@@ -33,6 +33,14 @@ impl Client {
         Client::new(Box::new(reader), Box::new(writer))
     }
 
+    /// A client over any byte stream's two halves (TLS, say).
+    pub fn from_parts(
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        writer: Box<dyn AsyncWrite + Unpin + Send>,
+    ) -> Client {
+        Client::new(reader, writer)
+    }
+
     fn new(
         reader: Box<dyn AsyncRead + Unpin + Send>,
         writer: Box<dyn AsyncWrite + Unpin + Send>,

@@ -9,11 +9,14 @@
 pub mod backplane;
 pub mod browser;
 pub mod client;
+pub mod devtools;
 pub mod nats;
 pub mod postgres;
+pub mod prometheus;
 pub mod redis;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod web;
 
 pub use client::Client;

@@ -78,7 +78,12 @@ impl MistServer {
     /// Starts `mist --server` with `args` and waits until it logs
     /// `listeners` listening lines. Panics with the log if it exits first.
     pub fn start_with(args: &[&str], listeners: usize) -> MistServer {
-        let mut server = Self::spawn(args);
+        Self::start_with_env(args, listeners, &[])
+    }
+
+    /// As [`MistServer::start_with`], with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], listeners: usize, env: &[(&str, &str)]) -> MistServer {
+        let mut server = Self::spawn(args, env);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let found = server
@@ -112,16 +117,24 @@ impl MistServer {
     /// Runs `mist --server` with `args` and expects it to exit on its own
     /// (a start-up error); returns its status and log.
     pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
-        let mut server = Self::spawn(args);
+        Self::run_to_exit_with_env(args, &[])
+    }
+
+    /// As [`MistServer::run_to_exit`], with `env` added to its environment.
+    pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut server = Self::spawn(args, env);
         let status = server.wait_exit();
         (status, server.log())
     }
 
-    fn spawn(args: &[&str]) -> MistServer {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> MistServer {
         let mut command = Command::new(artifacts().mist());
         command
             .arg("--server")
             .args(args)
+            // Only what a test gives: never a token from the developer's shell.
+            .env_remove("MIST_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -218,11 +231,37 @@ impl MistServer {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
+    ///
+    /// Waits first until the process catches SIGTERM: mist installs its
+    /// handler only after its listeners are up, and on a busy machine a
+    /// signal sent right after the last "listening on" line can arrive
+    /// before that and kill it outright.
     pub fn terminate(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.catches_sigterm() {
+            assert!(
+                Instant::now() < deadline,
+                "mist never installed its SIGTERM handler:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
         self.wait_exit()
+    }
+
+    /// Whether the process has a handler for SIGTERM (Linux: `SigCgt` in
+    /// `/proc/PID/status`, a mask whose bit 14 is signal 15).
+    fn catches_sigterm(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << 14) != 0)
     }
 
     /// The server's process id.

@@ -105,18 +105,18 @@ impl BrokerApi for HostBroker {
         guard("release", (), || self.0.release(listener.as_str()))
     }
 
-    fn metrics(&self, _token: ROption<RString>) -> RResult<RString, SdkError> {
-        RErr(SdkError::unsupported("metrics are not available yet"))
+    fn metrics(&self, token: ROption<RString>) -> RResult<RString, SdkError> {
+        guard("metrics", RErr(SdkError::other("internal error")), || {
+            let server_token = self.0.auth.get().map(|a| a.server_token.as_str());
+            let given = token.as_ref().into_option().map(RString::as_str);
+            let text = crate::metrics::authorize(server_token, given)
+                .map(|()| crate::metrics::render(self.0.figures(), &self.0.health).into());
+            text.into()
+        })
     }
 
     fn readiness(&self) -> FfiFuture<Readiness> {
-        async {
-            Readiness {
-                ready: true,
-                report: "{}".into(),
-            }
-        }
-        .into_ffi()
+        crate::health::readiness_ffi(self.0.health.clone())
     }
 }
 

@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) tokens: Tokens,
     /// Errors returned by plugin calls, by plugin name (rare: a lock is fine).
     pub(crate) plugin_errors: Mutex<BTreeMap<String, u64>>,
+    /// What `/readyz` checks; parts are registered at start-up.
+    pub(crate) health: Arc<crate::health::Health>,
 }
 
 #[derive(Default)]
@@ -194,6 +196,7 @@ impl Broker {
                 memory: Memory::new(limits.max_memory),
                 tokens: Tokens::default(),
                 plugin_errors: Mutex::new(BTreeMap::new()),
+                health: Arc::default(),
             }),
         }
     }
@@ -232,6 +235,11 @@ impl Broker {
     /// Current figures.
     pub fn stats(&self) -> BrokerStats {
         self.shared.stats()
+    }
+
+    /// The parts `/readyz` checks.
+    pub fn health(&self) -> &Arc<crate::health::Health> {
+        &self.shared.health
     }
 
     /// Every figure the broker keeps, for metrics.

@@ -10,5 +10,5 @@ mod logger;
 mod registry;
 
 pub use file::{PluginEntry, PluginsFile, PluginsFileError};
-pub use loader::{load_library, LoadError};
+pub use loader::{load_library, sdk_compatible, LoadError};
 pub use registry::{LoadedPlugin, Registry, Source};

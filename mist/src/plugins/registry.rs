@@ -179,6 +179,12 @@ impl Registry {
             .collect()
     }
 
+    /// Every started plugin, in the order they were started (for their
+    /// stop hooks at shutdown).
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
     /// The listener schemes served, sorted, for error messages.
     pub fn listener_schemes(&self) -> Vec<String> {
         let mut schemes: Vec<String> = self.listeners.keys().cloned().collect();

@@ -1,18 +1,28 @@
-//! Mist's HTTP listener: `http://host:port`, on hyper.
+//! Mist's HTTP listener: `http://host:port`, on hyper, and `https://host:port`
+//! the same over TLS (certificate parameters in [`mist_sdk::tls`]).
 //!
 //! | request | answer |
 //! |---|---|
 //! | `GET /ping` | `200 pong` |
-//! | `POST /publish`, body `{"tags":[..],"data":".."}` | `204` once the broker has taken it; `4xx` with `{"error":".."}` if it refused it |
+//! | `POST /publish`, body `{"tags":[..],"data":".."}` | `204` once the broker has taken it; `4xx`/`5xx` with `{"error":".."}` if it refused it |
 //! | `GET /subscribe?tags=a,b` | Server-Sent Events: `: subscribed` once live, then `data: <delivery JSON>` per message |
 //! | `GET /subscribe/websocket` | a WebSocket upgrade, the same protocol as the ws listener |
+//! | `GET /metrics`, `/healthz`, `/readyz`, `/dashboard` | for operators: see the `ops` module |
 //! | anything else | `404` (or `405`) with `{"error":".."}` |
 //!
 //! A token goes in the `X-AUTH-TOKEN` header (or, for the WebSocket, the
 //! `x-auth-token` query parameter). Each publish and each event stream is a
 //! broker session of its own, so the broker checks the token's permissions
 //! and the message exactly as it does for TCP: the plugin itself knows
-//! nothing of the protocol beyond building one request line.
+//! nothing of the protocol beyond building one request line. A refusal
+//! comes back typed ([`mist_sdk::Session::execute`]) and its kind is the
+//! status: `401`, `403`, `413`, `503` when the token store cannot be
+//! reached, `504` when the exchange (body, token check and all) takes
+//! longer than the broker's request timeout.
+//!
+//! A request header must arrive within the broker's header timeout, and a
+//! body may be as large as its message limit. When the broker is full, a
+//! new connection gets `503` before any request is read.
 //!
 //! ```no_run
 //! // What `mist` does with it, in short:
@@ -22,32 +32,30 @@
 //! ```
 
 mod events;
+mod ops;
 mod reply;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::header::CONTENT_LENGTH;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use mist_plugin_ws::Upgrades;
 use mist_sdk::abi::ModuleRef;
+use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, SessionInfo};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
+use serde_json::value::RawValue;
+use tokio::sync::{watch, Notify};
 
 use reply::{json_error, text, Body};
-
-/// Publish bodies larger than this are refused with `413` before reading
-/// further; the broker's own message limit applies below it.
-const MAX_BODY: usize = 16 << 20;
 
 /// The plugin.
 pub struct Http {
@@ -63,7 +71,7 @@ pub fn module() -> ModuleRef {
 impl Plugin for Http {
     const NAME: &'static str = "http";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const LISTENERS: &'static [&'static str] = &["http"];
+    const LISTENERS: &'static [&'static str] = &["http", "https"];
 
     fn init(host: Host) -> Result<Self, SdkError> {
         Ok(Http {
@@ -73,50 +81,103 @@ impl Plugin for Http {
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
         let broker = self.broker.clone();
-        mist_sdk::net::serve_tcp(uri, move |stream, peer, stop| {
-            serve(stream, peer, broker.clone(), stop)
-        })
+        if ops::ops_only(uri) {
+            return ops::start(uri, broker);
+        }
+        let tls = uri.starts_with("https://");
+        let scheme = if tls { "https" } else { "http" };
+        let mut listener = Serve::new(uri, &self.broker).refusal(Refusal::Http);
+        if tls {
+            listener = listener.tls(&["http/1.1"]);
+        }
+        listener.start(move |stream, peer, stop| serve(stream, peer, broker.clone(), scheme, stop))
     }
+}
+
+/// What a request handler knows about its connection.
+#[derive(Clone)]
+struct Connection {
+    broker: Broker,
+    scheme: &'static str,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    upgrades: Upgrades,
+    /// Notified when the connection must close at once: the broker ended
+    /// an event stream's session while a write to its client was stuck.
+    abort: Arc<Notify>,
 }
 
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     broker: Broker,
+    scheme: &'static str,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let requests_stop = stop.clone();
+    let header_timeout = Duration::from_millis(broker.limits().header_timeout_ms);
+    let upgrades = Upgrades::default();
+    let abort = Arc::new(Notify::new());
+    let connection = Connection {
+        broker,
+        scheme,
+        peer,
+        stop: stop.clone(),
+        upgrades: upgrades.clone(),
+        abort: abort.clone(),
+    };
     let service = service_fn(move |request| {
-        let (broker, stop) = (broker.clone(), requests_stop.clone());
-        async move { Ok::<_, Infallible>(route(request, broker, peer, stop).await) }
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(route(request, connection).await) }
     });
-    let connection = http1::Builder::new()
+    let http = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, "HTTP connection failed: {e}");
+    let mut http = std::pin::pin!(http);
+    // On stop, answers in progress (event streams, which end once they
+    // have written what is queued) finish; idle connections close.
+    let result = tokio::select! {
+        result = http.as_mut() => result,
+        () = abort.notified() => return,
+        _ = stopping(&mut stop) => {
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = http => result,
+                () = abort.notified() => return,
             }
         }
-        _ = stop.changed() => {}
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "HTTP connection failed: {e}");
     }
+    upgrades.serve().await;
 }
 
-async fn route(
-    request: Request<Incoming>,
-    broker: Broker,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> Response<Body> {
+async fn route(mut request: Request<Incoming>, connection: Connection) -> Response<Body> {
+    if let Some(response) = ops::route(&request, &connection.broker, true).await {
+        return response;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let Connection {
+        broker,
+        scheme,
+        peer,
+        stop,
+        upgrades,
+        abort,
+    } = connection;
     match (&method, path.as_str()) {
         (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
-        (&Method::POST, "/publish") => publish(request, &broker, peer).await,
-        (&Method::GET, "/subscribe") => events::subscribe(request, broker, peer, stop).await,
-        (&Method::GET, "/subscribe/websocket") => websocket(request, broker, peer, stop),
+        (&Method::POST, "/publish") => publish(request, &broker, scheme, peer).await,
+        (&Method::GET, "/subscribe") => {
+            events::subscribe(request, broker, scheme, peer, stop, abort).await
+        }
+        (&Method::GET, "/subscribe/websocket") => {
+            mist_plugin_ws::accept(&mut request, &broker, scheme, peer, &stop, &upgrades)
+                .map(|body| body.map_err(|never| match never {}).boxed_unsync())
+        }
         (_, "/ping" | "/publish" | "/subscribe" | "/subscribe/websocket") => json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),
@@ -137,97 +198,109 @@ fn header_token(request: &Request<Incoming>) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn publish(request: Request<Incoming>, broker: &Broker, peer: SocketAddr) -> Response<Body> {
-    let token = header_token(&request);
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is over {MAX_BODY} bytes"),
+/// `POST /publish`, the whole exchange bounded by the request timeout.
+async fn publish(
+    request: Request<Incoming>,
+    broker: &Broker,
+    scheme: &'static str,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let timeout = Duration::from_millis(broker.limits().request_timeout_ms);
+    tokio::time::timeout(timeout, publish_within(request, broker, scheme, peer))
+        .await
+        .unwrap_or_else(|_| {
+            json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the publish did not complete within {timeout:?}"),
             )
-        }
+        })
+}
+
+async fn publish_within(
+    request: Request<Incoming>,
+    broker: &Broker,
+    scheme: &'static str,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let token = header_token(&request);
+    let limit = usize::try_from(broker.limits().max_message_bytes).unwrap_or(usize::MAX);
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("message too large: the body is over the limit of {limit} bytes"),
+        )
+    };
+    // A body announced over the limit is refused before any of it is read.
+    let announced = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
-    let mut message = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(message)) => message,
-        Ok(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                r#"the body must be a JSON object: {"tags":[...],"data":"..."}"#,
-            )
-        }
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not JSON: {e}"),
-            )
-        }
+    let line = match publish_line(&body) {
+        Ok(line) => line,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, &why),
     };
-    // A `command` field is allowed and means nothing: this is a publish.
-    message.insert("command".into(), "publish".into());
-    let line = serde_json::Value::Object(message).to_string();
-    let session = broker.open_session(SessionInfo::new("http", peer).with_token(token));
-    let answer = reply::ask(&session, line.as_bytes()).await;
+    let session = broker.open_session(SessionInfo::new(scheme, peer).with_token(token));
+    let done = session.execute(line.as_bytes()).await;
     session.close();
-    match answer {
+    match done {
         Ok(()) => reply::empty(StatusCode::NO_CONTENT),
-        Err(refusal) => refusal.response(),
+        Err(refused) => reply::refusal(&refused),
     }
 }
 
-fn websocket(
-    mut request: Request<Incoming>,
-    broker: Broker,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> Response<Body> {
-    let is_upgrade = request
-        .headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = request
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .filter(|_| is_upgrade)
-    else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (Upgrade: websocket, Sec-WebSocket-Key)",
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let token = mist_plugin_ws::connect_token(request.headers(), request.uri());
-    let upgrading = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        match upgrading.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(mist_plugin_ws::config()),
-                )
-                .await;
-                let session = broker.open_session(SessionInfo::new("http", peer).with_token(token));
-                mist_plugin_ws::serve(socket, session, stop).await;
-            }
-            Err(e) => tracing::debug!(%peer, "WebSocket upgrade failed: {e}"),
+/// The request line for a publish body: its fields as they are, with
+/// `"command":"publish"` first (a `command` field of its own is allowed and
+/// means nothing, SPEC §4). Values are copied raw, never re-encoded: a
+/// large body costs one scan.
+fn publish_line(body: &[u8]) -> Result<String, String> {
+    let fields: BTreeMap<String, &RawValue> = match serde_json::from_slice(body) {
+        Ok(fields) => fields,
+        Err(e) if e.is_data() => {
+            return Err(r#"the body must be a JSON object: {"tags":[...],"data":"..."}"#.into())
         }
-    });
-    let mut response = reply::empty(StatusCode::SWITCHING_PROTOCOLS);
-    let headers = response.headers_mut();
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        Err(e) => return Err(format!("the body is not JSON: {e}")),
+    };
+    let mut line = String::with_capacity(body.len() + 24);
+    line.push_str(r#"{"command":"publish""#);
+    for (name, value) in fields.iter().filter(|(name, _)| *name != "command") {
+        line.push(',');
+        line.push_str(&serde_json::Value::String(name.clone()).to_string());
+        line.push(':');
+        line.push_str(value.get());
     }
-    response
+    line.push('}');
+    Ok(line)
 }
 
-/// A body of bytes known up front.
-fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_publish_body_becomes_one_publish_line() {
+        let line = publish_line(
+            br#" {"data":"x\n\"y","command":"subscribe","tags":["a","b"],"odd \"key":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"command":"publish","data":"x\n\"y","odd \"key":1,"tags":["a","b"]}"#
+        );
+        assert!(publish_line(b"[1]").unwrap_err().contains("JSON object"));
+        assert!(publish_line(b"{\"tags\":")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(publish_line(b"nope").unwrap_err().contains("not JSON"));
+    }
 }

@@ -38,6 +38,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the pool at most.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// How long the readiness check waits for `SELECT 1`.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// The plugin.
 pub struct Postgres;
 
@@ -286,6 +289,25 @@ impl Authenticator for Store {
         .await
         .map_err(|e| self.error(e))?;
         row.try_get("allowed").map_err(|e| self.error(e))
+    }
+
+    /// `SELECT 1` on a pooled connection, bounded by `CHECK_TIMEOUT`: a
+    /// database that stopped answering (not only one that refuses
+    /// connections) reads as unreachable.
+    async fn check(&self) -> Result<(), SdkError> {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(SdkError::unavailable(format!(
+                "PostgreSQL at {} is unreachable: {e}",
+                self.place
+            ))),
+            Err(_) => Err(SdkError::unavailable(format!(
+                "PostgreSQL at {} did not answer within {} ms",
+                self.place,
+                CHECK_TIMEOUT.as_millis()
+            ))),
+        }
     }
 }
 

@@ -279,6 +279,18 @@ impl Authenticator for Store {
         let held = self.run(false, move |files| files.read(&token)).await?;
         Ok(held.is_some_and(|held| tags.iter().all(|t| held.contains(t))))
     }
+
+    /// The directory is there and a file can be written in it (it was not
+    /// removed, remounted read-only or had its permissions changed).
+    async fn check(&self) -> Result<(), SdkError> {
+        self.run(false, |files| {
+            let probe = files.temp_path("check");
+            File::create(&probe)
+                .and_then(|_| fs::remove_file(&probe))
+                .map_err(|e| files.unavailable(format!("cannot write a file: {e}")))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +420,25 @@ mod tests {
             error.message.contains("cannot create the token directory"),
             "{}",
             error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn the_check_fails_while_the_directory_is_gone_and_heals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.check().await.unwrap();
+        let tokens = dir.path().join("tokens");
+        fs::remove_dir_all(&tokens).unwrap();
+        let error = store.check().await.unwrap_err();
+        assert_eq!(error.kind, mist_sdk::ErrorKind::UNAVAILABLE);
+        assert!(error.message.contains("cannot write"), "{}", error.message);
+        fs::create_dir(&tokens).unwrap();
+        store.check().await.unwrap();
+        assert_eq!(
+            fs::read_dir(&tokens).unwrap().count(),
+            0,
+            "no probe left behind"
         );
     }
 }

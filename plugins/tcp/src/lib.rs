@@ -1,5 +1,7 @@
 //! Mist's TCP listener: `tcp://host:port` serves the line protocol of the
-//! spec (one JSON object per `\n`-terminated line, both ways).
+//! spec (one JSON object per `\n`-terminated line, both ways), and
+//! `tls://host:port` the same over TLS (certificate parameters in
+//! [`mist_sdk::tls`]).
 //!
 //! It is written against [`mist_sdk`] exactly as a third-party listener
 //! would be: it moves bytes between sockets and broker sessions and knows
@@ -13,26 +15,36 @@
 //! assert_eq!(info.listeners[0].as_str(), "tcp");
 //! ```
 //!
-//! Memory per idle connection is kept small: a connection holds no read
-//! buffer while it waits (reads go into a per-thread buffer once the socket
-//! is readable) and its write buffer shrinks back after a burst.
+//! Memory per idle connection is kept small: a plain connection holds no
+//! read buffer while it waits (reads go into a per-thread buffer once the
+//! socket is readable) and its write buffer shrinks back after a burst. A
+//! TLS connection reads through rustls, which keeps buffers of its own.
+//!
+//! When the listener stops, a connection stops reading, writes out what is
+//! queued for it, and only then closes its session: the host waits for the
+//! sessions to close, up to its shutdown timeout.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
+use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 
 /// Reads are this large at most.
 const READ_CHUNK: usize = 64 * 1024;
 /// A write buffer grown past this is released after use.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+/// The read buffer of a TLS connection, which cannot use the per-thread one
+/// (rustls decrypts into it across an await).
+const TLS_READ_CHUNK: usize = 16 * 1024;
 
 /// The plugin.
 pub struct Tcp {
@@ -48,7 +60,7 @@ pub fn module() -> ModuleRef {
 impl Plugin for Tcp {
     const NAME: &'static str = "tcp";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const LISTENERS: &'static [&'static str] = &["tcp"];
+    const LISTENERS: &'static [&'static str] = &["tcp", "tls"];
 
     fn init(host: Host) -> Result<Self, SdkError> {
         Ok(Tcp {
@@ -58,42 +70,71 @@ impl Plugin for Tcp {
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
         let broker = self.broker.clone();
-        mist_sdk::net::serve_tcp(uri, move |stream, peer, stop| {
-            serve(stream, peer, broker.clone(), stop)
-        })
+        let tls = uri.starts_with("tls://");
+        let scheme = if tls { "tls" } else { "tcp" };
+        let mut listener = Serve::new(uri, &self.broker).refusal(Refusal::Line);
+        if tls {
+            listener = listener.tls(&[]);
+        }
+        listener.start(move |stream, peer, stop| serve(stream, peer, scheme, broker.clone(), stop))
     }
 }
 
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
+    scheme: &'static str,
     broker: Broker,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Replies are small and latency matters more than packet count; output
-    // is batched per drain anyway.
-    let _ = stream.set_nodelay(true);
-    let session = broker.open_session(SessionInfo::new("tcp", peer));
-    let (reader, writer) = stream.into_split();
-    let writing = tokio::spawn(write_output(session.clone(), writer));
-    tokio::select! {
-        result = read_input(&session, reader) => {
+    let session = broker.open_session(SessionInfo::new(scheme, peer));
+    let (read, writing) = match stream {
+        Stream::Plain(stream) => {
+            let (reader, writer) = stream.into_split();
+            let writing = tokio::spawn(write_output(session.clone(), writer, stop.clone()));
+            let read: ReadLoop<'_> = Box::pin(read_plain(&session, reader));
+            (read, writing)
+        }
+        Stream::Tls(stream) => {
+            let (reader, writer) = tokio::io::split(stream);
+            let writing = tokio::spawn(write_output(session.clone(), writer, stop.clone()));
+            let read: ReadLoop<'_> = Box::pin(read_stream(&session, reader));
+            (read, writing)
+        }
+    };
+    let stopped = tokio::select! {
+        result = read => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection read failed: {e}");
             }
+            false
         }
-        _ = stop.changed() => {}
+        _ = stopping(&mut stop) => true,
+        // The broker ended the session (a slow consumer): close at once,
+        // even if a write to the client is stuck.
+        () = session.closed() => {
+            writing.abort();
+            return;
+        }
+    };
+    // The client is done: queued replies are still written, then the
+    // writer ends. When the listener stops, the writer writes out what is
+    // queued first and the session closes after it.
+    if !stopped {
+        session.close();
     }
-    // Queued replies are still written before the connection closes.
-    session.close();
     let _ = writing.await;
+    session.close();
 }
+
+/// A read loop of either kind of stream, so that both fit one `select!`.
+type ReadLoop<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
 thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
-async fn read_input(session: &Session, reader: OwnedReadHalf) -> io::Result<()> {
+async fn read_plain(session: &Session, reader: OwnedReadHalf) -> io::Result<()> {
     loop {
         reader.readable().await?;
         let fed = READ_BUFFER.with(|buffer| {
@@ -118,11 +159,49 @@ async fn read_input(session: &Session, reader: OwnedReadHalf) -> io::Result<()> 
     }
 }
 
-async fn write_output(session: Session, mut writer: OwnedWriteHalf) {
+async fn read_stream<R: AsyncRead + Unpin>(session: &Session, mut reader: R) -> io::Result<()> {
+    let mut buffer = vec![0; TLS_READ_CHUNK];
+    loop {
+        match reader.read(&mut buffer).await? {
+            0 => return Ok(()),
+            n => session.feed(&buffer[..n]).await,
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn write_output<W: AsyncWrite + Unpin>(
+    session: Session,
+    mut writer: W,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buffer = RVec::new();
-    while session.output(&mut buffer).await {
-        if writer.write_all(&buffer).await.is_err() {
-            // The client is gone; its input side will notice too.
+    let mut stopped = false;
+    loop {
+        if stopped {
+            // Only what is queued now; then the session closes.
+            session.try_output(&mut buffer);
+            if buffer.is_empty() {
+                break;
+            }
+        } else {
+            tokio::select! {
+                open = session.output(&mut buffer) => if !open && buffer.is_empty() {
+                    break;
+                },
+                _ = stopping(&mut stop) => {
+                    stopped = true;
+                    continue;
+                }
+            }
+        }
+        let written = tokio::select! {
+            written = writer.write_all(&buffer) => written.is_ok(),
+            () = session.closed() => false,
+        };
+        if !written {
+            // The client is gone (its input side will notice too), or the
+            // broker ended the session while the write was stuck.
             session.close();
             return;
         }

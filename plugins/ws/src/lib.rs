@@ -1,19 +1,27 @@
 //! Mist's WebSocket listener: `ws://host:port` serves the protocol of the
 //! spec at `/subscribe/websocket` (and `/`), one JSON message per text
-//! frame, both ways.
+//! frame, both ways; `wss://host:port` the same over TLS (certificate
+//! parameters in [`mist_sdk::tls`]).
 //!
 //! Written against [`mist_sdk`] exactly as a third-party listener would be.
-//! The part that serves an upgraded connection, [`serve`], is public: the
-//! HTTP plugin upgrades `GET /subscribe/websocket` on its own port and hands
-//! the socket to it, so both ports speak exactly the same protocol.
+//! The parts that upgrade a request ([`accept`]) and serve the WebSocket
+//! ([`serve`]) are public: the HTTP plugin upgrades `GET
+//! /subscribe/websocket` on its own port with them, so both ports speak
+//! exactly the same protocol.
 //!
+//! - The handshake is an HTTP/1.1 request read by hyper, within the
+//!   broker's handshake timeout; a client that never finishes it is closed.
 //! - A token comes from the `X-AUTH-TOKEN` header or the `x-auth-token`
 //!   query parameter at upgrade time ([`connect_token`]); a missing or wrong
 //!   one still upgrades and the client is then anonymous.
-//! - A binary frame gets an error reply and the connection stays open; a
-//!   text frame that is not a protocol message is answered by the broker.
+//! - A message over the broker's message limit gets an error reply and is
+//!   skipped without being buffered; the connection stays. So does a binary
+//!   message; a text message that is not a protocol message is answered by
+//!   the broker.
 //! - Ping frames are answered with pongs; a close frame is answered and ends
-//!   the session after its queued output has been sent.
+//!   the session after its queued output has been sent. A client breaking
+//!   the framing rules is closed with status 1002.
+//! - When the broker is full, the client gets `503` and a JSON error.
 //!
 //! ```no_run
 //! // What `mist` does with it, in short:
@@ -22,20 +30,36 @@
 //! assert_eq!(info.listeners[0].as_str(), "ws");
 //! ```
 
-use std::net::SocketAddr;
+mod frames;
 
-use futures_util::{SinkExt, StreamExt};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
+use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderMap, StatusCode, Uri};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use frames::{FrameReader, Incoming as Frame, WireError};
 
 /// The header that carries a token.
 pub const TOKEN_HEADER: &str = "x-auth-token";
@@ -43,9 +67,11 @@ pub const TOKEN_HEADER: &str = "x-auth-token";
 /// on a WebSocket).
 pub const TOKEN_QUERY: &str = "x-auth-token";
 
-/// Frames larger than this close the connection; the broker's own (smaller,
-/// configurable) message limit answers anything between with an error.
-const MAX_FRAME: usize = 16 << 20;
+/// Pongs waiting to be written; a client sending pings faster than it
+/// reads loses the extra pongs, nothing else.
+const CONTROL_QUEUE: usize = 8;
+/// Bytes read from a client at a time.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The plugin.
 pub struct Ws {
@@ -61,7 +87,7 @@ pub fn module() -> ModuleRef {
 impl Plugin for Ws {
     const NAME: &'static str = "ws";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const LISTENERS: &'static [&'static str] = &["ws"];
+    const LISTENERS: &'static [&'static str] = &["ws", "wss"];
 
     fn init(host: Host) -> Result<Self, SdkError> {
         Ok(Ws {
@@ -71,17 +97,15 @@ impl Plugin for Ws {
 
     fn start_listener(&self, uri: &str) -> Result<Box<dyn Listener>, SdkError> {
         let broker = self.broker.clone();
-        mist_sdk::net::serve_tcp(uri, move |stream, peer, stop| {
-            upgrade(stream, peer, broker.clone(), stop)
-        })
+        let tls = uri.starts_with("wss://");
+        let scheme = if tls { "wss" } else { "ws" };
+        let mut listener = Serve::new(uri, &self.broker).refusal(Refusal::Http);
+        if tls {
+            listener = listener.tls(&["http/1.1"]);
+        }
+        listener
+            .start(move |stream, peer, stop| connection(stream, peer, broker.clone(), scheme, stop))
     }
-}
-
-/// The configuration every Mist WebSocket uses.
-pub fn config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME))
 }
 
 /// Whether `path` is where the WebSocket protocol is served.
@@ -101,104 +125,279 @@ pub fn connect_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
-async fn upgrade(stream: TcpStream, peer: SocketAddr, broker: Broker, stop: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let mut token = None;
-    // The signature is tungstenite's `Callback`; its error type is its own.
-    #[allow(clippy::result_large_err)]
-    let check = |request: &Request, response: Response| {
-        if !is_websocket_path(request.uri().path()) {
-            let mut refusal = ErrorResponse::new(Some(
-                r#"{"error":"no WebSocket here: connect to /subscribe/websocket"}"#.to_owned(),
-            ));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            return Err(refusal);
-        }
-        token = connect_token(request.headers(), request.uri());
-        Ok(response)
+/// Serves one connection of the ws listener: its handshake request, read
+/// within the handshake timeout, then the WebSocket.
+async fn connection(
+    stream: Stream,
+    peer: SocketAddr,
+    broker: Broker,
+    scheme: &'static str,
+    mut stop: watch::Receiver<bool>,
+) {
+    let handshake = Duration::from_millis(broker.limits().handshake_timeout_ms);
+    let upgrades = Upgrades::default();
+    let service = {
+        let (upgrades, stop) = (upgrades.clone(), stop.clone());
+        service_fn(move |mut request: Request<Incoming>| {
+            let response = if is_websocket_path(request.uri().path()) {
+                accept(&mut request, &broker, scheme, peer, &stop, &upgrades)
+            } else {
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "no WebSocket here: connect to /subscribe/websocket",
+                )
+            };
+            async move { Ok::<_, Infallible>(response) }
+        })
     };
-    let socket = match tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        check,
-        Some(config()),
-    )
-    .await
-    {
-        Ok(socket) => socket,
-        Err(e) => {
-            tracing::debug!(%peer, "WebSocket handshake failed: {e}");
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopping(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "WebSocket handshake failed: {e}");
+    }
+    upgrades.serve().await;
+}
+
+/// The WebSockets a connection's requests were upgraded to. They are served
+/// in the connection's own task once its HTTP part has ended, so that the
+/// connection keeps its place in the broker's connection limit for as long
+/// as the WebSocket is open.
+#[derive(Clone, Default)]
+pub struct Upgrades(Arc<Mutex<Vec<Upgrade>>>);
+
+/// One upgraded connection's WebSocket, waiting to be served.
+type Upgrade = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Upgrades {
+    fn push(&self, upgrade: impl Future<Output = ()> + Send + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::pin(upgrade));
+    }
+
+    /// Serves the upgraded WebSockets until they end. Await it after the
+    /// HTTP connection's future has completed.
+    pub async fn serve(self) {
+        let upgrades = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for upgrade in upgrades {
+            upgrade.await;
+        }
+    }
+}
+
+/// Answers a WebSocket handshake request: `101 Switching Protocols`, with
+/// the WebSocket then served by [`Upgrades::serve`] as a session of
+/// listener `scheme`; or a JSON error (`400`, `405`) if the request is not
+/// a valid handshake.
+pub fn accept(
+    request: &mut Request<Incoming>,
+    broker: &Broker,
+    scheme: &'static str,
+    peer: SocketAddr,
+    stop: &watch::Receiver<bool>,
+    upgrades: &Upgrades,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket handshake is a GET request",
+        );
+    }
+    let headers = request.headers();
+    let is_upgrade = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_13 = headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(key) = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade && version_13)
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+        );
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+    let token = connect_token(request.headers(), request.uri());
+    let upgrading = hyper::upgrade::on(request);
+    let (broker, stop) = (broker.clone(), stop.clone());
+    upgrades.push(async move {
+        match upgrading.await {
+            Ok(upgraded) => {
+                let limit =
+                    usize::try_from(broker.limits().max_message_bytes).unwrap_or(usize::MAX);
+                let session = broker.open_session(SessionInfo::new(scheme, peer).with_token(token));
+                serve(TokioIo::new(upgraded), session, limit, stop).await;
+            }
+            Err(e) => tracing::debug!(%peer, "WebSocket upgrade failed: {e}"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept_key) = HeaderValue::from_str(&accept_key) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept_key);
+    }
+    response
+}
+
+/// `{"error": message}` with `status`.
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves one upgraded WebSocket (`io`, after the handshake) as a broker
+/// session until either side ends it or `stop` turns true. Messages over
+/// `limit` bytes get an error reply. Output queued before the end is still
+/// sent; on `stop`, what is queued is written before the session closes.
+pub async fn serve<S>(io: S, session: Session, limit: usize, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(io);
+    let (pongs, pongs_out) = mpsc::channel(CONTROL_QUEUE);
+    let close = Arc::new(AtomicU16::new(frames::NORMAL));
+    let writing = tokio::spawn(write_output(
+        session.clone(),
+        write,
+        pongs_out,
+        stop.clone(),
+        close.clone(),
+    ));
+    let frames = FrameReader::new(BufReader::with_capacity(READ_BUFFER, read), limit);
+    let stopped = tokio::select! {
+        result = read_frames(&session, frames, limit, &pongs) => {
+            if let Err(e) = result {
+                if let WireError::Protocol(_) = e {
+                    close.store(frames::PROTOCOL_ERROR, Ordering::Relaxed);
+                }
+                tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
+            }
+            false
+        }
+        _ = stopping(&mut stop) => true,
+        // The broker ended the session (a slow consumer): close at once,
+        // even if a write to the client is stuck.
+        () = session.closed() => {
+            writing.abort();
             return;
         }
     };
-    let session = broker.open_session(SessionInfo::new("ws", peer).with_token(token));
-    serve(socket, session, stop).await;
-}
-
-/// Serves one upgraded WebSocket as a broker session until either side
-/// ends it or `stop` changes. Output queued before the end is still sent.
-pub async fn serve<S>(socket: WebSocketStream<S>, session: Session, mut stop: watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sink, frames) = socket.split();
-    let writing = tokio::spawn(write_output(session.clone(), sink));
-    tokio::select! {
-        result = read_frames(&session, frames) => {
-            if let Err(e) = result {
-                tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
-            }
-        }
-        _ = stop.changed() => {}
+    drop(pongs);
+    if !stopped {
+        session.close();
     }
-    session.close();
     let _ = writing.await;
+    session.close();
 }
 
-async fn read_frames<S>(
+async fn read_frames<R>(
     session: &Session,
-    mut frames: futures_util::stream::SplitStream<WebSocketStream<S>>,
-) -> Result<(), WsError>
+    mut frames: FrameReader<R>,
+    limit: usize,
+    pongs: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), WireError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
-    while let Some(frame) = frames.next().await {
-        match frame? {
-            Message::Text(text) => session.feed_message(text.as_bytes()).await,
-            Message::Binary(_) => session.refuse(
+    while let Some(frame) = frames.next().await? {
+        match frame {
+            Frame::Text(text) => session.feed_message(&text).await,
+            Frame::TooLarge(size) => session.refuse(&format!(
+                "message too large: {size} bytes, the limit is {limit} bytes"
+            )),
+            Frame::Binary => session.refuse(
                 "binary frames are not part of the protocol: send each JSON message as a text frame",
             ),
-            Message::Close(_) => return Ok(()),
-            // tungstenite answers pings itself, while frames are read.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Frame::Ping(payload) => {
+                let _ = pongs.try_send(payload);
+            }
+            Frame::Pong => {}
+            Frame::Close(_) => return Ok(()),
         }
     }
     Ok(())
 }
 
-async fn write_output<S>(
+async fn write_output<W>(
     session: Session,
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut writer: W,
+    mut pongs: mpsc::Receiver<Vec<u8>>,
+    mut stop: watch::Receiver<bool>,
+    close: Arc<AtomicU16>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let mut buffer = RVec::new();
-    while session.output(&mut buffer).await {
-        // The session hands over whole `\n`-terminated JSON lines; each is
-        // one text frame.
-        for line in buffer.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let text = String::from_utf8_lossy(line).into_owned();
-            if sink.feed(Message::text(text)).await.is_err() {
-                session.close();
-                return;
+    let mut output = RVec::new();
+    let mut wire = Vec::new();
+    let mut stopped = false;
+    loop {
+        if stopped {
+            // Only what is queued now; then the session closes.
+            session.try_output(&mut output);
+            if output.is_empty() {
+                close.store(frames::GOING_AWAY, Ordering::Relaxed);
+                break;
+            }
+        } else {
+            tokio::select! {
+                open = session.output(&mut output) => if !open && output.is_empty() {
+                    break;
+                },
+                Some(payload) = pongs.recv() => frames::pong_frame(&mut wire, &payload),
+                _ = stopping(&mut stop) => {
+                    stopped = true;
+                    continue;
+                }
             }
         }
-        if sink.flush().await.is_err() {
+        // Each `\n`-terminated JSON line the session handed over is one
+        // text frame.
+        for line in mist_sdk::output_lines(&output) {
+            frames::text_frame(&mut wire, line);
+        }
+        output.clear();
+        let written = tokio::select! {
+            written = writer.write_all(&wire) => written.is_ok(),
+            () = session.closed() => false,
+        };
+        if !written {
+            // The client is gone (its reading side will notice too), or
+            // the broker ended the session while the write was stuck.
             session.close();
             return;
         }
-        buffer.clear();
+        wire.clear();
+        if wire.capacity() > READ_BUFFER * 16 {
+            wire = Vec::new();
+        }
     }
-    // Sends a close frame; a client that already left makes this fail, and
-    // there is nobody left to tell.
-    let _ = sink.close().await;
+    frames::close_frame(&mut wire, close.load(Ordering::Relaxed));
+    // A client that already left makes this fail, and there is nobody left
+    // to tell.
+    let _ = writer.write_all(&wire).await;
+    let _ = writer.shutdown().await;
 }

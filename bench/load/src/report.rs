@@ -9,7 +9,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// The `--host` values, comma separated.
     pub host: String,
+    /// `tcp` or `websocket`.
+    pub transport: &'static str,
     pub publishers: usize,
     pub subscribers: usize,
     pub payload_bytes: usize,
@@ -52,7 +55,7 @@ pub struct Memory {
 }
 
 impl Latency {
-    pub(super) fn of(histogram: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Latency {
         if histogram.is_empty() {
             return Latency::default();
         }
@@ -135,8 +138,17 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "mist bench {} against {}: {} publisher(s) → {} subscriber(s), {} B payloads",
-            self.scenario, self.host, self.publishers, self.subscribers, self.payload_bytes
+            "mist bench {} against {}{}: {} publisher(s) → {} subscriber(s), {} B payloads",
+            self.scenario,
+            self.host,
+            if self.transport == "websocket" {
+                " over WebSocket"
+            } else {
+                ""
+            },
+            self.publishers,
+            self.subscribers,
+            self.payload_bytes
         )?;
         writeln!(
             f,

@@ -7,24 +7,26 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memchr::memmem;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::conn::{self, Line, Lines, REPLY_TIMEOUT};
-use super::report::{Latency, Memory, Report};
-use super::{BenchArgs, BenchError, Scenario};
+use crate::conn::{self, Buffers, Line, Lines, Writer, REPLY_TIMEOUT};
+use crate::net::{self, Endpoint, Sources};
+use crate::report::{Latency, Memory, Report};
+use crate::{BenchArgs, BenchError, Scenario};
 
 /// `~t` + 20 digits of nanoseconds + `~`: the send time at the start of
 /// every payload (the shared load tool's format too).
-pub(super) const STAMP_LEN: usize = 23;
+pub(crate) const STAMP_LEN: usize = 23;
 const STAMP_DIGITS: usize = 20;
 
 /// Connections opened at once while setting up.
 const CONNECT_PARALLELISM: usize = 128;
 /// A publisher writes once this much is buffered.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Latencies a subscriber keeps as a list before it needs a histogram
+/// (about 180 KiB each): 100,000 idle connections receive one message each.
+const SAMPLES_BEFORE_HISTOGRAM: usize = 1024;
 
 /// Who subscribes to what and what gets published.
 struct Plan {
@@ -92,38 +94,49 @@ struct Counters {
     delivered: AtomicU64,
 }
 
-pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let plan = Plan::of(args);
+    let endpoints = Endpoint::resolve_all(&args.hosts, args.websocket, args.ca.as_deref()).await?;
+    let sources = Arc::new(Sources::new(&args.source_addrs));
+    let connections = plan.subscriptions.len() + plan.publishers;
+    sources.check(&endpoints, connections)?;
+    net::raise_fd_limit(connections)?;
+    let buffers = match args.scenario {
+        Scenario::Conns => Buffers::Idle,
+        _ => Buffers::Busy,
+    };
     let base = Instant::now();
     let counters = Arc::new(Counters::default());
     let (finish, finished) = watch::channel(false);
 
-    let memory_before = args.server_pid.and_then(rss_kib);
+    let memory_before = rss_kib_sum(&args.server_pid);
     let connect_started = Instant::now();
     let mut subscribers = JoinSet::new();
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut ready = JoinSet::new();
-    for tags in plan.subscriptions.iter().cloned() {
-        let (host, token, gate) = (args.host.clone(), args.token.clone(), gate.clone());
+    for (i, tags) in plan.subscriptions.iter().cloned().enumerate() {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        let (sources, token, gate) = (sources.clone(), args.token.clone(), gate.clone());
         ready.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let (mut lines, mut write) = conn::open(&host, token.as_deref()).await?;
-            conn::subscribe(&mut lines, &mut write, &[tags]).await?;
-            Ok::<_, BenchError>((lines, write))
+            let (mut lines, mut writer) =
+                conn::open(&endpoint, sources.next(), token.as_deref(), buffers).await?;
+            conn::subscribe(&mut lines, &mut writer, &[tags]).await?;
+            Ok::<_, BenchError>((lines, writer))
         });
     }
     while let Some(joined) = ready.join_next().await {
-        let (lines, write) = joined.map_err(join_error)??;
+        let (lines, writer) = joined.map_err(join_error)??;
         subscribers.spawn(subscriber(
             lines,
-            write,
+            writer,
             base,
             counters.clone(),
             finished.clone(),
         ));
     }
     let connect_time = connect_started.elapsed();
-    let memory = match (memory_before, args.server_pid.and_then(rss_kib)) {
+    let memory = match (memory_before, rss_kib_sum(&args.server_pid)) {
         (Some(before), Some(after)) => Some(Memory {
             connections: plan.subscriptions.len(),
             kib_per_connection: after.saturating_sub(before) as f64
@@ -133,8 +146,15 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     };
 
     let mut publishers = JoinSet::new();
-    for _ in 0..plan.publishers {
-        let (lines, write) = conn::open(&args.host, args.token.as_deref()).await?;
+    for i in 0..plan.publishers {
+        let endpoint = &endpoints[i % endpoints.len()];
+        let (lines, writer) = conn::open(
+            endpoint,
+            sources.next(),
+            args.token.as_deref(),
+            Buffers::Busy,
+        )
+        .await?;
         let job = Publish {
             templates: templates(&plan.publish_tags, args.size),
             messages: plan.messages,
@@ -143,7 +163,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             base,
             counters: counters.clone(),
         };
-        publishers.spawn(job.run(lines, write));
+        publishers.spawn(job.run(lines, writer));
     }
     let progress = progress_bar(args, &plan, counters.clone());
 
@@ -164,8 +184,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let _ = finish.send(true);
 
     let mut delivered = 0;
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| BenchError::Usage(format!("histogram: {e}")))?;
+    let mut latency = histogram()?;
     let mut last_delivery = Duration::ZERO;
     while let Some(joined) = subscribers.join_next().await {
         let done = joined.map_err(join_error)??;
@@ -173,8 +192,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         errors += done.errors;
         first_error = first_error.or(done.first_error);
         last_delivery = last_delivery.max(done.last);
-        // Same bounds on both sides: adding cannot fail.
-        let _ = latency.add(&done.latency);
+        done.latency.add_to(&mut latency);
     }
     progress.finish_and_clear();
 
@@ -182,7 +200,12 @@ pub(super) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let expected = sent * plan.fan;
     Ok(Report {
         scenario: args.scenario.name(),
-        host: args.host.clone(),
+        host: args.hosts.join(","),
+        transport: if endpoints.iter().any(|e| e.ws_url.is_some()) {
+            "websocket"
+        } else {
+            "tcp"
+        },
         publishers: plan.publishers,
         subscribers: plan.subscriptions.len(),
         payload_bytes: args.size,
@@ -258,7 +281,7 @@ struct Published {
 }
 
 impl Publish {
-    async fn run(self, lines: Lines, mut write: OwnedWriteHalf) -> Result<Published, BenchError> {
+    async fn run(self, lines: Lines, mut writer: Writer) -> Result<Published, BenchError> {
         // Replies are read while publishing: a broker refusing every
         // publish would otherwise fill this connection's queue and stall it.
         let replies = tokio::spawn(publisher_replies(lines));
@@ -288,14 +311,14 @@ impl Publish {
                 write_stamp(&mut out[at..at + STAMP_DIGITS], since(self.base));
                 sent += 1;
             }
-            write.write_all(&out).await?;
+            writer.send(&out).await?;
             self.counters
                 .published
                 .fetch_add(sent - batch_start, Ordering::Relaxed);
             out.clear();
         }
         let ended = self.base.elapsed();
-        write.write_all(b"{\"command\":\"ping\"}\n").await?;
+        writer.send(b"{\"command\":\"ping\"}\n").await?;
         let (errors, first_error) = tokio::time::timeout(REPLY_TIMEOUT, replies)
             .await
             .map_err(|_| BenchError::Timeout(REPLY_TIMEOUT))?
@@ -331,9 +354,55 @@ async fn publisher_replies(mut lines: Lines) -> Result<(u64, Option<String>), Be
     }
 }
 
+/// A subscriber's latencies in microseconds: a short list, and a histogram
+/// once the list has grown.
+struct Latencies {
+    samples: Vec<u64>,
+    histogram: Option<Histogram<u64>>,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies {
+            samples: Vec::new(),
+            histogram: None,
+        }
+    }
+
+    fn record(&mut self, micros: u64) -> Result<(), BenchError> {
+        self.samples.push(micros.max(1));
+        if self.samples.len() >= SAMPLES_BEFORE_HISTOGRAM {
+            if self.histogram.is_none() {
+                self.histogram = Some(histogram()?);
+            }
+            if let Some(histogram) = &mut self.histogram {
+                for sample in self.samples.drain(..) {
+                    histogram.saturating_record(sample);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_to(&self, total: &mut Histogram<u64>) {
+        if let Some(histogram) = &self.histogram {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = total.add(histogram);
+        }
+        for &sample in &self.samples {
+            total.saturating_record(sample);
+        }
+    }
+}
+
+fn histogram() -> Result<Histogram<u64>, BenchError> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| BenchError::Usage(format!("histogram: {e}")))
+}
+
 struct Received {
     received: u64,
-    latency: Histogram<u64>,
+    latency: Latencies,
     last: Duration,
     errors: u64,
     first_error: Option<String>,
@@ -341,7 +410,7 @@ struct Received {
 
 async fn subscriber(
     mut lines: Lines,
-    mut write: OwnedWriteHalf,
+    mut writer: Writer,
     base: Instant,
     counters: Arc<Counters>,
     mut finished: watch::Receiver<bool>,
@@ -349,8 +418,7 @@ async fn subscriber(
     let stamp = memmem::Finder::new(br#""data":"~t"#);
     let mut done = Received {
         received: 0,
-        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .map_err(|e| BenchError::Usage(format!("histogram: {e}")))?,
+        latency: Latencies::new(),
         last: Duration::ZERO,
         errors: 0,
         first_error: None,
@@ -366,8 +434,7 @@ async fn subscriber(
                     batch += 1;
                     if let Some(sent) = stamp.find(line).and_then(|at| read_stamp(&line[at + 10..]))
                     {
-                        let micros = now.saturating_sub(sent) / 1000;
-                        let _ = done.latency.record(micros.max(1));
+                        done.latency.record(now.saturating_sub(sent) / 1000)?;
                     }
                 }
                 Line::Pong if asked => {
@@ -397,7 +464,7 @@ async fn subscriber(
             changed = finished.changed(), if !asked => {
                 if changed.is_err() || *finished.borrow() {
                     // Answered after every delivery already queued for us.
-                    write.write_all(b"{\"command\":\"ping\"}\n").await?;
+                    writer.send(b"{\"command\":\"ping\"}\n").await?;
                     asked = true;
                 }
             }
@@ -437,6 +504,15 @@ fn progress_bar(args: &BenchArgs, plan: &Plan, counters: Arc<Counters>) -> Progr
         }
     });
     bar
+}
+
+/// The resident memory of the processes together; `None` without any or
+/// when one cannot be read.
+fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| rss_kib(pid)).sum()
 }
 
 /// The resident memory of a process, from `/proc` (Linux).

@@ -1,0 +1,325 @@
+//! The table a run ends with: per scenario and target the median of the
+//! rounds (min–max), and Mist's figure over nats-server's. Markdown, to be
+//! pasted into BENCHMARKS.md as it is.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// The columns, in order: (target, heading).
+const COLUMNS: [(&str, &str); 4] = [
+    ("mist", "mist"),
+    ("nats", "nats-server"),
+    ("redis", "redis-server"),
+    ("raw", "raw relay"),
+];
+
+/// Reads a results.jsonl file.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// `mist-compare summary FILE`.
+pub fn print_file(path: &Path) -> anyhow::Result<()> {
+    println!("{}", table(&read(path)?));
+    Ok(())
+}
+
+/// What one row of the table reads from the results.
+#[derive(Clone, Copy)]
+enum Figure {
+    Rate,
+    Latency,
+    Memory,
+}
+
+struct Row {
+    label: String,
+    scenario: &'static str,
+    paced: bool,
+    figure: Figure,
+}
+
+/// Median, min and max.
+fn spread(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let (first, last) = (*values.first()?, *values.last()?);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    Some((median, first, last))
+}
+
+fn rows_of<'a>(
+    results: &'a [Value],
+    target: &'a str,
+    scenario: &'a str,
+    paced: bool,
+) -> impl Iterator<Item = &'a Value> {
+    results.iter().filter(move |r| {
+        r["target"] == target
+            && r["scenario"] == scenario
+            && r.get("paced").and_then(Value::as_bool).unwrap_or(false) == paced
+    })
+}
+
+fn values(results: &[Value], target: &str, row: &Row, key: &str) -> Vec<f64> {
+    rows_of(results, target, row.scenario, row.paced)
+        .filter_map(|r| r[key].as_f64())
+        .collect()
+}
+
+/// The first value of `key` in a scenario's rows: the size of the run.
+fn size_of(results: &[Value], scenario: &str, paced: bool, key: &str) -> Option<u64> {
+    results
+        .iter()
+        .filter(|r| {
+            r["scenario"] == scenario
+                && r.get("paced").and_then(Value::as_bool).unwrap_or(false) == paced
+        })
+        .find_map(|r| r[key].as_u64())
+}
+
+/// The Markdown table of `results`.
+pub fn table(results: &[Value]) -> String {
+    let count = |n: Option<u64>| n.map_or("N".to_owned(), grouped);
+    let rows = [
+        Row {
+            label: format!(
+                "fanout 1→{}, flood, delivered msgs/s",
+                count(size_of(results, "fanout", false, "subs"))
+            ),
+            scenario: "fanout",
+            paced: false,
+            figure: Figure::Rate,
+        },
+        Row {
+            label: "pair 1→1, flood, delivered msgs/s".into(),
+            scenario: "pair",
+            paced: false,
+            figure: Figure::Rate,
+        },
+        Row {
+            label: "pair 1→1, flood, latency p50 / p99".into(),
+            scenario: "pair",
+            paced: false,
+            figure: Figure::Latency,
+        },
+        Row {
+            label: format!(
+                "paced 1→{} at {} msgs/s, latency p50 / p99",
+                count(size_of(results, "fanout", true, "subs")),
+                count(size_of(results, "fanout", true, "rate"))
+            ),
+            scenario: "fanout",
+            paced: true,
+            figure: Figure::Latency,
+        },
+        Row {
+            label: format!(
+                "routing 1→{} topics, flood, delivered msgs/s",
+                count(size_of(results, "routing", false, "subs"))
+            ),
+            scenario: "routing",
+            paced: false,
+            figure: Figure::Rate,
+        },
+        Row {
+            label: format!(
+                "idle subscribed connection, broker RSS ({} on a fresh broker)",
+                count(size_of(results, "conns", false, "conns"))
+            ),
+            scenario: "conns",
+            paced: false,
+            figure: Figure::Memory,
+        },
+    ];
+    let mut out = String::new();
+    out.push_str("| scenario |");
+    for (_, heading) in COLUMNS {
+        let _ = write!(out, " {heading} |");
+    }
+    out.push_str(" mist / nats |\n|---|");
+    for _ in COLUMNS {
+        out.push_str("---|");
+    }
+    out.push_str("---|\n");
+    for row in &rows {
+        if !results.iter().any(|r| r["scenario"] == row.scenario) {
+            continue;
+        }
+        let _ = write!(out, "| {} |", row.label);
+        let mut main = Vec::new();
+        for (target, _) in COLUMNS {
+            let (cell, figure) = cell(results, target, row);
+            main.push(figure);
+            let _ = write!(out, " {cell} |");
+        }
+        let ratio = match (main[0], main[1]) {
+            (Some(mist), Some(nats)) if nats > 0.0 => match row.figure {
+                Figure::Latency => format!("p99 {:.2}×", mist / nats),
+                _ => format!("{:.2}×", mist / nats),
+            },
+            _ => "—".into(),
+        };
+        let _ = writeln!(out, " {ratio} |");
+    }
+    // Rounds: the most rows any one target has of one throughput scenario.
+    let runs = rows
+        .iter()
+        .filter(|row| !matches!(row.figure, Figure::Memory))
+        .flat_map(|row| {
+            COLUMNS.map(|(target, _)| rows_of(results, target, row.scenario, row.paced).count())
+        })
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "\nMedians of {runs} run(s) (min–max); 128-byte payloads unless the results say otherwise."
+    );
+    let short: Vec<String> = results
+        .iter()
+        .filter(|r| r["delivered_fraction"].as_f64().is_some_and(|f| f < 1.0))
+        .map(|r| {
+            format!(
+                "{} {}{} delivered {:.4}",
+                r["target"].as_str().unwrap_or("?"),
+                r["scenario"].as_str().unwrap_or("?"),
+                if r.get("paced").is_some() {
+                    " (paced)"
+                } else {
+                    ""
+                },
+                r["delivered_fraction"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    if short.is_empty() {
+        out.push_str("Every run delivered 100% of its messages.\n");
+    } else {
+        let _ = writeln!(out, "Runs that lost messages: {}.", short.join("; "));
+    }
+    out
+}
+
+/// A cell's text and the figure the ratio is taken of (rate, p99, KiB).
+fn cell(results: &[Value], target: &str, row: &Row) -> (String, Option<f64>) {
+    match row.figure {
+        Figure::Rate => match spread(values(results, target, row, "delivered_per_s")) {
+            Some((median, min, max)) => (
+                format!(
+                    "{} ({}–{})",
+                    grouped(median.round() as u64),
+                    short(min),
+                    short(max)
+                ),
+                Some(median),
+            ),
+            None => ("—".into(), None),
+        },
+        Figure::Latency => {
+            let p50 = spread(values(results, target, row, "lat_p50_us"));
+            let p99 = spread(values(results, target, row, "lat_p99_us"));
+            match (p50, p99) {
+                (Some((p50, ..)), Some((p99, ..))) => (latency(p50, p99), Some(p99)),
+                _ => ("—".into(), None),
+            }
+        }
+        Figure::Memory => match spread(values(results, target, row, "kib_per_conn")) {
+            Some((median, min, max)) if min < max => {
+                (format!("{median:.2} KiB ({min:.2}–{max:.2})"), Some(median))
+            }
+            Some((median, ..)) => (format!("{median:.2} KiB"), Some(median)),
+            None => ("—".into(), None),
+        },
+    }
+}
+
+/// `p50 / p99` in µs, or ms from 10 ms on.
+fn latency(p50_us: f64, p99_us: f64) -> String {
+    if p99_us >= 10_000.0 {
+        format!("{:.1} / {:.1} ms", p50_us / 1000.0, p99_us / 1000.0)
+    } else {
+        format!(
+            "{} / {} µs",
+            grouped(p50_us.round() as u64),
+            grouped(p99_us.round() as u64)
+        )
+    }
+}
+
+/// `5890000.0` → `5.89M`, `912000.0` → `912k`.
+fn short(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.0}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// `1234567` → `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_table_gives_medians_spreads_and_ratios() {
+        let mut results = Vec::new();
+        for (mist, nats) in [
+            (5_000_000.0, 2_000_000.0),
+            (6_000_000.0, 3_000_000.0),
+            (5_500_000.0, 2_500_000.0),
+        ] {
+            results.push(json!({"target":"mist","scenario":"fanout","subs":100,"delivered_per_s":mist,"delivered_fraction":1.0}));
+            results.push(json!({"target":"nats","scenario":"fanout","subs":100,"delivered_per_s":nats,"delivered_fraction":1.0}));
+        }
+        results.push(json!({"target":"mist","scenario":"fanout","paced":true,"subs":10,"rate":20000,"lat_p50_us":283.0,"lat_p99_us":590.0,"delivered_fraction":1.0}));
+        results.push(json!({"target":"nats","scenario":"fanout","paced":true,"subs":10,"rate":20000,"lat_p50_us":375.0,"lat_p99_us":1180.0,"delivered_fraction":0.5}));
+        results.push(json!({"target":"mist","scenario":"conns","conns":2000,"kib_per_conn":2.73}));
+        let table = table(&results);
+        assert!(table.contains("| fanout 1→100, flood, delivered msgs/s | 5,500,000 (5.00M–6.00M) | 2,500,000 (2.00M–3.00M) | — | — | 2.20× |"), "{table}");
+        assert!(table.contains("| paced 1→10 at 20,000 msgs/s, latency p50 / p99 | 283 / 590 µs | 375 / 1,180 µs | — | — | p99 0.50× |"), "{table}");
+        assert!(table.contains("2.73 KiB"), "{table}");
+        assert!(table.contains("Medians of 3 run(s)"), "{table}");
+        assert!(
+            table.contains("nats fanout (paced) delivered 0.5000"),
+            "{table}"
+        );
+        assert!(!table.contains("pair"), "{table}");
+    }
+
+    #[test]
+    fn spreads_and_numbers() {
+        assert_eq!(spread(vec![3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(vec![4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(vec![]), None);
+        assert_eq!(short(5_890_000.0), "5.89M");
+        assert_eq!(short(912_000.0), "912k");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(latency(4_700.0, 10_600.0), "4.7 / 10.6 ms");
+    }
+}

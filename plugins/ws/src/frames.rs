@@ -1,0 +1,371 @@
+//! The WebSocket wire (RFC 6455), server side: frames read from a client
+//! and frames written to it.
+//!
+//! Written here rather than taken from tungstenite because a message over
+//! the size limit must be answered and skipped, without being buffered,
+//! while the connection stays usable: tungstenite can only fail the
+//! connection once a message is too large. No extension is ever agreed
+//! (the handshake offers none), so every frame is plain.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Opcodes (RFC 6455 §5.2).
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Close codes (RFC 6455 §7.4.1).
+pub(crate) const NORMAL: u16 = 1000;
+pub(crate) const GOING_AWAY: u16 = 1001;
+pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+
+/// What a client sent: one whole message, or a control frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A text message within the limit.
+    Text(Vec<u8>),
+    /// A binary message (not part of the protocol; its bytes are skipped).
+    Binary,
+    /// A text message over the limit, skipped; how large it was.
+    TooLarge(u64),
+    /// A ping, to be answered with a pong carrying `payload`.
+    Ping(Vec<u8>),
+    /// A pong (ignored).
+    Pong,
+    /// A close frame, with its status code if it had one.
+    Close(Option<u16>),
+}
+
+/// Why the connection cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    /// Reading failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol; the connection is closed with 1002.
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// A message being received across frames.
+enum Partial {
+    Text(Vec<u8>),
+    Binary,
+    /// Over the limit: being skipped; bytes seen so far.
+    Skipping(u64),
+}
+
+/// Reads a client's frames and puts fragmented messages together, holding
+/// at most `limit` bytes of one message.
+pub(crate) struct FrameReader<R> {
+    io: R,
+    limit: u64,
+    partial: Option<Partial>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(io: R, limit: usize) -> Self {
+        FrameReader {
+            io,
+            limit: limit as u64,
+            partial: None,
+        }
+    }
+
+    /// The next message or control frame; `None` at the end of the stream.
+    pub(crate) async fn next(&mut self) -> Result<Option<Incoming>, WireError> {
+        loop {
+            let mut head = [0u8; 2];
+            match self.io.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let fin = head[0] & 0x80 != 0;
+            let opcode = head[0] & 0x0f;
+            if head[0] & 0x70 != 0 {
+                return Err(WireError::Protocol(
+                    "reserved bits set, but no extension was agreed",
+                ));
+            }
+            if head[1] & 0x80 == 0 {
+                return Err(WireError::Protocol("a client's frames must be masked"));
+            }
+            let length = match head[1] & 0x7f {
+                126 => u64::from(self.io.read_u16().await?),
+                127 => {
+                    let length = self.io.read_u64().await?;
+                    if length >> 63 != 0 {
+                        return Err(WireError::Protocol("a frame length over 2^63"));
+                    }
+                    length
+                }
+                n => u64::from(n),
+            };
+            let mut mask = [0u8; 4];
+            self.io.read_exact(&mut mask).await?;
+
+            if opcode >= CLOSE {
+                if !fin || length > 125 {
+                    return Err(WireError::Protocol(
+                        "a control frame must be one frame of at most 125 bytes",
+                    ));
+                }
+                let mut payload = vec![0; length as usize];
+                self.io.read_exact(&mut payload).await?;
+                unmask(&mut payload, mask);
+                return match opcode {
+                    CLOSE => Ok(Some(Incoming::Close(
+                        payload
+                            .get(..2)
+                            .map(|code| u16::from_be_bytes([code[0], code[1]])),
+                    ))),
+                    PING => Ok(Some(Incoming::Ping(payload))),
+                    PONG => Ok(Some(Incoming::Pong)),
+                    _ => Err(WireError::Protocol("an unknown control opcode")),
+                };
+            }
+
+            let mut partial = match (opcode, self.partial.take()) {
+                (TEXT, None) => Partial::Text(Vec::new()),
+                (BINARY, None) => Partial::Binary,
+                (CONTINUATION, Some(partial)) => partial,
+                (TEXT | BINARY, Some(_)) => {
+                    return Err(WireError::Protocol(
+                        "a new message began before the previous one ended",
+                    ))
+                }
+                (CONTINUATION, None) => {
+                    return Err(WireError::Protocol(
+                        "a continuation frame without a message",
+                    ))
+                }
+                _ => return Err(WireError::Protocol("an unknown data opcode")),
+            };
+            if let Partial::Text(text) = &partial {
+                let size = text.len() as u64 + length;
+                if size > self.limit {
+                    partial = Partial::Skipping(text.len() as u64);
+                }
+            }
+            match &mut partial {
+                Partial::Text(text) => {
+                    let start = text.len();
+                    let end = start + length as usize;
+                    // Grown as bytes arrive, never past the message's own
+                    // size: a header announcing a large frame costs nothing
+                    // until the frame's bytes do.
+                    while text.len() < end {
+                        if text.len() == text.capacity() {
+                            text.reserve_exact(text.len().max(64 * 1024).min(end - text.len()));
+                        }
+                        let room = (text.capacity() - text.len()).min(end - text.len());
+                        if (&mut self.io).take(room as u64).read_buf(text).await? == 0 {
+                            return Ok(None);
+                        }
+                    }
+                    unmask(&mut text[start..], mask);
+                }
+                Partial::Binary => self.skip(length).await?,
+                Partial::Skipping(seen) => {
+                    self.skip(length).await?;
+                    *seen += length;
+                }
+            }
+            if !fin {
+                self.partial = Some(partial);
+                continue;
+            }
+            return Ok(Some(match partial {
+                Partial::Text(text) => Incoming::Text(text),
+                Partial::Binary => Incoming::Binary,
+                Partial::Skipping(size) => Incoming::TooLarge(size),
+            }));
+        }
+    }
+
+    /// Reads and drops `length` bytes, a chunk at a time.
+    async fn skip(&mut self, length: u64) -> io::Result<()> {
+        let skipped =
+            tokio::io::copy(&mut (&mut self.io).take(length), &mut tokio::io::sink()).await?;
+        if skipped < length {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// Appends one unfragmented, unmasked server frame to `out`.
+fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// A text frame holding `text`.
+pub(crate) fn text_frame(out: &mut Vec<u8>, text: &[u8]) {
+    frame(out, TEXT, text);
+}
+
+/// A pong answering a ping with `payload`.
+pub(crate) fn pong_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    frame(out, PONG, payload);
+}
+
+/// A close frame with status `code`.
+pub(crate) fn close_frame(out: &mut Vec<u8>, code: u16) {
+    frame(out, CLOSE, &code.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A frame as a client writes it: masked.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    async fn read_all(wire: Vec<u8>, limit: usize) -> Vec<Result<Incoming, String>> {
+        let mut reader = FrameReader::new(&wire[..], limit);
+        let mut out = Vec::new();
+        loop {
+            match reader.next().await {
+                Ok(Some(incoming)) => out.push(Ok(incoming)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_messages_fragments_and_controls() {
+        let big = vec![b'x'; 70_000];
+        let mut wire = client_frame(true, TEXT, b"hello");
+        wire.extend(client_frame(false, TEXT, b"hel"));
+        wire.extend(client_frame(true, PING, b"p"));
+        wire.extend(client_frame(true, CONTINUATION, b"lo"));
+        wire.extend(client_frame(true, TEXT, &big));
+        wire.extend(client_frame(true, BINARY, b"\x00\x01"));
+        wire.extend(client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+        let got = read_all(wire, 100_000).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(Incoming::Text(b"hello".to_vec())),
+                Ok(Incoming::Ping(b"p".to_vec())),
+                Ok(Incoming::Text(b"hello".to_vec())),
+                Ok(Incoming::Text(big)),
+                Ok(Incoming::Binary),
+                Ok(Incoming::Close(Some(1000))),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn skips_a_message_over_the_limit_and_goes_on() {
+        let mut wire = client_frame(true, TEXT, &[b'a'; 200]);
+        wire.extend(client_frame(false, TEXT, &[b'b'; 60]));
+        wire.extend(client_frame(true, CONTINUATION, &[b'c'; 60]));
+        wire.extend(client_frame(true, TEXT, b"{}"));
+        let got = read_all(wire, 100).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(Incoming::TooLarge(200)),
+                Ok(Incoming::TooLarge(120)),
+                Ok(Incoming::Text(b"{}".to_vec())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_broken_frames() {
+        let mut unmasked = client_frame(true, TEXT, b"x");
+        unmasked[1] &= 0x7f;
+        let cases = [
+            (unmasked, "masked"),
+            (client_frame(false, PING, b""), "control"),
+            (client_frame(true, CONTINUATION, b"x"), "continuation"),
+            (
+                [
+                    client_frame(false, TEXT, b"a"),
+                    client_frame(true, TEXT, b"b"),
+                ]
+                .concat(),
+                "new message",
+            ),
+            (client_frame(true, 0x3, b""), "unknown"),
+            (
+                {
+                    let mut f = client_frame(true, TEXT, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                "reserved",
+            ),
+        ];
+        for (wire, expected) in cases {
+            let got = read_all(wire, 100).await;
+            let last = got.last().unwrap().as_ref().unwrap_err();
+            assert!(last.contains(expected), "{last} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn writes_frames_with_each_length_form() {
+        let mut out = Vec::new();
+        text_frame(&mut out, b"hi");
+        assert_eq!(out, b"\x81\x02hi");
+        out.clear();
+        text_frame(&mut out, &[b'x'; 300]);
+        assert_eq!(&out[..4], b"\x81\x7e\x01\x2c");
+        out.clear();
+        text_frame(&mut out, &vec![b'x'; 70_000]);
+        assert_eq!(&out[..10], b"\x81\x7f\x00\x00\x00\x00\x00\x01\x11\x70");
+        out.clear();
+        close_frame(&mut out, NORMAL);
+        assert_eq!(out, b"\x88\x02\x03\xe8");
+    }
+}
