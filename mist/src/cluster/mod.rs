@@ -286,6 +286,8 @@ pub struct ClusterFigures {
     pub malformed: u64,
     /// Backplane channels held (lingering ones included).
     pub channels: u64,
+    /// Nodes this one currently sees, itself included.
+    pub nodes: u64,
 }
 
 #[derive(Default)]
@@ -504,8 +506,13 @@ impl Cluster {
     /// other nodes, which re-check their sessions holding it. Only the
     /// token's SHA-256 is sent.
     pub fn token_changed(&self, token: &str) -> Result<(), ClusterError> {
+        self.token_digest_changed(&TokenDigest::of(token))
+    }
+
+    /// [`Cluster::token_changed`] for a token known by its SHA-256 (the
+    /// broker indexes sessions by it and no longer holds the token).
+    pub fn token_digest_changed(&self, digest: &TokenDigest) -> Result<(), ClusterError> {
         let node = &self.node;
-        let digest = TokenDigest::of(token);
         node.transport
             .publish(
                 vec![node.names.control().to_string()],
@@ -542,6 +549,7 @@ impl Cluster {
             dropped: read(&c.dropped),
             malformed: read(&c.malformed),
             channels: self.node.interest.lock().channel_count() as u64,
+            nodes: self.nodes().len() as u64,
         }
     }
 

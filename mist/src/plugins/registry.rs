@@ -198,4 +198,11 @@ impl Registry {
         schemes.sort();
         schemes
     }
+
+    /// The cluster backplane schemes provided, sorted, for error messages.
+    pub fn backplane_schemes(&self) -> Vec<String> {
+        let mut schemes: Vec<String> = self.backplanes.keys().cloned().collect();
+        schemes.sort();
+        schemes
+    }
 }
