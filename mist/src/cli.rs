@@ -119,6 +119,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "URI")]
     pub metrics_listener: Option<String>,
 
+    /// Join the cluster whose nodes share this backplane: redis://host:port
+    /// or nats://host:port (or a plugin's scheme), with ?prefix=NAME to keep
+    /// several clusters on one backplane apart. See docs/cluster.md.
+    #[arg(long, value_name = "URI")]
+    pub cluster: Option<String>,
+
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,

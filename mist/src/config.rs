@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// An extra HTTP address serving only /metrics, /healthz and /readyz.
     pub metrics_listener: Option<String>,
+    /// The cluster backplane's URI (`--cluster`), if this node is part of
+    /// a cluster.
+    pub cluster: Option<String>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
@@ -126,6 +129,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(alias = "metrics_listener")]
     metrics_listener: Option<String>,
+    cluster: Option<Secret>,
     #[serde(alias = "max_message_bytes")]
     max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
@@ -403,6 +407,7 @@ impl ServerConfig {
             tls,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics_listener: args.metrics_listener.clone().or(file.metrics_listener),
+            cluster: args.cluster.clone().or(file.cluster.map(|c| c.0)),
         })
     }
 }

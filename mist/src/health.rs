@@ -1,6 +1,6 @@
 //! `/readyz`: whether every part the broker depends on is up.
 //!
-//! Each part (a listener, the authenticator's store, and later the cluster
+//! Each part (a listener, the authenticator's store, the cluster
 //! backplane) is registered once at start-up as a [`Part`]; a readiness
 //! probe asks all of them at once, each bounded by [`CHECK_TIMEOUT`], and
 //! the answer is kept for [`CACHE_FOR`] so that a probe every few hundred
@@ -8,10 +8,9 @@
 //! most. Probes that arrive while a check runs wait for its answer instead
 //! of starting their own.
 //!
-//! More parts plug in the same way: the cluster backplane, once connected,
-//! registers a [`Part`] wrapping its `health()` with [`Health::register`];
-//! `/readyz`, `mist_ready` and `mist_check_ready{check}` then include it
-//! with nothing else to change.
+//! The cluster backplane (`--cluster`) is the part named `cluster`
+//! ([`ClusterPart`], wrapping the node's `health()`); `/readyz`,
+//! `mist_ready` and `mist_check_ready{check}` include it like the others.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -254,6 +253,32 @@ impl Part for AuthenticatorPart {
                 .into_result()
                 .map_err(|e| e.message.into_string())
         })
+    }
+}
+
+/// The cluster backplane: up while this node is connected to it. While it
+/// is down the node serves its own clients, but messages do not cross
+/// nodes, so a load balancer should prefer another node.
+pub struct ClusterPart {
+    cluster: crate::cluster::Cluster,
+}
+
+impl ClusterPart {
+    /// The part for `cluster`.
+    pub fn new(cluster: crate::cluster::Cluster) -> Self {
+        ClusterPart { cluster }
+    }
+}
+
+impl Part for ClusterPart {
+    fn name(&self) -> String {
+        "cluster".into()
+    }
+
+    fn check(&self) -> Check<'_> {
+        // A flag and the plugin's own connection state: nothing to wait for.
+        let health = self.cluster.health().map_err(|e| e.to_string());
+        Box::pin(std::future::ready(health))
     }
 }
 

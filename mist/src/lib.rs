@@ -31,10 +31,13 @@
 //! - [`tags`]: the bitset-indexed subscription matcher; no I/O.
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
+//! - [`cluster`]: the node's side of a cluster over a backplane plugin
+//!   (anchors, channel names, payloads, duplicates, heartbeats).
 
 pub mod broker;
 pub mod builtin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -228,6 +228,9 @@ impl Collector for Snapshot {
             )?;
 
         let e = &mut encoder;
+        if let Some(c) = &f.cluster {
+            encode_cluster(e, c)?;
+        }
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         ConstGauge::new(1).encode(
             e.encode_descriptor(
@@ -267,6 +270,75 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// A cluster node's figures (`docs/cluster.md`), only when it is one.
+fn encode_cluster(
+    e: &mut DescriptorEncoder<'_>,
+    c: &crate::cluster::ClusterFigures,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        e,
+        "cluster_up",
+        "1 while the cluster backplane is connected",
+        None,
+        i64::from(c.up),
+    )?;
+    gauge(
+        e,
+        "cluster_nodes",
+        "Cluster nodes this one currently sees, itself included",
+        None,
+        c.nodes,
+    )?;
+    gauge(
+        e,
+        "cluster_channels",
+        "Backplane channels this node holds",
+        None,
+        c.channels,
+    )?;
+    let counters = [
+        (
+            "cluster_messages_sent",
+            "Messages handed to the backplane for other nodes",
+            c.messages_sent,
+        ),
+        (
+            "cluster_payloads_sent",
+            "Backplane payloads (batches of messages) sent",
+            c.payloads_sent,
+        ),
+        (
+            "cluster_messages_received",
+            "Messages from other nodes delivered to local matching",
+            c.messages_received,
+        ),
+        (
+            "cluster_payloads_received",
+            "Backplane payloads received from other nodes, copies included",
+            c.payloads_received,
+        ),
+        (
+            "cluster_duplicates",
+            "Payload copies dropped because they arrived through a second channel",
+            c.duplicates,
+        ),
+        (
+            "cluster_dropped",
+            "Messages for other nodes dropped: the backplane was down or its buffer full",
+            c.dropped,
+        ),
+        (
+            "cluster_malformed",
+            "Backplane payloads refused as malformed",
+            c.malformed,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(e, name, help, None, value)?;
+    }
+    Ok(())
 }
 
 /// What the kernel says about this process.

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use mist_sdk::abi::ListenerBox;
 
 use crate::broker::{Broker, BrokerError};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::ServerConfig;
-use crate::health::{AuthenticatorPart, ListenerPart};
+use crate::health::{AuthenticatorPart, ClusterPart, ListenerPart};
 use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Registry, Source};
 
 /// Why the server could not start.
@@ -49,6 +50,25 @@ pub enum ServerError {
         /// What the plugin said.
         message: String,
     },
+    /// No loaded plugin serves the `--cluster` URI's scheme.
+    #[error("no loaded plugin provides cluster backplane {uri} (available: {available})")]
+    NoBackplane {
+        /// The URI, without credentials.
+        uri: String,
+        /// The schemes that are available.
+        available: String,
+    },
+    /// The `--cluster` URI is malformed, or the plugin refused it. (A
+    /// backplane that is merely unreachable is no error: the node starts,
+    /// serves its own clients and reports `cluster` not ready until it
+    /// connects.)
+    #[error("cannot join cluster {uri}: {message}")]
+    Cluster {
+        /// The URI, without credentials.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
     /// `--metrics-listener` is not an `http://host:port` URI.
     #[error("bad --metrics-listener {0:?}: expected http://host:port")]
     MetricsListener(String),
@@ -67,6 +87,8 @@ pub struct Server {
     /// Refreshes the readiness answer the metrics export.
     health_checks: Option<tokio::task::JoinHandle<()>>,
     listeners: Vec<(String, Arc<ListenerBox>)>,
+    /// This node's cluster, left at shutdown once connections are done.
+    cluster: Option<Cluster>,
     /// The started plugins: held for as long as the server runs.
     registry: Registry,
 }
@@ -107,10 +129,17 @@ impl Server {
             tracing::info!("admin mode on, tokens stored in {shown}");
         }
 
+        // Before any listener: no session may exist unknown to the cluster.
+        let cluster = match &config.cluster {
+            Some(uri) => Some(join_cluster(uri, &broker, &registry).await?),
+            None => None,
+        };
+
         let mut server = Server {
             health_checks: None,
             broker,
             listeners: Vec::new(),
+            cluster,
             registry,
         };
         for uri in &config.listeners {
@@ -260,6 +289,11 @@ impl Server {
             }
             tokio::time::sleep(SHUTDOWN_POLL).await;
         }
+        if let Some(cluster) = self.cluster.take() {
+            // After the connections: what they published has been handed
+            // on; the goodbye lets the other nodes drop this one at once.
+            cluster.stop();
+        }
         let mut stopping = tokio::task::JoinSet::new();
         for plugin in self.registry.plugins() {
             let (name, stop) = (plugin.name.clone(), plugin.handle.stop());
@@ -396,6 +430,54 @@ fn load_plugins(config: &ServerConfig, broker: &Broker) -> Result<Registry, Serv
         }
     }
     Ok(registry)
+}
+
+/// Joins the cluster `uri` names through the plugin serving its scheme, and
+/// makes the broker a node of it, with a `cluster` part for `/readyz`.
+async fn join_cluster(
+    uri: &str,
+    broker: &Broker,
+    registry: &Registry,
+) -> Result<Cluster, ServerError> {
+    let shown = redact(uri);
+    let failed = |message: String| ServerError::Cluster {
+        uri: shown.clone(),
+        message,
+    };
+    let config = ClusterConfig::from_uri(uri).map_err(|e| failed(e.to_string()))?;
+    let plugin = registry
+        .backplane(&config.scheme)
+        .ok_or_else(|| ServerError::NoBackplane {
+            uri: shown.clone(),
+            available: registry.backplane_schemes().join(", "),
+        })?
+        .handle
+        .clone();
+    let local = broker.cluster_local(tokio::runtime::Handle::current());
+    let open_uri = uri.to_string();
+    let cluster = Cluster::join(config, local, move |inbox| async move {
+        plugin
+            .open_backplane(open_uri.into(), inbox)
+            .await
+            .into_result()
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?;
+    if let Err(e) = broker.set_cluster(cluster.clone()) {
+        cluster.stop();
+        return Err(e.into());
+    }
+    broker
+        .health()
+        .register(Arc::new(ClusterPart::new(cluster.clone())));
+    match cluster.health() {
+        Ok(()) => tracing::info!("node {} joined cluster {shown}", cluster.node()),
+        Err(e) => tracing::warn!(
+            "node {} is serving its own clients only until cluster {shown} can be reached: {e}",
+            cluster.node()
+        ),
+    }
+    Ok(cluster)
 }
 
 fn scheme_of(uri: &str) -> &str {

@@ -456,12 +456,18 @@ pub type LoggerBox = LoggerApi_TO<RArc<()>>;
 /// A connection to a cluster backplane (Redis, NATS, ...): a transport of
 /// opaque payloads on named channels. Implemented by the sdk around a
 /// [`crate::Backplane`]. The host decides the channel names and the payload
-/// format; the plugin only moves bytes. Since sdk 0.2.
+/// format; the plugin only moves bytes. Payloads published through one
+/// connection reach every other node's inbox in publish order, across
+/// channels (the host's duplicate suppression and per-publisher order rely
+/// on it). Since sdk 0.2.
 #[sabi_trait]
 pub trait BackplaneApi: Send + Sync + 'static {
-    /// Starts receiving `channels` into the inbox. Completes once the
-    /// backplane has confirmed the subscription, so that anything published
-    /// on those channels afterwards, from any node, arrives.
+    /// Starts receiving `channels` into the inbox. The set of channels
+    /// changes at the call (a later `unsubscribe` is ordered after it); the
+    /// future completes once the backplane has confirmed the subscription,
+    /// so that anything published on those channels afterwards, from any
+    /// node, arrives. While disconnected it fails at once with
+    /// `UNAVAILABLE` and the channels are subscribed on reconnect.
     fn subscribe(&self, channels: RVec<RString>) -> FfiFuture<RResult<(), SdkError>>;
 
     /// Stops receiving `channels`. Takes effect soon; never fails loudly.
@@ -487,7 +493,8 @@ pub type BackplaneBox = BackplaneApi_TO<RBox<()>>;
 /// Since sdk 0.2.
 #[sabi_trait]
 pub trait BackplaneInboxApi: Clone + Send + Sync + 'static {
-    /// A payload arrived on `channel`. Must not block.
+    /// A payload arrived on `channel`. Must not block. Called from one
+    /// thread at a time, in arrival order; `payload` is only borrowed.
     fn receive(&self, channel: RStr<'_>, payload: RSlice<'_, u8>);
 
     /// The connection went down (`false`) or came back (`true`, after the

@@ -59,6 +59,10 @@
 //! - **custom commands**, by name (`echo`): the broker sends lines whose
 //!   `command` is one of them to [`Plugin::command`], with a
 //!   [`CommandContext`] saying who sent it and how to reply.
+//! - **cluster backplanes**, by URI scheme (`redis`): [`Plugin::open_backplane`]
+//!   returns a [`Backplane`], a transport of opaque payloads on named
+//!   channels through which several Mist nodes act as one broker; what
+//!   arrives goes to the host's [`Inbox`].
 //!
 //! # Lifecycle
 //!
@@ -142,7 +146,7 @@ pub use abi::{
     Access, BrokerStats, ListenerLimits, LogLevel, Message, PluginInfo, Readiness, SessionInfo,
 };
 pub use auth::Authenticator;
-pub use backplane::{Backplane, Inbox};
+pub use backplane::{Backplane, Confirmation, Inbox, Outbox, Outgoing};
 pub use broker::{output_lines, Broker, ConnectionPermit, Feed, Session};
 pub use command::CommandContext;
 pub use error::{ErrorKind, SdkError};

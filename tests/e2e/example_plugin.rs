@@ -174,3 +174,43 @@ fn a_missing_token_file_stops_the_start_naming_it() {
         "{log}"
     );
 }
+
+/// The example plugin's `unixgram://` backplane picked by `--cluster`'s
+/// scheme: two real nodes that load it from `plugins.toml` form a cluster
+/// (a third party's backplane, no server of its own).
+#[tokio::test]
+async fn a_stranger_backplane_joins_nodes_into_a_cluster() {
+    let library = example_library();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.toml");
+    std::fs::write(
+        &plugins,
+        format!(
+            "[[plugin]]\npath = {:?}\nrequired = true\n",
+            library.display().to_string()
+        ),
+    )
+    .unwrap();
+    let sockets = dir.path().join("cluster");
+    std::fs::create_dir(&sockets).unwrap();
+    let uri = format!("unixgram://{}", sockets.display());
+    let plugins = plugins.display().to_string();
+    let node = || MistServer::start(&["--plugins", plugins.as_str(), "--cluster", uri.as_str()]);
+    let (a, b) = (node(), node());
+    let mut subscriber = Client::connect(&a.tcp()).await;
+    let mut publisher = Client::connect(&b.tcp()).await;
+    subscriber.subscribe(&["pigeon"]).await;
+    publisher.publish(&["pigeon", "post"], "coo").await;
+    assert!(publisher.sync().await.is_empty(), "never to the publisher");
+    assert_eq!(
+        subscriber.recv().await,
+        delivery(&["pigeon", "post"], "coo")
+    );
+    let who = subscriber.request(json!({"command": "who"})).await;
+    let figures: Value = serde_json::from_str(who["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        figures["node"].as_str().map(str::len),
+        Some(16),
+        "{figures}"
+    );
+}

@@ -9,6 +9,7 @@ mod auth;
 mod bench;
 mod browser;
 mod cli;
+mod cluster;
 mod example_plugin;
 mod http;
 mod listeners;

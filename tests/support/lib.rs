@@ -6,12 +6,16 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+pub mod backplane;
 pub mod browser;
 pub mod client;
 pub mod devtools;
+pub mod nats;
 pub mod postgres;
 pub mod prometheus;
+pub mod redis;
 pub mod server;
+pub mod service;
 pub mod tls;
 pub mod web;
 

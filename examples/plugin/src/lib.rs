@@ -5,20 +5,23 @@
 //! - a listener ([`unix`]): `unix:///path/to/socket`, the line protocol over
 //!   a Unix-domain socket;
 //! - an authenticator ([`token_file`]): `tokenfile:///path/tokens.toml`,
-//!   read-only tokens from a TOML file.
+//!   read-only tokens from a TOML file;
+//! - a cluster backplane ([`datagram`]): `unixgram:///path/to/dir`, nodes on
+//!   one machine exchanging traffic over Unix datagram sockets.
 //!
 //! Build it with `cargo build --release` in this directory and name
 //! `target/release/libmist_example_plugin.so` in `plugins.toml`.
 
 pub mod commands;
+pub mod datagram;
 pub mod token_file;
 pub mod unix;
 
 use std::sync::Arc;
 
 use mist_sdk::{
-    async_trait, export_plugin, Authenticator, Broker, CommandContext, Host, Listener, Message,
-    Plugin, SdkError,
+    async_trait, export_plugin, Authenticator, Backplane, Broker, CommandContext, Host, Inbox,
+    Listener, Message, Plugin, SdkError,
 };
 
 /// The plugin: what it declares, and the broker handle its parts share.
@@ -33,6 +36,7 @@ impl Plugin for Example {
     const LISTENERS: &'static [&'static str] = &["unix"];
     const AUTHENTICATORS: &'static [&'static str] = &["tokenfile"];
     const COMMANDS: &'static [&'static str] = &["echo", "stats", "announce"];
+    const BACKPLANES: &'static [&'static str] = &["unixgram"];
 
     fn init(host: Host) -> Result<Self, SdkError> {
         Ok(Example {
@@ -50,6 +54,14 @@ impl Plugin for Example {
 
     async fn command(&self, cx: CommandContext, request: Message) -> Result<(), SdkError> {
         commands::run(&self.broker, cx, request)
+    }
+
+    async fn open_backplane(
+        &self,
+        uri: &str,
+        inbox: Inbox,
+    ) -> Result<Box<dyn Backplane>, SdkError> {
+        Ok(Box::new(datagram::open(uri, inbox)?))
     }
 }
 

@@ -40,6 +40,9 @@ pub(crate) struct Batch {
     publishes: u64,
     /// When the batch's first publish was read, for the latency histogram.
     started: Option<Instant>,
+    /// In a cluster: the open run's tags, owned, for the cluster's copy of
+    /// each publish in the run (a run's later publishes are not parsed).
+    cluster_tags: Vec<String>,
     scratch: RouteScratch,
 }
 
@@ -78,8 +81,18 @@ impl Batch {
             if let Some(text) = raw_tags.text() {
                 self.run_tags.extend_from_slice(text.as_bytes());
             }
+            if router.cluster().is_some() {
+                self.cluster_tags.clear();
+                self.cluster_tags.extend(tags.iter().map(|t| t.to_string()));
+            }
         }
         self.add_to_run(raw_data);
+        // The other nodes' copy; local delivery is this node's own (the
+        // publisher is excluded there, and never gets it back from the
+        // cluster: a node drops its own payloads).
+        if let Some(cluster) = router.cluster() {
+            cluster.publish(&self.cluster_tags, raw_data);
+        }
         Ok(())
     }
 
@@ -96,6 +109,28 @@ impl Batch {
         // Not a raw form another request could equal: no run continues it.
         self.run_tags.clear();
         self.add_to_run(raw_data);
+        if let Some(cluster) = router.cluster() {
+            cluster.publish(tags, raw_data);
+        }
+    }
+
+    /// Adds a message another node of the cluster published: matched with
+    /// no session excluded (its publisher is elsewhere) and not sent back
+    /// to the cluster. `same_tags` continues the open run (a burst on one
+    /// tag set is matched once). Not counted as a message received from a
+    /// client.
+    pub(crate) fn remote(
+        &mut self,
+        router: &Router,
+        tags: &[&str],
+        same_tags: bool,
+        raw_data: &str,
+    ) {
+        if !same_tags || self.runs.is_empty() {
+            self.start_run(router, None, RawTags::Json(None), tags);
+            self.run_tags.clear();
+        }
+        self.append(raw_data);
     }
 
     fn start_run<S: AsRef<str> + serde::Serialize>(
@@ -125,6 +160,11 @@ impl Batch {
             self.started = Some(Instant::now());
         }
         self.publishes += 1;
+        self.append(raw_data);
+    }
+
+    /// Appends a delivery to the open run, uncounted.
+    fn append(&mut self, raw_data: &str) {
         let Some(run) = self.runs.last_mut() else {
             return;
         };

@@ -16,9 +16,10 @@ use super::command::{AdminOp, Command, Refusal};
 use super::framing::Frame;
 use super::output::Output;
 use super::protocol::{self, ProtocolError, RawTags, Request};
-use super::router::{Router, SessionId, SubscribeError};
+use super::router::{Added, Router, SessionId, SubscribeError};
 use super::steps::{Checked, CustomCall, Effect, Pending};
 use super::Shared;
+use crate::cluster::Confirmation;
 
 /// A session's standing and scratch space, guarded by its input lock.
 pub(crate) struct State {
@@ -84,8 +85,10 @@ pub(crate) enum Step {
 /// What applying an effect needs next.
 pub(crate) enum Applied {
     Done,
-    /// A revocation happened while the permission was checked: check again.
-    Recheck(Pending),
+    /// Another step: a revocation happened while the permission was
+    /// checked (check again), or a granted subscribe waits for the
+    /// cluster's confirmation.
+    Then(Pending),
 }
 
 /// May this session use tags?
@@ -252,10 +255,10 @@ fn publish(
 
 fn subscribe(cx: &mut Context<'_>, tags: Vec<String>) -> Result<Step, Refusal> {
     match cx.gate() {
-        Gate::Free => {
-            add_subscription(cx, &tags)?;
-            Ok(Step::Done)
-        }
+        Gate::Free => Ok(match add_subscription(cx, &tags)? {
+            Some(confirmation) => Step::Wait(Pending::Confirm(confirmation)),
+            None => Step::Done,
+        }),
         Gate::Check(token) => Ok(Step::Wait(Pending::Check {
             token,
             op: Checked::Subscribe(tags),
@@ -264,12 +267,17 @@ fn subscribe(cx: &mut Context<'_>, tags: Vec<String>) -> Result<Step, Refusal> {
     }
 }
 
-/// Subscribing to a set held already is not an error.
-fn add_subscription(cx: &mut Context<'_>, tags: &[String]) -> Result<(), Refusal> {
+/// Subscribing to a set held already is not an error. In a cluster, returns
+/// the backplane's confirmation to wait for before the next command.
+fn add_subscription(
+    cx: &mut Context<'_>,
+    tags: &[String],
+) -> Result<Option<Confirmation>, Refusal> {
     let limit = cx.shared.limits.max_subscriptions;
     let added = cx.shared.router.write().subscribe(cx.id, tags, limit);
     match added {
-        Ok(_) | Err(SubscribeError::Gone) => Ok(()),
+        Ok(added) => Ok(added.confirmation),
+        Err(SubscribeError::Gone) => Ok(None),
         Err(SubscribeError::TooMany { limit }) => Err(Refusal::invalid(
             "subscribe",
             format!("too many subscriptions: a connection may hold {limit}"),
@@ -421,7 +429,7 @@ pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Ref
 /// check began (then it is checked again). The epoch is compared under the
 /// router's write lock, which a revocation takes after bumping it.
 fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<Applied, Refusal> {
-    let recheck = |op| Ok(Applied::Recheck(Pending::Check { token, op }));
+    let recheck = |op| Ok(Applied::Then(Pending::Check { token, op }));
     match op {
         Checked::Subscribe(tags) => {
             let limit = cx.shared.limits.max_subscriptions;
@@ -431,6 +439,10 @@ fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<
                 return recheck(Checked::Subscribe(tags));
             }
             match router.subscribe(cx.id, &tags, limit) {
+                Ok(Added {
+                    confirmation: Some(confirmation),
+                    ..
+                }) => Ok(Applied::Then(Pending::Confirm(confirmation))),
                 Ok(_) | Err(SubscribeError::Gone) => Ok(Applied::Done),
                 Err(SubscribeError::TooMany { limit }) => Err(Refusal::invalid(
                     "subscribe",

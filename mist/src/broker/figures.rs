@@ -31,6 +31,8 @@ pub struct Figures {
     pub plugin_errors: BTreeMap<String, u64>,
     /// Time from a publish being read to its deliveries being queued.
     pub publish_latency: HistogramSnapshot,
+    /// This node's cluster traffic, when it is part of a cluster.
+    pub cluster: Option<crate::cluster::ClusterFigures>,
 }
 
 /// Upper bounds of the publish-latency buckets, in seconds.

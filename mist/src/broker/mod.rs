@@ -40,7 +40,9 @@ use mist_sdk::abi::{AuthenticatorBox, BrokerBox, PluginBox};
 use mist_sdk::{BrokerStats, ListenerLimits, SdkError};
 use parking_lot::{Mutex, RwLock};
 
+use crate::cluster::{Cluster, Incoming, LocalBroker, TokenDigest};
 use access::Tokens;
+use batch::Batch;
 use memory::Memory;
 use router::{Router, SessionId};
 
@@ -142,6 +144,9 @@ pub(crate) struct Shared {
     pub(crate) plugin_errors: Mutex<BTreeMap<String, u64>>,
     /// What `/readyz` checks; parts are registered at start-up.
     pub(crate) health: Arc<crate::health::Health>,
+    /// This node's cluster, set once at start-up (`--cluster`). The router
+    /// holds it too, for the subscription and publish paths.
+    pub(crate) cluster: OnceLock<Cluster>,
 }
 
 #[derive(Default)]
@@ -180,6 +185,9 @@ pub enum BrokerError {
     /// `set_commands` was called twice.
     #[error("custom commands are already set")]
     CommandsSet,
+    /// `set_cluster` was called twice.
+    #[error("the broker is already part of a cluster")]
+    ClusterSet,
 }
 
 impl Broker {
@@ -197,6 +205,7 @@ impl Broker {
                 tokens: Tokens::default(),
                 plugin_errors: Mutex::new(BTreeMap::new()),
                 health: Arc::default(),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -217,6 +226,34 @@ impl Broker {
                 plugin: plugin.into(),
             })
             .map_err(|_| BrokerError::AuthenticatorSet)
+    }
+
+    /// What the cluster calls back into: messages from other nodes, and
+    /// their token changes. Holds the broker weakly (the cluster is the
+    /// broker's, not the other way round); `runtime` runs the re-checks a
+    /// token change asks for.
+    pub fn cluster_local(&self, runtime: tokio::runtime::Handle) -> Arc<dyn LocalBroker> {
+        Arc::new(FromCluster {
+            shared: Arc::downgrade(&self.shared),
+            runtime,
+        })
+    }
+
+    /// Makes this broker a node of `cluster`: subscriptions, publishes,
+    /// revocations and `who` go through it from now on. Call it at
+    /// start-up, before any session opens.
+    pub fn set_cluster(&self, cluster: Cluster) -> Result<(), BrokerError> {
+        self.shared
+            .cluster
+            .set(cluster.clone())
+            .map_err(|_| BrokerError::ClusterSet)?;
+        self.shared.router.write().set_cluster(cluster);
+        Ok(())
+    }
+
+    /// This node's cluster, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.shared.cluster.get()
     }
 
     /// Routes each named custom command to its plugin.
@@ -304,6 +341,7 @@ impl Shared {
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
             publish_latency: stats.publish_latency.snapshot(),
+            cluster: self.cluster.get().map(Cluster::figures),
         }
     }
 
@@ -342,14 +380,23 @@ impl Shared {
         );
     }
 
-    /// A token's tags were taken away on this node. (A cluster passes the
-    /// event on to the other nodes.)
-    pub(crate) fn token_changed(&self, _key: &access::TokenKey) {}
+    /// A token's tags were taken away on this node: a cluster passes the
+    /// event on to the other nodes, which re-check their sessions of that
+    /// token against the (shared) store.
+    pub(crate) fn token_changed(&self, key: &access::TokenKey) {
+        if let Some(cluster) = self.cluster.get() {
+            if let Err(e) = cluster.token_digest_changed(&TokenDigest(*key)) {
+                // Other nodes keep the revoked subscriptions until their
+                // sessions close: say so, an operator may need to act.
+                tracing::warn!("a token change could not be sent to the other nodes: {e}");
+            }
+        }
+    }
 
     /// The `who` reply's data.
     pub(crate) fn who(&self) -> serde_json::Value {
         let figures = self.figures();
-        serde_json::json!({
+        let mut who = serde_json::json!({
             "connections": figures.connections.values().sum::<u64>(),
             "listeners": figures.connections,
             "subscriptions": figures.subscriptions,
@@ -358,7 +405,13 @@ impl Shared {
             "dropped": figures.messages_dropped,
             "slow_consumers_disconnected": figures.slow_consumers_disconnected,
             "queue_bytes": figures.queue_bytes,
-        })
+        });
+        if let (Some(cluster), Some(map)) = (self.cluster.get(), who.as_object_mut()) {
+            let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.to_string()).collect();
+            map.insert("node".into(), cluster.node().to_string().into());
+            map.insert("nodes".into(), nodes.into());
+        }
+        who
     }
 
     pub(crate) fn stats(&self) -> BrokerStats {
@@ -388,3 +441,52 @@ pub const BUILTIN_COMMANDS: &[&str] = &[
     "unset",
     "tags",
 ];
+
+/// The broker as its cluster sees it: where messages from other nodes and
+/// their token changes arrive (from the backplane plugin's reader thread).
+struct FromCluster {
+    shared: std::sync::Weak<Shared>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LocalBroker for FromCluster {
+    fn deliver(&self, messages: &[Incoming<'_>]) {
+        let Some(shared) = self.shared.upgrade() else {
+            return; // the broker is gone: shutting down
+        };
+        let mut batch = Batch::default();
+        let mut slow = Vec::new();
+        {
+            let router = shared.router.read();
+            let mut last: Vec<&str> = Vec::new();
+            let mut tags: Vec<&str> = Vec::new();
+            for message in messages {
+                tags.clear();
+                tags.extend(message.tags.iter());
+                if tags.is_empty() || tags.len() > shared.limits.max_tags {
+                    continue; // no client could have published it here
+                }
+                let same = tags == last;
+                batch.remote(&router, &tags, same, message.data);
+                if !same {
+                    std::mem::swap(&mut last, &mut tags);
+                }
+            }
+            batch.flush(&router, &shared, &mut slow);
+        }
+        for session in slow {
+            shared.evict_slow(session);
+        }
+    }
+
+    fn token_changed(&self, digest: &TokenDigest) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let key = digest.0;
+        // The store is asked on the host's runtime: the caller is the
+        // plugin's reader, which must not wait.
+        self.runtime
+            .spawn(async move { shared.recheck(&key).await });
+    }
+}

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::cluster::{Cluster, Confirmation};
 use crate::tags::{Index, MatchScratch};
 
 use super::output::Output;
@@ -62,8 +63,25 @@ pub(crate) enum SubscribeError {
     TooMany { limit: usize },
 }
 
+/// A subscription the router took.
+pub(crate) struct Added {
+    /// The session did not hold that set already. (Only the tests read it:
+    /// the callers need only the confirmation, but the router's contract
+    /// is checked through it.)
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) new: bool,
+    /// In a cluster, when the set needed a backplane subscription not yet
+    /// confirmed: the session's next command waits for it (the ping
+    /// barrier holds across nodes).
+    pub(crate) confirmation: Option<Confirmation>,
+}
+
 pub(crate) struct Router {
     index: Index,
+    /// This node's cluster, if any. Every change to the subscriptions is
+    /// passed on to it here, under the router's write lock, so the
+    /// cluster's reference counts change in the same order as the index.
+    cluster: Option<Cluster>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     open: usize,
@@ -87,11 +105,23 @@ impl Router {
     pub(crate) fn new() -> Self {
         Router {
             index: Index::new(),
+            cluster: None,
             slots: Vec::new(),
             free: Vec::new(),
             open: 0,
             per_listener: BTreeMap::new(),
         }
+    }
+
+    /// Passes every subscription change from now on to `cluster`. Set at
+    /// start-up, before any session exists.
+    pub(crate) fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
+    }
+
+    /// This node's cluster, if any.
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// Registers a session; `make` receives its id and builds its output.
@@ -150,6 +180,12 @@ impl Router {
             return false;
         };
         slot.generation = slot.generation.wrapping_add(1);
+        if let Some(cluster) = &self.cluster {
+            // Only in a cluster: listing the session's sets costs a walk of them.
+            for set in self.index.subscriptions(id.index) {
+                cluster.unsubscribe(&set);
+            }
+        }
         self.index.remove_session(id.index);
         self.free.push(id.index);
         self.open -= 1;
@@ -162,27 +198,36 @@ impl Router {
         true
     }
 
-    /// Adds a subscription. `Ok(false)` when the session holds that exact
+    /// Adds a subscription. Not `new` when the session holds that exact
     /// set already (not an error, and not counted against the limit).
     pub(crate) fn subscribe<S: AsRef<str>>(
         &mut self,
         id: SessionId,
         tags: &[S],
         limit: usize,
-    ) -> Result<bool, SubscribeError> {
+    ) -> Result<Added, SubscribeError> {
         if self.entry(id).is_none() {
             return Err(SubscribeError::Gone);
         }
         if self.index.held(id.index) >= limit && !self.index.holds(id.index, tags) {
             return Err(SubscribeError::TooMany { limit });
         }
-        Ok(self.index.subscribe(id.index, tags))
+        let new = self.index.subscribe(id.index, tags);
+        let confirmation = match &self.cluster {
+            Some(cluster) if new => cluster.subscribe(tags),
+            _ => None,
+        };
+        Ok(Added { new, confirmation })
     }
 
     /// Removes exactly the set `tags`; `false` if it was not held (or the
     /// session is gone).
     pub(crate) fn unsubscribe<S: AsRef<str>>(&mut self, id: SessionId, tags: &[S]) -> bool {
-        self.entry(id).is_some() && self.index.unsubscribe(id.index, tags)
+        let removed = self.entry(id).is_some() && self.index.unsubscribe(id.index, tags);
+        if let (true, Some(cluster)) = (removed, &self.cluster) {
+            cluster.unsubscribe(tags);
+        }
+        removed
     }
 
     /// The session's subscriptions, sorted (see [`Index::subscriptions`]).
@@ -207,6 +252,9 @@ impl Router {
             .collect();
         for set in &removed {
             self.index.unsubscribe(id.index, set);
+            if let Some(cluster) = &self.cluster {
+                cluster.unsubscribe(set);
+            }
         }
         removed
     }
@@ -277,7 +325,7 @@ mod tests {
         assert_eq!(first.index, second.index, "the slot is reused");
         assert_ne!(first, second);
         assert_eq!(
-            router.subscribe(first, &["secret"], 10),
+            router.subscribe(first, &["secret"], 10).map(|a| a.new),
             Err(SubscribeError::Gone),
             "a stale id cannot subscribe on behalf of the slot's new session"
         );
@@ -291,15 +339,13 @@ mod tests {
     fn subscriptions_per_session_are_capped_but_repeats_are_free() {
         let mut router = Router::new();
         let id = open(&mut router, "tcp");
-        assert_eq!(router.subscribe(id, &["a"], 2), Ok(true));
-        assert_eq!(router.subscribe(id, &["b"], 2), Ok(true));
-        assert_eq!(router.subscribe(id, &["a"], 2), Ok(false));
-        assert_eq!(
-            router.subscribe(id, &["c"], 2),
-            Err(SubscribeError::TooMany { limit: 2 })
-        );
+        let mut subscribe = |tags: &[&str]| router.subscribe(id, tags, 2).map(|a| a.new);
+        assert_eq!(subscribe(&["a"]), Ok(true));
+        assert_eq!(subscribe(&["b"]), Ok(true));
+        assert_eq!(subscribe(&["a"]), Ok(false));
+        assert_eq!(subscribe(&["c"]), Err(SubscribeError::TooMany { limit: 2 }));
         assert!(router.unsubscribe(id, &["a"]));
-        assert_eq!(router.subscribe(id, &["c"], 2), Ok(true));
+        assert_eq!(router.subscribe(id, &["c"], 2).map(|a| a.new), Ok(true));
     }
 
     #[test]

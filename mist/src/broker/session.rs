@@ -322,7 +322,7 @@ impl Session {
             let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
             match commands::apply(&mut cx, effect)? {
                 Applied::Done => return Ok(()),
-                Applied::Recheck(again) => pending = again,
+                Applied::Then(next) => pending = next,
             }
         }
     }

@@ -21,6 +21,7 @@ use super::output::Output;
 use super::protocol;
 use super::router::SessionId;
 use super::{CommandRoute, Shared};
+use crate::cluster::Confirmation;
 
 /// A command waiting on the token store or a plugin.
 pub(crate) enum Pending {
@@ -40,6 +41,11 @@ pub(crate) enum Pending {
     },
     /// Boxed: a message is large and custom commands are rare.
     Custom(Box<CustomCall>),
+    /// In a cluster: a new subscription's backplane channel, until the
+    /// backplane confirmed it (bounded by the cluster's confirmation
+    /// timeout). The session's next command, its `ping`, waits for it: the
+    /// ping barrier across nodes.
+    Confirm(Confirmation),
 }
 
 /// A custom command on its way to its plugin.
@@ -103,6 +109,15 @@ impl Pending {
         session: SessionId,
         output: &Arc<Output>,
     ) -> Effect {
+        if let Pending::Confirm(confirmation) = self {
+            // Refused or late only means cross-node delivery is not live
+            // yet (the backplane is down): the local subscription stands,
+            // and the cluster subscribes the channel when it is back.
+            if let Err(e) = confirmation.await {
+                tracing::debug!(session = %session, "subscribed without the cluster's confirmation: {e}");
+            }
+            return Effect::Nothing;
+        }
         if let Pending::Custom(call) = self {
             let CustomCall {
                 route,
@@ -153,7 +168,7 @@ impl Pending {
                 }
             }
             Pending::Admin { op, token, tags } => admin(shared, op, token, tags).await,
-            Pending::Custom(_) => Effect::Nothing,
+            Pending::Custom(_) | Pending::Confirm(_) => Effect::Nothing,
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct Registry {
     plugins: Vec<Arc<LoadedPlugin>>,
     listeners: HashMap<String, usize>,
     authenticators: HashMap<String, usize>,
+    backplanes: HashMap<String, usize>,
     commands: HashMap<String, usize>,
 }
 
@@ -89,6 +90,7 @@ impl Registry {
         for (kind, schemes, taken) in [
             ("listener", &info.listeners, &self.listeners),
             ("authenticator", &info.authenticators, &self.authenticators),
+            ("backplane", &info.backplanes, &self.backplanes),
         ] {
             for scheme in schemes {
                 if let Some(&other) = taken.get(scheme.as_str()) {
@@ -125,6 +127,7 @@ impl Registry {
                 &info.authenticators,
                 &mut self.authenticators,
             ),
+            ("backplane", &info.backplanes, &mut self.backplanes),
         ] {
             for scheme in schemes {
                 if map.insert(scheme.to_string(), index).is_some() {
@@ -152,6 +155,11 @@ impl Registry {
     /// The plugin providing authenticators of `scheme`.
     pub fn authenticator(&self, scheme: &str) -> Option<&LoadedPlugin> {
         self.authenticators.get(scheme).map(|&i| &*self.plugins[i])
+    }
+
+    /// The plugin serving cluster backplanes of `scheme`.
+    pub fn backplane(&self, scheme: &str) -> Option<&LoadedPlugin> {
+        self.backplanes.get(scheme).map(|&i| &*self.plugins[i])
     }
 
     /// Where each custom command goes, for the broker.
@@ -187,6 +195,13 @@ impl Registry {
     /// The authenticator schemes provided, sorted, for error messages.
     pub fn authenticator_schemes(&self) -> Vec<String> {
         let mut schemes: Vec<String> = self.authenticators.keys().cloned().collect();
+        schemes.sort();
+        schemes
+    }
+
+    /// The cluster backplane schemes provided, sorted, for error messages.
+    pub fn backplane_schemes(&self) -> Vec<String> {
+        let mut schemes: Vec<String> = self.backplanes.keys().cloned().collect();
         schemes.sort();
         schemes
     }

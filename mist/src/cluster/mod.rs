@@ -1,0 +1,794 @@
+//! The node's side of a cluster: several Mist nodes started with the same
+//! `--cluster URI` act as one broker by exchanging traffic through a
+//! backplane plugin (Redis, NATS). `docs/cluster.md` explains the design,
+//! its guarantees and its costs; in short:
+//!
+//! - **Routing by interest.** Each distinct tag set held by a local
+//!   subscription has an anchor, one of its tags ([`interest`]); the node
+//!   subscribes to the backplane channel of each anchor ([`channel`]). A
+//!   publish of tag set T is sent to the channel of every tag in T, so it
+//!   reaches every node with a subscription S ⊆ T (S's anchor is in T), and
+//!   no other node except through hash collisions.
+//! - **Exactly once, in order.** Receivers drop the copies that arrive
+//!   through several anchors by a per-origin sequence number ([`peers`]) and
+//!   hand the rest to the broker's exact local match; one publishing and
+//!   one subscribing connection per node keep each publisher's order.
+//! - **Batching.** Consecutive messages for the same channels travel as one
+//!   payload ([`outbound`], [`wire`]); the flusher takes whatever
+//!   accumulated while it was busy.
+//! - **Control channel.** Heartbeats (for `who`'s `nodes`), token changes
+//!   (the SHA-256 of the token, never the token) and goodbyes.
+//!
+//! Nothing here blocks: the backplane's `publish` queues, and inbound
+//! payloads are delivered to the broker from the plugin's reader.
+//!
+//! # The interface to the broker
+//!
+//! ```no_run
+//! # async fn demo(open: impl FnOnce(mist_sdk::abi::BackplaneInboxBox) -> std::future::Ready<Result<mist_sdk::abi::BackplaneBox, mist_sdk::SdkError>>) -> Result<(), mist::cluster::ClusterError> {
+//! use std::sync::Arc;
+//! use mist::cluster::{Cluster, ClusterConfig, Incoming, LocalBroker, TokenDigest};
+//!
+//! struct Local;
+//! impl LocalBroker for Local {
+//!     fn deliver(&self, messages: &[Incoming<'_>]) { /* exact local match, no session excluded */ }
+//!     fn token_changed(&self, digest: &TokenDigest) { /* re-check sessions with this token */ }
+//! }
+//!
+//! let config = ClusterConfig::from_uri("redis://127.0.0.1:6379?prefix=app")?;
+//! let cluster = Cluster::join(config, Arc::new(Local), open).await?;
+//! if let Some(confirmed) = cluster.subscribe(&["a", "b"]) {
+//!     let _ = confirmed.await; // before answering the session's next ping
+//! }
+//! cluster.publish(&["a", "b", "c"], "\"data\""); // after local delivery
+//! cluster.unsubscribe(&["a", "b"]);
+//! println!("{} sees {:?}", cluster.node(), cluster.nodes());
+//! cluster.stop();
+//! # Ok(()) }
+//! ```
+
+pub mod channel;
+pub mod interest;
+pub mod outbound;
+pub mod peers;
+pub mod transport;
+pub mod wire;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
+use mist_sdk::abi::{BackplaneBox, BackplaneInboxBox};
+use mist_sdk::SdkError;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use channel::{Channels, DEFAULT_PREFIX};
+pub use transport::{ClusterInbox, Transport};
+pub use wire::{Incoming, Tags};
+
+use interest::{canonical, Interest, Sketch};
+use outbound::{Outbound, Run};
+use peers::Peers;
+
+/// How long an unused channel stays subscribed before it is unsubscribed.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+/// How often a node says it is alive.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a subscription's confirmation may take before the subscribe
+/// is answered anyway.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong in the cluster layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The `--cluster` URI or a setting is malformed.
+    #[error("{0}")]
+    Config(String),
+    /// The backplane plugin could not open the connection.
+    #[error("opening the cluster backplane failed: {0}")]
+    Open(String),
+    /// The backplane is down (or refused): cross-node traffic is dropped.
+    #[error("the cluster backplane is unavailable: {0}")]
+    Unavailable(String),
+    /// The backplane did not confirm a subscription in time.
+    #[error("the cluster backplane did not confirm a subscription within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The node's cluster settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The backplane's URI, handed to the plugin unchanged.
+    pub uri: String,
+    /// Its scheme: which plugin serves it (`redis`, `nats`).
+    pub scheme: String,
+    /// Channel names start with it (the URI's `prefix`, default `mist`):
+    /// clusters sharing one Redis or NATS keep apart by prefix.
+    pub prefix: String,
+    /// How long an unused channel stays subscribed.
+    pub linger: Duration,
+    /// How often the node sends a heartbeat.
+    pub heartbeat: Duration,
+    /// How long a subscribe waits for the backplane's confirmation.
+    pub confirm_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Reads `scheme://...[?prefix=NAME]`; the rest of the URI is the
+    /// plugin's. Never echoes the URI (it may hold a password).
+    pub fn from_uri(uri: &str) -> Result<ClusterConfig, ClusterError> {
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
+            ClusterError::Config(
+                "the cluster URI must look like redis://host:port or nats://host:port".into(),
+            )
+        })?;
+        let valid_scheme = !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
+        if !valid_scheme {
+            return Err(ClusterError::Config(
+                "the cluster URI's scheme is malformed".into(),
+            ));
+        }
+        let mut prefix = DEFAULT_PREFIX.to_string();
+        if let Some((_, query)) = rest.split_once('?') {
+            for pair in query.split('&') {
+                if let Some(value) = pair.strip_prefix("prefix=") {
+                    prefix = value.to_string();
+                }
+            }
+        }
+        Channels::new(&prefix)?;
+        Ok(ClusterConfig {
+            uri: uri.to_string(),
+            scheme: scheme.to_ascii_lowercase(),
+            prefix,
+            linger: DEFAULT_LINGER,
+            heartbeat: DEFAULT_HEARTBEAT,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+        })
+    }
+}
+
+/// A node's identity: random at each start (a restarted node is a new
+/// node, with a new sequence), shown as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// A fresh random id (std's randomly keyed hasher over the time and
+    /// the process id).
+    pub fn random() -> NodeId {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        hasher.write_u128(now);
+        hasher.write_u32(std::process::id());
+        NodeId(hasher.finish())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The SHA-256 of a token: what crosses the backplane when a token's tags
+/// change, so the token itself never does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> TokenDigest {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest(")?;
+        for byte in &self.0[..4] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// What the node needs from its broker. Called from the backplane's reader
+/// thread; neither may block.
+pub trait LocalBroker: Send + Sync + 'static {
+    /// Messages published on another node, in their publisher's order:
+    /// match each exactly against the local subscriptions and deliver it
+    /// (no session is excluded: the publisher is elsewhere). `data` is one
+    /// JSON string token, checked.
+    fn deliver(&self, messages: &[Incoming<'_>]);
+
+    /// A token's tags changed on another node: re-check the sessions whose
+    /// token has this SHA-256 (revocation).
+    fn token_changed(&self, digest: &TokenDigest);
+}
+
+/// Completes once the backplane confirmed the channel a new interest
+/// needed (or failed: the backplane is down, or did not answer within the
+/// confirmation timeout). Cheap to clone; every clone sees the same result.
+#[derive(Clone)]
+pub struct Confirmation(Shared<BoxFuture<'static, Result<(), ClusterError>>>);
+
+impl Confirmation {
+    /// A clone if it may not have completed yet (`Shared` only records the
+    /// result once someone polled it: peek at the task's end by polling
+    /// once without a waker of interest).
+    fn pending(&self) -> Option<Confirmation> {
+        if self.0.peek().is_some() {
+            return None;
+        }
+        match self.clone().now_or_never() {
+            Some(_) => None,
+            None => Some(self.clone()),
+        }
+    }
+}
+
+impl Future for Confirmation {
+    type Output = Result<(), ClusterError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_unpin(cx)
+    }
+}
+
+/// The node's figures, for `who` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// Whether the backplane is connected.
+    pub up: bool,
+    /// Messages handed to the backplane.
+    pub messages_sent: u64,
+    /// Payloads (batches) handed to the backplane.
+    pub payloads_sent: u64,
+    /// Messages from other nodes delivered to the broker.
+    pub messages_received: u64,
+    /// Payloads from other nodes, copies included.
+    pub payloads_received: u64,
+    /// Copies dropped because they arrived through a second anchor.
+    pub duplicates: u64,
+    /// Messages not sent: the backplane was down or its buffer full.
+    pub dropped: u64,
+    /// Payloads refused as malformed.
+    pub malformed: u64,
+    /// Backplane channels held (lingering ones included).
+    pub channels: u64,
+    /// Nodes this one currently sees, itself included.
+    pub nodes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_sent: AtomicU64,
+    payloads_sent: AtomicU64,
+    messages_received: AtomicU64,
+    payloads_received: AtomicU64,
+    duplicates: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// This node in the cluster. Cheap to clone; call [`Cluster::stop`] at
+/// shutdown (its tasks hold it until then).
+#[derive(Clone)]
+pub struct Cluster {
+    node: Arc<Node>,
+}
+
+struct Node {
+    id: NodeId,
+    config: ClusterConfig,
+    names: Channels,
+    local: Arc<dyn LocalBroker>,
+    transport: Arc<dyn Transport>,
+    up: AtomicBool,
+    stopped: AtomicBool,
+    /// Lock order: `interest`, then `sketch`.
+    interest: Mutex<Interest<Confirmation>>,
+    sketch: Mutex<Sketch>,
+    outbound: Mutex<Outbound>,
+    /// Wakes the flusher; `notify_one` keeps a permit, so a publish made
+    /// while it is busy is not missed.
+    flush: Notify,
+    /// The last messages payload's sequence number (only the flusher
+    /// writes it, in send order).
+    sequence: AtomicU64,
+    peers: Mutex<Peers>,
+    counters: Counters,
+    /// Messages dropped in the current outage, for the log.
+    dropped_in_outage: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime the node's tasks run on: the broker may call in from
+    /// threads of another runtime (a listener plugin's own), where
+    /// `tokio::spawn` would find none.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Cluster {
+    /// Opens the backplane with `open` (the plugin's `open_backplane`,
+    /// given the node's inbox) and joins: see [`Cluster::start`].
+    pub async fn join<F, Fut>(
+        config: ClusterConfig,
+        local: Arc<dyn LocalBroker>,
+        open: F,
+    ) -> Result<Cluster, ClusterError>
+    where
+        F: FnOnce(BackplaneInboxBox) -> Fut,
+        Fut: Future<Output = Result<BackplaneBox, SdkError>>,
+    {
+        let inbox = ClusterInbox::new();
+        let backplane = open(inbox.abi())
+            .await
+            .map_err(|e| ClusterError::Open(e.message.into_string()))?;
+        Cluster::start(config, local, Arc::new(backplane), inbox).await
+    }
+
+    /// Joins the cluster over `transport`, whose traffic arrives at
+    /// `inbox`: subscribes the control channel (waiting for its
+    /// confirmation, bounded; a backplane that is down is no error: the
+    /// node serves its own clients until it returns), sends a first
+    /// heartbeat and starts the flusher and heartbeat tasks. Call it inside
+    /// a tokio runtime.
+    pub async fn start(
+        config: ClusterConfig,
+        local: Arc<dyn LocalBroker>,
+        transport: Arc<dyn Transport>,
+        inbox: ClusterInbox,
+    ) -> Result<Cluster, ClusterError> {
+        let names = Channels::new(&config.prefix)?;
+        let node = Arc::new(Node {
+            id: NodeId::random(),
+            up: AtomicBool::new(transport.health().is_ok()),
+            config,
+            names,
+            local,
+            transport,
+            stopped: AtomicBool::new(false),
+            interest: Mutex::new(Interest::default()),
+            sketch: Mutex::new(Sketch::default()),
+            outbound: Mutex::new(Outbound::default()),
+            flush: Notify::new(),
+            sequence: AtomicU64::new(0),
+            peers: Mutex::new(Peers::default()),
+            counters: Counters::default(),
+            dropped_in_outage: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        inbox.attach(&node);
+        let control = node
+            .transport
+            .subscribe(vec![node.names.control().to_string()]);
+        match tokio::time::timeout(node.config.confirm_timeout, control).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cluster control channel not confirmed yet: {e}"),
+            Err(_) => tracing::warn!("cluster control channel not confirmed in time"),
+        }
+        node.heartbeat();
+        let flusher = node.runtime.spawn(node.clone().flusher());
+        let heartbeats = node.runtime.spawn(node.clone().heartbeats());
+        node.tasks.lock().extend([flusher, heartbeats]);
+        tracing::info!(
+            "node {} joined the cluster over {}:// (prefix {})",
+            node.id,
+            node.config.scheme,
+            node.config.prefix
+        );
+        Ok(Cluster { node })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node.id
+    }
+
+    /// The nodes this one currently sees (heard within three heartbeats),
+    /// itself included, sorted.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .node
+            .peers
+            .lock()
+            .alive(Instant::now(), self.node.config.heartbeat)
+            .into_iter()
+            .map(NodeId)
+            .collect();
+        nodes.push(self.node.id);
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// A local session now holds a subscription to `tags`. When that needed
+    /// a backplane subscription not yet confirmed, returns its
+    /// confirmation: await it (bounded) before answering the session's
+    /// next command, so that the ping barrier holds across nodes. The
+    /// result only says whether cross-node delivery is live; the local
+    /// subscription stands either way.
+    pub fn subscribe<S: AsRef<str>>(&self, tags: &[S]) -> Option<Confirmation> {
+        if tags.is_empty() {
+            return None;
+        }
+        let node = &self.node;
+        let mut interest = node.interest.lock();
+        let sketch = node.sketch.lock();
+        // Under the lock: subscribes and unsubscribes reach the plugin in
+        // the order the interest changed.
+        let added = interest.add(canonical(tags), &node.names, &sketch, |channel| {
+            node.confirm(channel)
+        });
+        let channel = match added {
+            interest::Added::Held { channel }
+            | interest::Added::Revived { channel }
+            | interest::Added::New { channel } => channel,
+        };
+        interest
+            .channel(&channel)
+            .and_then(|held| held.attached.pending())
+    }
+
+    /// A local session no longer holds a subscription to `tags` (exactly
+    /// that set). Its channel, once unused, is unsubscribed after the
+    /// linger.
+    pub fn unsubscribe<S: AsRef<str>>(&self, tags: &[S]) {
+        let lingering = self.node.interest.lock().remove(&canonical(tags));
+        if let Some((channel, generation)) = lingering {
+            let node = self.node.clone();
+            self.node.runtime.clone().spawn(async move {
+                tokio::time::sleep(node.config.linger).await;
+                let mut interest = node.interest.lock();
+                if interest.reap(&channel, generation) {
+                    node.transport.unsubscribe(vec![channel]);
+                }
+            });
+        }
+    }
+
+    /// A message was published on this node (and delivered locally,
+    /// without its publisher): send it to the nodes with a matching
+    /// interest. `data` is one JSON string token. Never waits; while the
+    /// backplane is down the message is dropped and counted.
+    pub fn publish<S: AsRef<str>>(&self, tags: &[S], data: &str) {
+        let node = &self.node;
+        if tags.is_empty() {
+            return;
+        }
+        if !node.up.load(Ordering::Relaxed) {
+            node.dropped(1, "the backplane is down");
+            return;
+        }
+        let (accepted, was_empty) = {
+            let mut outbound = node.outbound.lock();
+            let was_empty = outbound.is_empty();
+            (outbound.push(tags, data, &node.names), was_empty)
+        };
+        if !accepted {
+            node.dropped(1, "the outgoing queue is full");
+        } else if was_empty {
+            node.flush.notify_one();
+        }
+    }
+
+    /// A token's tags changed here (`unset`, `unregister`, `set`): tell the
+    /// other nodes, which re-check their sessions holding it. Only the
+    /// token's SHA-256 is sent.
+    pub fn token_changed(&self, token: &str) -> Result<(), ClusterError> {
+        self.token_digest_changed(&TokenDigest::of(token))
+    }
+
+    /// [`Cluster::token_changed`] for a token known by its SHA-256 (the
+    /// broker indexes sessions by it and no longer holds the token).
+    pub fn token_digest_changed(&self, digest: &TokenDigest) -> Result<(), ClusterError> {
+        let node = &self.node;
+        node.transport
+            .publish(
+                vec![node.names.control().to_string()],
+                wire::token_changed(node.id.0, &digest.0),
+            )
+            .map_err(|e| ClusterError::Unavailable(e.message.into_string()))
+    }
+
+    /// `Ok` while the backplane is connected; why not otherwise (for
+    /// `/readyz`).
+    pub fn health(&self) -> Result<(), ClusterError> {
+        self.node
+            .transport
+            .health()
+            .map_err(|e| ClusterError::Unavailable(e.message.into_string()))?;
+        if self.node.up.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(ClusterError::Unavailable("reconnecting".into()))
+        }
+    }
+
+    /// The node's figures.
+    pub fn figures(&self) -> ClusterFigures {
+        let c = &self.node.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ClusterFigures {
+            up: self.node.up.load(Ordering::Relaxed),
+            messages_sent: read(&c.messages_sent),
+            payloads_sent: read(&c.payloads_sent),
+            messages_received: read(&c.messages_received),
+            payloads_received: read(&c.payloads_received),
+            duplicates: read(&c.duplicates),
+            dropped: read(&c.dropped),
+            malformed: read(&c.malformed),
+            channels: self.node.interest.lock().channel_count() as u64,
+            nodes: self.nodes().len() as u64,
+        }
+    }
+
+    /// Leaves the cluster: says goodbye (other nodes drop it from `nodes`
+    /// at once), stops the tasks and disconnects. Idempotent.
+    pub fn stop(&self) {
+        let node = &self.node;
+        if node.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let runs = node.outbound.lock().take();
+        node.send(runs);
+        let _ = node.transport.publish(
+            vec![node.names.control().to_string()],
+            wire::leaving(node.id.0),
+        );
+        for task in node.tasks.lock().drain(..) {
+            task.abort();
+        }
+        node.transport.stop();
+        tracing::info!("node {} left the cluster", node.id);
+    }
+}
+
+impl Node {
+    /// Subscribes `channel` on the backplane. The wait runs in a task on
+    /// the node's runtime (so it completes, and is logged, whether or not
+    /// anyone awaits it); the confirmation only awaits that task, which any
+    /// executor can do.
+    fn confirm(&self, channel: &str) -> Confirmation {
+        let confirmed = self.transport.subscribe(vec![channel.to_string()]);
+        let limit = self.config.confirm_timeout;
+        let channel = channel.to_string();
+        let waiting = self.runtime.spawn(async move {
+            let result = match tokio::time::timeout(limit, confirmed).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ClusterError::Unavailable(e.message.into_string())),
+                Err(_) => Err(ClusterError::Timeout(limit)),
+            };
+            if let Err(e) = &result {
+                tracing::debug!("backplane channel {channel} not confirmed: {e}");
+            }
+            result
+        });
+        let shared = async move {
+            waiting.await.unwrap_or_else(|e| {
+                Err(ClusterError::Unavailable(format!("confirmation lost: {e}")))
+            })
+        }
+        .boxed()
+        .shared();
+        Confirmation(shared)
+    }
+
+    fn dropped(&self, messages: u64, why: &str) {
+        self.counters.dropped.fetch_add(messages, Ordering::Relaxed);
+        if self
+            .dropped_in_outage
+            .fetch_add(messages, Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(
+                "node {}: messages for other nodes are dropped: {why}",
+                self.id
+            );
+        }
+    }
+
+    async fn flusher(self: Arc<Self>) {
+        loop {
+            self.flush.notified().await;
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let runs = self.outbound.lock().take();
+            self.send(runs);
+        }
+    }
+
+    /// Hands each run to the backplane as one payload, in order.
+    fn send(&self, runs: Vec<Run>) {
+        if runs.is_empty() {
+            return;
+        }
+        {
+            let mut sketch = self.sketch.lock();
+            for run in &runs {
+                let count = u32::try_from(run.count).unwrap_or(u32::MAX);
+                for hash in run.hashes.iter() {
+                    sketch.add(hash, count);
+                }
+            }
+        }
+        for run in runs {
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            let payload = wire::messages(self.id.0, sequence, run.count, &run.body);
+            match self.transport.publish(run.channels.to_vec(), payload) {
+                Ok(()) => {
+                    self.counters
+                        .messages_sent
+                        .fetch_add(run.count, Ordering::Relaxed);
+                    self.counters.payloads_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => self.dropped(run.count, &e.message),
+            }
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.config.heartbeat);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            self.heartbeat();
+        }
+    }
+
+    fn heartbeat(&self) {
+        if self.up.load(Ordering::Relaxed) {
+            let interval = u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX);
+            let _ = self.transport.publish(
+                vec![self.names.control().to_string()],
+                wire::heartbeat(self.id.0, interval),
+            );
+        }
+    }
+
+    /// A payload arrived (from the plugin's reader).
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let frame = match wire::decode(payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at 1, 2, 4, 8, ...: a flood cannot flood the log.
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        "dropped a malformed backplane payload on {channel}: {e} ({n} so far)"
+                    );
+                }
+                return;
+            }
+        };
+        if frame.origin == self.id.0 {
+            // Our own, back through a channel we also hold.
+            return;
+        }
+        let now = Instant::now();
+        match frame.body {
+            wire::Body::Messages(messages) => {
+                self.counters
+                    .payloads_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self
+                    .peers
+                    .lock()
+                    .first_copy(frame.origin, frame.sequence, now)
+                {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.counters
+                    .messages_received
+                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                self.local.deliver(&messages);
+            }
+            wire::Body::Heartbeat { interval_ms } => {
+                let interval = Duration::from_millis(interval_ms.clamp(100, 60_000));
+                self.peers.lock().heartbeat(frame.origin, interval, now);
+            }
+            wire::Body::TokenChanged(digest) => {
+                self.local.token_changed(&TokenDigest(digest));
+            }
+            wire::Body::Leaving => self.peers.lock().leave(frame.origin),
+        }
+    }
+
+    /// The backplane connection went down or came back.
+    fn connection(&self, up: bool) {
+        if self.up.swap(up, Ordering::SeqCst) == up {
+            return;
+        }
+        if up {
+            let dropped = self.dropped_in_outage.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                "node {}: cluster backplane connected; cross-node delivery resumed \
+                 ({dropped} messages for other nodes dropped meanwhile)",
+                self.id
+            );
+            self.heartbeat();
+        } else {
+            tracing::warn!(
+                "node {}: cluster backplane lost; serving local clients only until it returns",
+                self.id
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        let c = ClusterConfig::from_uri("redis://u:pw@10.0.0.1:6379/2?prefix=app.eu").unwrap();
+        assert_eq!(c.scheme, "redis");
+        assert_eq!(c.prefix, "app.eu");
+        assert_eq!(c.uri, "redis://u:pw@10.0.0.1:6379/2?prefix=app.eu");
+        let c = ClusterConfig::from_uri("NATS://127.0.0.1:4222").unwrap();
+        assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("nats", "mist"));
+        for bad in [
+            "redis",
+            "://x",
+            "re dis://x",
+            "redis://x?prefix=a b",
+            "redis://u:secret@x?prefix=",
+        ] {
+            let e = ClusterConfig::from_uri(bad).unwrap_err();
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn token_digests_are_sha256() {
+        let d = TokenDigest::of("abc");
+        assert_eq!(
+            d.0[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256(\"abc\") starts ba7816bf"
+        );
+        assert_eq!(format!("{d:?}"), "TokenDigest(ba7816bf..)");
+        assert_eq!(NodeId(0xabc).to_string(), "0000000000000abc");
+        assert_ne!(NodeId::random(), NodeId::random());
+    }
+}
