@@ -37,8 +37,11 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Reads are this large at most.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads are this large at most. One read is one batch of publishes, and
+/// a subscriber is woken (and written to) once per batch: with publishes
+/// spread over many topics, a larger batch gives each subscriber more
+/// than one message a write. The buffer is per thread, not per connection.
+const READ_CHUNK: usize = 256 * 1024;
 /// A write buffer grown past this is released after use.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer of a TLS connection, which cannot use the per-thread one
