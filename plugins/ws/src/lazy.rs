@@ -41,11 +41,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
             this.taken = 0;
             if out.remaining() >= this.capacity {
                 // A large read needs no buffer of ours.
-                let read = Pin::new(&mut this.inner).poll_read(cx, out);
-                if read.is_pending() {
-                    this.buffer = Vec::new();
-                }
-                return read;
+                this.buffer = Vec::new();
+                return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             this.buffer.reserve_exact(this.capacity);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buffer) {
