@@ -327,24 +327,30 @@ async fn connection<F, Fut>(
     let _ = stream.set_nodelay(true);
     let stream = match &context.tls {
         None => Stream::Plain(stream),
-        Some(tls) => match tokio::time::timeout(context.handshake, tls.accept(stream)).await {
-            Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                return;
+        // Boxed: the handshake's state (a whole rustls connection) would
+        // otherwise make every plain connection's task as large.
+        Some(tls) => {
+            match Box::pin(tokio::time::timeout(context.handshake, tls.accept(stream))).await {
+                Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not finished within {:?}: closed", context.handshake);
+                    return;
+                }
             }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake not finished within {:?}: closed", context.handshake);
-                return;
-            }
-        },
+        }
     };
     match permit {
         Ok(permit) => {
             (context.serve)(stream, peer, context.stop.clone()).await;
             drop(permit);
         }
-        Err(refused) => refuse(stream, context.refusal, refused.message.as_str()).await,
+        // Boxed: refusing drains into a 4 KiB buffer, which would otherwise
+        // sit in every admitted connection's task too.
+        Err(refused) => Box::pin(refuse(stream, context.refusal, refused.message.as_str())).await,
     }
 }
 

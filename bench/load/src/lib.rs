@@ -45,6 +45,7 @@ mod conn;
 mod load;
 mod net;
 mod report;
+mod sse;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -75,6 +76,12 @@ pub struct BenchArgs {
     /// Connect over WebSocket: each `host:port` is then a `ws://` listener.
     #[arg(long)]
     pub websocket: bool,
+
+    /// `conns` only: open Server-Sent-Events streams (`GET
+    /// /subscribe?tags=bench`) on an HTTP listener (`host:port` or
+    /// `http://host:port`) instead of line-protocol connections.
+    #[arg(long)]
+    pub sse: bool,
 
     /// Over TLS (`tls://host:port` hosts): trust the certificates in this
     /// PEM file instead of the system's roots.
@@ -203,6 +210,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     if args.publishers == 0 {
         return Err(BenchError::Usage("--publishers must be at least 1".into()));
+    }
+    if args.sse {
+        return sse::run(args).await;
     }
     load::run(args).await
 }

@@ -508,7 +508,7 @@ fn progress_bar(args: &BenchArgs, plan: &Plan, counters: Arc<Counters>) -> Progr
 
 /// The resident memory of the processes together; `None` without any or
 /// when one cannot be read.
-fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
+pub(crate) fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }

@@ -25,10 +25,8 @@
 //! sessions to close, up to its shutdown timeout.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
@@ -36,10 +34,14 @@ use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// Reads are this large at most.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads are this large at most. One read is one batch of publishes, and
+/// a subscriber is woken (and written to) once per batch: with publishes
+/// spread over many topics, a larger batch gives each subscriber more
+/// than one message a write. The buffer is per thread, not per connection.
+const READ_CHUNK: usize = 256 * 1024;
 /// A write buffer grown past this is released after use.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer of a TLS connection, which cannot use the per-thread one
@@ -85,25 +87,66 @@ async fn serve(
     peer: SocketAddr,
     scheme: &'static str,
     broker: Broker,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let session = broker.open_session(SessionInfo::new(scheme, peer));
-    let (read, writing) = match stream {
-        Stream::Plain(stream) => {
-            let (reader, writer) = stream.into_split();
-            let writing = tokio::spawn(write_output(session.clone(), writer, stop.clone()));
-            let read: ReadLoop<'_> = Box::pin(read_plain(&session, reader));
-            (read, writing)
+    match stream {
+        Stream::Plain(stream) => serve_plain(stream, peer, session, stop).await,
+        Stream::Tls(stream) => Box::pin(serve_tls(stream, peer, session, stop)).await,
+    }
+}
+
+/// A plain connection: its reading and its writing in one task (an idle
+/// connection is one small task, not two).
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: Session,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (reader, writer) = stream.into_split();
+    let writing = write_output(session.clone(), writer, stop.clone());
+    tokio::pin!(writing);
+    let stopped = tokio::select! {
+        result = read_plain(&session, reader) => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection read failed: {e}");
+            }
+            false
         }
-        Stream::Tls(stream) => {
-            let (reader, writer) = tokio::io::split(stream);
-            let writing = tokio::spawn(write_output(session.clone(), writer, stop.clone()));
-            let read: ReadLoop<'_> = Box::pin(read_stream(&session, reader));
-            (read, writing)
+        _ = stopping(&mut stop) => true,
+        // The broker ended the session (a slow consumer): close at once,
+        // even if a write to the client is stuck.
+        () = session.closed() => return,
+        // The client is gone (a write failed), or the session closed and
+        // everything queued was written.
+        () = &mut writing => {
+            session.close();
+            return;
         }
     };
+    // The client is done: queued replies are still written, then the
+    // writer ends. When the listener stops, the writer writes out what is
+    // queued first and the session closes after it.
+    if !stopped {
+        session.close();
+    }
+    writing.await;
+    session.close();
+}
+
+/// A TLS connection: rustls keeps its own buffers; the writer is a task of
+/// its own.
+async fn serve_tls<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    peer: SocketAddr,
+    session: Session,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (reader, writer) = tokio::io::split(stream);
+    let writing = tokio::spawn(write_output(session.clone(), writer, stop.clone()));
     let stopped = tokio::select! {
-        result = read => {
+        result = read_stream(&session, reader) => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection read failed: {e}");
             }
@@ -117,18 +160,12 @@ async fn serve(
             return;
         }
     };
-    // The client is done: queued replies are still written, then the
-    // writer ends. When the listener stops, the writer writes out what is
-    // queued first and the session closes after it.
     if !stopped {
         session.close();
     }
     let _ = writing.await;
     session.close();
 }
-
-/// A read loop of either kind of stream, so that both fit one `select!`.
-type ReadLoop<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
 thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
