@@ -142,6 +142,43 @@ pub async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
+/// Runs one connection whose reading and writing share a task, and ends
+/// its session the way every first-party listener does:
+///
+/// - the client is done (`reading` ends): what is queued is still written,
+///   then the session closes;
+/// - the listener stops: `writing` (which watches `stop` itself) writes out
+///   what is queued and ends, then the session closes;
+/// - the broker ends the session (a slow consumer): at once, even if a
+///   write to the client is stuck;
+/// - `writing` ends first (the client is gone, or the session closed and
+///   everything queued was written): the session closes.
+pub async fn drive_connection<R, W>(
+    session: &crate::Session,
+    reading: R,
+    writing: W,
+    mut stop: watch::Receiver<bool>,
+) where
+    R: Future<Output = ()>,
+    W: Future<Output = ()>,
+{
+    tokio::pin!(writing);
+    let stopped = tokio::select! {
+        () = reading => false,
+        _ = stopping(&mut stop) => true,
+        () = session.closed() => return,
+        () = &mut writing => {
+            session.close();
+            return;
+        }
+    };
+    if !stopped {
+        session.close();
+    }
+    writing.await;
+    session.close();
+}
+
 /// A listener being set up: the address to bind, the broker, and how to
 /// treat each connection before the listener's own code gets it.
 ///

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
-use mist_sdk::net::{stopping, Refusal, Serve, Stream};
+use mist_sdk::net::{drive_connection, stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -102,37 +102,16 @@ async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
     session: Session,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let (reader, writer) = stream.into_split();
     let writing = write_output(session.clone(), writer, stop.clone());
-    tokio::pin!(writing);
-    let stopped = tokio::select! {
-        result = read_plain(&session, reader) => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection read failed: {e}");
-            }
-            false
-        }
-        _ = stopping(&mut stop) => true,
-        // The broker ended the session (a slow consumer): close at once,
-        // even if a write to the client is stuck.
-        () = session.closed() => return,
-        // The client is gone (a write failed), or the session closed and
-        // everything queued was written.
-        () = &mut writing => {
-            session.close();
-            return;
+    let reading = async {
+        if let Err(e) = read_plain(&session, reader).await {
+            tracing::debug!(%peer, "connection read failed: {e}");
         }
     };
-    // The client is done: queued replies are still written, then the
-    // writer ends. When the listener stops, the writer writes out what is
-    // queued first and the session closes after it.
-    if !stopped {
-        session.close();
-    }
-    writing.await;
-    session.close();
+    drive_connection(&session, reading, writing, stop).await;
 }
 
 /// A TLS connection: rustls keeps its own buffers; the writer is a task of

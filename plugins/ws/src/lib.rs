@@ -54,7 +54,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
-use mist_sdk::net::{stopping, Refusal, Serve, Stream};
+use mist_sdk::net::{drive_connection, stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -298,7 +298,7 @@ fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 /// session until either side ends it or `stop` turns true. Messages over
 /// `limit` bytes get an error reply. Output queued before the end is still
 /// sent; on `stop`, what is queued is written before the session closes.
-pub async fn serve<S>(io: S, session: Session, limit: usize, mut stop: watch::Receiver<bool>)
+pub async fn serve<S>(io: S, session: Session, limit: usize, stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -308,36 +308,18 @@ where
     // The writer runs in the connection's own task: an idle WebSocket is
     // one task, not two.
     let writing = write_output(session.clone(), write, &pongs, stop.clone(), &close);
-    tokio::pin!(writing);
     // No read buffer while the client is silent: it is allocated when bytes
     // arrive and released once they are read.
     let frames = FrameReader::new(LazyBufReader::with_capacity(READ_BUFFER, read), limit);
-    let stopped = tokio::select! {
-        result = read_frames(&session, frames, limit, &pongs) => {
-            if let Err(e) = result {
-                if let WireError::Protocol(_) = e {
-                    close.store(frames::PROTOCOL_ERROR, Ordering::Relaxed);
-                }
-                tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
+    let reading = async {
+        if let Err(e) = read_frames(&session, frames, limit, &pongs).await {
+            if let WireError::Protocol(_) = e {
+                close.store(frames::PROTOCOL_ERROR, Ordering::Relaxed);
             }
-            false
-        }
-        _ = stopping(&mut stop) => true,
-        // The broker ended the session (a slow consumer): close at once,
-        // even if a write to the client is stuck.
-        () = session.closed() => return,
-        // The client is gone (a write failed), or the session closed and
-        // everything queued was written.
-        () = &mut writing => {
-            session.close();
-            return;
+            tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
         }
     };
-    if !stopped {
-        session.close();
-    }
-    writing.await;
-    session.close();
+    drive_connection(&session, reading, writing, stop).await;
 }
 
 /// Pongs waiting to be written (at most `CONTROL_QUEUE`). A plain queue
