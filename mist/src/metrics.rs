@@ -326,8 +326,13 @@ fn encode_cluster(
         ),
         (
             "cluster_dropped",
-            "Messages for other nodes dropped: the backplane was down or its buffer full",
+            "Messages for other nodes dropped: the backplane was down, or more than 64 MiB waited for it",
             c.dropped,
+        ),
+        (
+            "cluster_congestions",
+            "Times the backplane fell behind this node's publishers, which were then read more slowly",
+            c.congestions,
         ),
         (
             "cluster_malformed",

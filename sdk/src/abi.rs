@@ -474,8 +474,10 @@ pub trait BackplaneApi: Send + Sync + 'static {
     fn unsubscribe(&self, channels: RVec<RString>);
 
     /// Queues `payload` for each of `channels`, in order with earlier
-    /// publishes. Never waits: when the backplane is down or its outgoing
-    /// buffer is full, returns `UNAVAILABLE` and the payload is dropped.
+    /// publishes. Never waits: when the backplane is down, returns
+    /// `UNAVAILABLE` and the payload is dropped; when its outgoing buffer
+    /// is full, `OVERLOADED`: the
+    /// host keeps the payload and offers it again.
     fn publish(&self, channels: RVec<RString>, payload: RVec<u8>) -> RResult<(), SdkError>;
 
     /// `Ok` while connected; `UNAVAILABLE` with the reason when not.

@@ -19,7 +19,11 @@
 //!   only once the service has confirmed the subscription, so that whatever
 //!   any node publishes on those channels afterwards arrives.
 //! - **Never waiting.** [`Backplane::publish`] queues and returns at once;
-//!   [`Outbox`] is a bounded queue made for that.
+//!   [`Outbox`] is a bounded queue made for that. When the queue is full
+//!   while connected, `publish` says [`SdkError::overloaded`]: the host
+//!   keeps the payload, offers it again shortly, and meanwhile reads the
+//!   publishing clients more slowly (flow control, nothing lost). Only
+//!   [`SdkError::unavailable`] (down) makes the host drop it.
 //! - **At most once.** While the connection is down, publishes fail with
 //!   [`SdkError::unavailable`] and are dropped; the plugin reconnects by
 //!   itself, subscribes again to every channel it holds, and then calls
@@ -61,9 +65,11 @@ pub trait Backplane: Send + Sync + 'static {
     fn unsubscribe(&self, channels: Vec<String>);
 
     /// Queues `payload` for each of `channels`, in order with earlier
-    /// publishes; never waits. When disconnected, or when the outgoing
-    /// buffer is full, returns [`SdkError::unavailable`]: the payload is
-    /// dropped (delivery is at-most-once).
+    /// publishes; never waits. When disconnected, returns
+    /// [`SdkError::unavailable`]: the payload is dropped (delivery is
+    /// at-most-once). When connected but the outgoing buffer is full,
+    /// returns [`SdkError::overloaded`]: the host keeps the payload and
+    /// offers it again a moment later.
     fn publish(&self, channels: Vec<String>, payload: Vec<u8>) -> Result<(), SdkError>;
 
     /// `Ok` while connected; [`SdkError::unavailable`] with the reason when not.
@@ -179,8 +185,9 @@ impl Outbox {
     }
 
     /// Queues a publish; never waits. Refused with
-    /// [`SdkError::unavailable`] while closed or when it would go over the
-    /// limit.
+    /// [`SdkError::unavailable`] while closed, and with
+    /// [`SdkError::overloaded`] when it would go over the limit (the host
+    /// offers it again).
     pub fn push(&self, channels: Vec<String>, payload: Vec<u8>) -> Result<(), SdkError> {
         let item = Outgoing { channels, payload };
         let size = item.size();
@@ -192,7 +199,7 @@ impl Outbox {
                 )));
             }
             if state.bytes + size > self.shared.limit {
-                return Err(SdkError::unavailable(format!(
+                return Err(SdkError::overloaded(format!(
                     "backplane outgoing buffer full ({} bytes)",
                     self.shared.limit
                 )));
@@ -301,7 +308,7 @@ mod tests {
         outbox.push(vec!["a".into()], b"1234".to_vec()).unwrap();
         outbox.push(vec!["b".into()], b"5678".to_vec()).unwrap();
         let full = outbox.push(vec!["c".into()], b"9".to_vec()).unwrap_err();
-        assert_eq!(full.kind, crate::ErrorKind::UNAVAILABLE);
+        assert_eq!(full.kind, crate::ErrorKind::OVERLOADED);
         let mut out = Vec::new();
         outbox.next_batch(1, &mut out).await;
         assert_eq!(out[0].payload, b"1234");

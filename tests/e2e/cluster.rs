@@ -556,6 +556,147 @@ async fn revocation_reaches_every_node(kind: Kind) {
 }
 
 /// Each case, once per backplane.
+/// A counter of node `node`'s `/metrics`.
+async fn cluster_counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
+    let text = http(&cluster.http(node), "GET", "/metrics", &[], b"")
+        .await
+        .text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line[name.len() + 1..].trim().parse().unwrap()
+}
+
+/// One publisher floods messages on 200 topics (each with its own tag set,
+/// so nothing batches) as fast as it can write, through a backplane whose
+/// queue (`buffer=4096`) is far smaller than the flood: the node slows the
+/// publisher down instead of losing the other node's copies. Every message
+/// arrives exactly once, in order, and nothing is dropped.
+async fn a_flood_faster_than_the_backplane_loses_nothing(kind: Kind) {
+    // 3 MB: more than the node lets wait (1 MiB) before it slows the
+    // publisher, at a few MB/s through a 4 KiB backplane queue.
+    const N: usize = 3_000;
+    const TOPICS: usize = 200;
+    let backplane = Backplane::start(kind);
+    let uri = format!("{}?buffer=4096", backplane.uri());
+    let cluster = Cluster {
+        nodes: (0..2).map(|_| node(&uri, &[])).collect(),
+        backplane,
+    };
+    let mut subscriber = cluster.client(1).await;
+    for topic in 0..TOPICS {
+        subscriber
+            .send(json!({"command": "subscribe", "tags": [format!("r{topic}"), "app"]}))
+            .await;
+    }
+    assert!(subscriber.sync().await.is_empty());
+    let mut publisher = cluster.client(0).await;
+    let padding = "x".repeat(1000);
+    let mut lines = String::with_capacity(N * 1100);
+    for i in 0..N {
+        lines.push_str(&format!(
+            "{{\"command\":\"publish\",\"tags\":[\"r{}\",\"app\",\"extra\"],\"data\":\"{i} {padding}\"}}\n",
+            i % TOPICS
+        ));
+    }
+    lines.push_str("{\"command\":\"publish\",\"tags\":[\"r0\",\"app\"],\"data\":\"end\"}\n");
+    publisher.send_raw(lines.as_bytes()).await;
+    let mut next = 0;
+    loop {
+        let message = subscriber.recv().await;
+        let data = message["data"].as_str().unwrap();
+        if data == "end" {
+            break;
+        }
+        let i: usize = data.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(i, next, "message {i} arrived where {next} was due");
+        assert_eq!(
+            message["tags"],
+            json!([format!("r{}", i % TOPICS), "app", "extra"])
+        );
+        next += 1;
+    }
+    assert_eq!(next, N, "{next} of {N} messages arrived");
+    assert!(publisher.sync().await.is_empty());
+    subscriber.expect_nothing().await;
+    assert_eq!(
+        cluster_counter(&cluster, 0, "mist_cluster_dropped_total").await,
+        0
+    );
+    assert_eq!(
+        cluster_counter(&cluster, 0, "mist_cluster_messages_sent_total").await,
+        N as u64 + 1
+    );
+    // The publisher really outran the backplane: the node was congested.
+    assert!(cluster_counter(&cluster, 0, "mist_cluster_congestions_total").await > 0);
+}
+
+/// The backplane dies while a flood has the node congested: the publisher
+/// is not left waiting for a backplane that is gone. Its node answers it,
+/// delivers to local subscribers, and counts what it could not send.
+async fn a_backplane_lost_mid_flood_does_not_hold_the_publisher(kind: Kind) {
+    const N: usize = 8_000;
+    let backplane = Backplane::start(kind);
+    let uri = format!("{}?buffer=4096", backplane.uri());
+    let cluster = Cluster {
+        nodes: (0..2).map(|_| node(&uri, &[])).collect(),
+        backplane,
+    };
+    let mut remote = cluster.client(1).await;
+    remote.subscribe(&["f"]).await;
+    let mut local = cluster.client(0).await;
+    local.subscribe(&["f"]).await;
+    let mut publisher = cluster.client(0).await;
+    let padding = "y".repeat(1000);
+    let mut lines = String::with_capacity(N * 1100);
+    for i in 0..N {
+        // Alternating tag sets: one payload per message.
+        let tags = if i % 2 == 0 {
+            r#"["f","even"]"#
+        } else {
+            r#"["f","odd"]"#
+        };
+        lines.push_str(&format!(
+            "{{\"command\":\"publish\",\"tags\":{tags},\"data\":\"{i} {padding}\"}}\n"
+        ));
+    }
+    lines.push_str("{\"command\":\"publish\",\"tags\":[\"f\"],\"data\":\"end\"}\n");
+    let writing = tokio::spawn(async move {
+        publisher.send_raw(lines.as_bytes()).await;
+        publisher
+    });
+    // Once the node is congested, the backplane goes away.
+    let deadline = Instant::now() + TIMEOUT;
+    while cluster_counter(&cluster, 0, "mist_cluster_congestions_total").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never congested the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.backplane.service().kill();
+    let mut publisher = tokio::time::timeout(TIMEOUT, writing)
+        .await
+        .expect("the publisher was held after the backplane died")
+        .unwrap();
+    assert!(publisher.sync().await.is_empty());
+    // Every message reached the local subscriber, in order.
+    let mut next = 0;
+    loop {
+        let message = local.recv().await;
+        let data = message["data"].as_str().unwrap();
+        if data == "end" {
+            break;
+        }
+        let i: usize = data.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(i, next);
+        next += 1;
+    }
+    assert_eq!(next, N);
+    assert!(cluster_counter(&cluster, 0, "mist_cluster_dropped_total").await > 0);
+}
+
 macro_rules! on_both_backplanes {
     ($($case:ident),* $(,)?) => {
         mod redis {
@@ -586,6 +727,8 @@ on_both_backplanes!(
     a_killed_node_harms_no_other,
     the_cluster_survives_a_backplane_restart,
     revocation_reaches_every_node,
+    a_flood_faster_than_the_backplane_loses_nothing,
+    a_backplane_lost_mid_flood_does_not_hold_the_publisher,
 );
 
 #[test]

@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// The brokers, comma separated: `host:port`, or a `ws://host:port/path`
     /// URL for WebSocket. Subscribers and publishers are spread over them
     /// in turn (subscriber i and publisher i on host i mod the count).
+    /// With several, each subscriber reads on after the publishers are done
+    /// until it has had no delivery for 2 s (what crosses a cluster's
+    /// backplane can arrive after the subscriber's own node answered).
     #[arg(
         long = "host",
         value_name = "HOST",

@@ -24,6 +24,10 @@ const STAMP_DIGITS: usize = 20;
 const CONNECT_PARALLELISM: usize = 128;
 /// A publisher writes once this much is buffered.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// How long a subscriber of a run over several brokers waits, after its
+/// `pong`, for one more delivery before it counts what it has.
+const CLUSTER_SETTLE: Duration = Duration::from_secs(2);
+
 /// Latencies a subscriber keeps as a list before it needs a histogram
 /// (about 180 KiB each): 100,000 idle connections receive one message each.
 const SAMPLES_BEFORE_HISTOGRAM: usize = 1024;
@@ -108,6 +112,11 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let base = Instant::now();
     let counters = Arc::new(Counters::default());
     let (finish, finished) = watch::channel(false);
+    // Over several brokers (a cluster), a subscriber's `pong` from its own
+    // node does not wait for what is still crossing the backplane from the
+    // publisher's node: such a subscriber reads on until it has been quiet
+    // this long.
+    let settle = (endpoints.len() > 1).then_some(CLUSTER_SETTLE);
 
     let memory_before = rss_kib_sum(&args.server_pid);
     let connect_started = Instant::now();
@@ -133,6 +142,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             base,
             counters.clone(),
             finished.clone(),
+            settle,
         ));
     }
     let connect_time = connect_started.elapsed();
@@ -414,6 +424,7 @@ async fn subscriber(
     base: Instant,
     counters: Arc<Counters>,
     mut finished: watch::Receiver<bool>,
+    settle: Option<Duration>,
 ) -> Result<Received, BenchError> {
     let stamp = memmem::Finder::new(br#""data":"~t"#);
     let mut done = Received {
@@ -424,6 +435,7 @@ async fn subscriber(
         first_error: None,
     };
     let mut asked = false;
+    let mut answered = false;
     loop {
         // Every message in one read arrived at about the same time.
         let now = since(base);
@@ -437,11 +449,12 @@ async fn subscriber(
                         done.latency.record(now.saturating_sub(sent) / 1000)?;
                     }
                 }
-                Line::Pong if asked => {
+                Line::Pong if asked && settle.is_none() => {
                     done.received += batch;
                     counters.delivered.fetch_add(batch, Ordering::Relaxed);
                     return Ok(done);
                 }
+                Line::Pong if asked => answered = true,
                 Line::Error { command, error } => {
                     done.errors += 1;
                     done.first_error
@@ -454,6 +467,17 @@ async fn subscriber(
             done.received += batch;
             done.last = Duration::from_nanos(now);
             counters.delivered.fetch_add(batch, Ordering::Relaxed);
+        }
+        if let (true, Some(quiet)) = (answered, settle) {
+            match tokio::time::timeout(quiet, lines.fill()).await {
+                Err(_) => return Ok(done),
+                Ok(more) => {
+                    if !more? {
+                        return Err(BenchError::Closed);
+                    }
+                    continue;
+                }
+            }
         }
         tokio::select! {
             more = lines.fill() => {

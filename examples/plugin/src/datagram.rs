@@ -12,7 +12,7 @@
 //! (every datagram read afterwards passes it); one socket sends, from one
 //! writer task, and one task reads, and the kernel keeps one sender's
 //! datagrams in order; `publish` never waits: it queues in a bounded
-//! [`Outbox`] (full: `UNAVAILABLE`), and the writer waits for a busy
+//! [`Outbox`] (full: `OVERLOADED`, and the host offers it again), and the writer waits for a busy
 //! receiver at most a second before dropping the datagram for it.
 //! Datagrams are limited to about 200 KB by the kernel's default socket
 //! buffer, so larger payloads are refused (`TOO_LARGE`).

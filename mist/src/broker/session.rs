@@ -62,6 +62,9 @@ enum Halt {
     Wait(Pending),
     /// The session's own queue is over its limit: wait for the client to read.
     Full,
+    /// The cluster's way out is saturated: wait until the backplane has
+    /// taken more of what this node's publishers sent (`Cluster::room`).
+    Uplink,
 }
 
 impl Session {
@@ -203,6 +206,10 @@ impl Session {
             input.state.take_connect_check()
         };
         let result = self.execute_steps(connect, request).await;
+        // An HTTP publisher is slowed down like a streaming one.
+        if self.uplink_congested() {
+            self.uplink_room().await;
+        }
         // Input fed while the request ran goes on as usual.
         if let Some(halt) = self.resume() {
             self.settle(halt).await;
@@ -276,7 +283,25 @@ impl Session {
         }
         // Replies count against the queue: stop reading a client that does
         // not read them. (A flood of publishes queues nothing of its own.)
-        (cx.take_replied() && self.output.over_limit()).then_some(Halt::Full)
+        if cx.take_replied() && self.output.over_limit() {
+            return Some(Halt::Full);
+        }
+        // A publisher faster than the cluster's backplane is read more
+        // slowly rather than losing the other nodes' copies.
+        self.uplink_congested().then_some(Halt::Uplink)
+    }
+
+    fn uplink_congested(&self) -> bool {
+        self.shared
+            .cluster
+            .get()
+            .is_some_and(crate::cluster::Cluster::congested)
+    }
+
+    async fn uplink_room(&self) {
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.room().await;
+        }
     }
 
     /// The future that ends a halt, then works through the backlog until it
@@ -300,6 +325,7 @@ impl Session {
                         }
                     }
                     Halt::Full => session.under_limit().await,
+                    Halt::Uplink => session.uplink_room().await,
                 }
                 if session.is_closed() {
                     return;

@@ -70,7 +70,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use mist_sdk::abi::{BackplaneBox, BackplaneInboxBox};
-use mist_sdk::SdkError;
+use mist_sdk::{ErrorKind, SdkError};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -92,6 +92,15 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a subscription's confirmation may take before the subscribe
 /// is answered anyway.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting for a connected backplane past which the node is
+/// [`Cluster::congested`]: its publishers are read no faster than the
+/// backplane takes their messages.
+pub const CONGESTED_BYTES: usize = 1 << 20;
+/// Messages waiting below which a congested node reads its publishers again.
+/// (The plugin's own queue, 16 MiB by default, absorbs the bursts.)
+pub const RELIEVED_BYTES: usize = 256 << 10;
+/// How soon the flusher offers again what a full backplane queue refused.
+const RETRY_FULL: Duration = Duration::from_millis(1);
 
 /// What went wrong in the cluster layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -280,8 +289,11 @@ pub struct ClusterFigures {
     pub payloads_received: u64,
     /// Copies dropped because they arrived through a second anchor.
     pub duplicates: u64,
-    /// Messages not sent: the backplane was down or its buffer full.
+    /// Messages not sent: the backplane was down, or more than
+    /// [`outbound::MAX_PENDING_BYTES`] waited for it.
     pub dropped: u64,
+    /// Times this node became [`Cluster::congested`].
+    pub congestions: u64,
     /// Payloads refused as malformed.
     pub malformed: u64,
     /// Backplane channels held (lingering ones included).
@@ -298,6 +310,7 @@ struct Counters {
     payloads_received: AtomicU64,
     duplicates: AtomicU64,
     dropped: AtomicU64,
+    congestions: AtomicU64,
     malformed: AtomicU64,
 }
 
@@ -320,6 +333,12 @@ struct Node {
     interest: Mutex<Interest<Confirmation>>,
     sketch: Mutex<Sketch>,
     outbound: Mutex<Outbound>,
+    /// Set when what waits in `outbound` passed [`CONGESTED_BYTES`] while
+    /// the backplane is up; cleared below [`RELIEVED_BYTES`] or when it
+    /// goes down. Sessions that publish stop being read meanwhile.
+    congested: AtomicBool,
+    /// Wakes the sessions waiting for `congested` to clear.
+    room: Notify,
     /// Wakes the flusher; `notify_one` keeps a permit, so a publish made
     /// while it is busy is not missed.
     flush: Notify,
@@ -380,6 +399,8 @@ impl Cluster {
             interest: Mutex::new(Interest::default()),
             sketch: Mutex::new(Sketch::default()),
             outbound: Mutex::new(Outbound::default()),
+            congested: AtomicBool::new(false),
+            room: Notify::new(),
             flush: Notify::new(),
             sequence: AtomicU64::new(0),
             peers: Mutex::new(Peers::default()),
@@ -493,12 +514,42 @@ impl Cluster {
         let (accepted, was_empty) = {
             let mut outbound = node.outbound.lock();
             let was_empty = outbound.is_empty();
-            (outbound.push(tags, data, &node.names), was_empty)
+            let accepted = outbound.push(tags, data, &node.names);
+            if outbound.bytes() > CONGESTED_BYTES && !node.congested.swap(true, Ordering::Relaxed) {
+                node.counters.congestions.fetch_add(1, Ordering::Relaxed);
+            }
+            (accepted, was_empty)
         };
         if !accepted {
             node.dropped(1, "the outgoing queue is full");
         } else if was_empty {
             node.flush.notify_one();
+        }
+    }
+
+    /// Whether the way out is saturated: more than [`CONGESTED_BYTES`] of
+    /// messages wait for the backplane, which is up and taking them as fast
+    /// as it can. The broker then stops reading the sessions that publish
+    /// until [`Cluster::room`], so that a publisher faster than the
+    /// backplane is slowed down (as TCP would slow it) instead of losing
+    /// messages. One relaxed load.
+    pub fn congested(&self) -> bool {
+        self.node.congested.load(Ordering::Relaxed)
+    }
+
+    /// Completes once the backplane is no longer [`Cluster::congested`]:
+    /// what waited fell below [`RELIEVED_BYTES`], the backplane went down
+    /// (messages are then dropped, not waited for) or the node stopped.
+    pub async fn room(&self) {
+        let node = &self.node;
+        loop {
+            let notified = node.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !node.congested.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -547,6 +598,7 @@ impl Cluster {
             payloads_received: read(&c.payloads_received),
             duplicates: read(&c.duplicates),
             dropped: read(&c.dropped),
+            congestions: read(&c.congestions),
             malformed: read(&c.malformed),
             channels: self.node.interest.lock().channel_count() as u64,
             nodes: self.nodes().len() as u64,
@@ -561,7 +613,9 @@ impl Cluster {
             return;
         }
         let runs = node.outbound.lock().take();
-        node.send(runs);
+        // Whatever the backplane cannot take now is lost with the node.
+        let _ = node.send(runs);
+        node.relieve();
         let _ = node.transport.publish(
             vec![node.names.control().to_string()],
             wire::leaving(node.id.0),
@@ -621,41 +675,77 @@ impl Node {
     async fn flusher(self: Arc<Self>) {
         loop {
             self.flush.notified().await;
-            if self.stopped.load(Ordering::Relaxed) {
-                return;
+            loop {
+                if self.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let runs = self.outbound.lock().take();
+                let left = self.send(runs);
+                if left.is_empty() {
+                    self.relieve();
+                    break;
+                }
+                // The backplane's own queue is full: keep the rest (new
+                // publishes queue behind it, so the order holds) and offer
+                // it again in a moment. Only while congested, and the
+                // publishers wait meanwhile.
+                self.outbound.lock().put_back(left);
+                self.relieve();
+                tokio::time::sleep(RETRY_FULL).await;
             }
-            let runs = self.outbound.lock().take();
-            self.send(runs);
         }
     }
 
-    /// Hands each run to the backplane as one payload, in order.
-    fn send(&self, runs: Vec<Run>) {
-        if runs.is_empty() {
+    /// Clears `congested` once what waits is below [`RELIEVED_BYTES`] (or
+    /// the backplane is down: nothing is waited for then), and wakes the
+    /// sessions that wait for it.
+    fn relieve(&self) {
+        if !self.congested.load(Ordering::Relaxed) {
             return;
         }
-        {
-            let mut sketch = self.sketch.lock();
-            for run in &runs {
-                let count = u32::try_from(run.count).unwrap_or(u32::MAX);
-                for hash in run.hashes.iter() {
-                    sketch.add(hash, count);
-                }
-            }
+        let down = !self.up.load(Ordering::Relaxed) || self.stopped.load(Ordering::Relaxed);
+        if down || self.outbound.lock().bytes() < RELIEVED_BYTES {
+            self.congested.store(false, Ordering::Release);
+            self.room.notify_waiters();
         }
-        for run in runs {
-            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+    }
+
+    /// Hands each run to the backplane as one payload, in order. Returns
+    /// the runs it could not take because its queue is full
+    /// ([`mist_sdk::ErrorKind::OVERLOADED`]), oldest first; runs it refused
+    /// for any other reason (it is down) are dropped and counted.
+    fn send(&self, runs: Vec<Run>) -> Vec<Run> {
+        let mut runs = runs.into_iter();
+        while let Some(run) = runs.next() {
+            // Only the flusher sends (and `stop`, once it is aborted), so
+            // the number is taken only once the payload is.
+            let sequence = self.sequence.load(Ordering::Relaxed) + 1;
             let payload = wire::messages(self.id.0, sequence, run.count, &run.body);
             match self.transport.publish(run.channels.to_vec(), payload) {
                 Ok(()) => {
+                    self.sequence.store(sequence, Ordering::Relaxed);
                     self.counters
                         .messages_sent
                         .fetch_add(run.count, Ordering::Relaxed);
                     self.counters.payloads_sent.fetch_add(1, Ordering::Relaxed);
+                    let count = u32::try_from(run.count).unwrap_or(u32::MAX);
+                    let mut sketch = self.sketch.lock();
+                    for hash in run.hashes.iter() {
+                        sketch.add(hash, count);
+                    }
                 }
-                Err(e) => self.dropped(run.count, &e.message),
+                Err(e) if e.kind == ErrorKind::OVERLOADED => {
+                    let mut left = vec![run];
+                    left.extend(runs);
+                    return left;
+                }
+                Err(e) => {
+                    self.sequence.store(sequence, Ordering::Relaxed);
+                    self.dropped(run.count, &e.message);
+                }
             }
         }
+        Vec::new()
     }
 
     async fn heartbeats(self: Arc<Self>) {
@@ -738,6 +828,8 @@ impl Node {
         if self.up.swap(up, Ordering::SeqCst) == up {
             return;
         }
+        // Publishers waiting for room go on: while down, nothing is waited for.
+        self.relieve();
         if up {
             let dropped = self.dropped_in_outage.swap(0, Ordering::Relaxed);
             tracing::info!(

@@ -101,6 +101,19 @@ impl Outbound {
         std::mem::take(&mut self.runs)
     }
 
+    /// Puts back, in front of what was queued since, the runs that
+    /// [`Outbound::take`] gave and the backplane could not take yet.
+    pub fn put_back(&mut self, mut older: Vec<Run>) {
+        self.bytes += older.iter().map(|run| run.body.len()).sum::<usize>();
+        older.append(&mut self.runs);
+        self.runs = older;
+    }
+
+    /// The bytes of the messages waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
@@ -173,5 +186,37 @@ mod tests {
             assert!(accepted <= 64, "pending is unbounded");
         }
         assert!(accepted >= 60);
+    }
+
+    #[test]
+    fn runs_put_back_go_before_what_was_queued_since() {
+        let mut out = Outbound::default();
+        assert!(out.push(&["a"], "\"1\"", &names()));
+        assert!(out.push(&["b"], "\"2\"", &names()));
+        let mut taken = out.take();
+        assert_eq!(out.bytes(), 0);
+        // The backplane took the first run only.
+        let left = taken.split_off(1);
+        assert!(out.push(&["b"], "\"3\"", &names()));
+        assert!(out.push(&["c"], "\"4\"", &names()));
+        out.put_back(left);
+        let runs = out.take();
+        let shape: Vec<(Vec<String>, u64)> = runs
+            .iter()
+            .map(|r| (r.channels.to_vec(), r.count))
+            .collect();
+        // Put back in front, and not merged with the newer run on the same
+        // channels: each run is one payload with its own sequence number.
+        assert_eq!(
+            shape,
+            [
+                (channels(&["b"]), 1),
+                (channels(&["b"]), 1),
+                (channels(&["c"]), 1)
+            ]
+        );
+        let bytes: usize = runs.iter().map(|r| r.body.len()).sum();
+        out.put_back(runs);
+        assert_eq!(out.bytes(), bytes);
     }
 }
