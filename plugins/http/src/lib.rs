@@ -24,6 +24,11 @@
 //! body may be as large as its message limit. When the broker is full, a
 //! new connection gets `503` before any request is read.
 //!
+//! A connection whose first request is `GET /subscribe` is served without
+//! hyper, so that an idle event stream costs little more than a TCP
+//! connection (`head` reads the first request head; `events` writes the
+//! stream); every other request is hyper's.
+//!
 //! ```no_run
 //! // What `mist` does with it, in short:
 //! let module = mist_plugin_http::module();
@@ -32,6 +37,7 @@
 //! ```
 
 mod events;
+mod head;
 mod ops;
 mod reply;
 
@@ -55,6 +61,7 @@ use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, SessionInf
 use serde_json::value::RawValue;
 use tokio::sync::{watch, Notify};
 
+use head::{Head, Replay};
 use reply::{json_error, text, Body};
 
 /// The plugin.
@@ -107,14 +114,55 @@ struct Connection {
     abort: Arc<Notify>,
 }
 
+/// Serves one connection: its first request head is read here, within the
+/// header timeout; an event stream is served without hyper, anything else
+/// by hyper ([`head`] says why).
 async fn serve(
-    stream: Stream,
+    mut stream: Stream,
     peer: SocketAddr,
     broker: Broker,
     scheme: &'static str,
     mut stop: watch::Receiver<bool>,
 ) {
     let header_timeout = Duration::from_millis(broker.limits().header_timeout_ms);
+    let head = tokio::select! {
+        head = tokio::time::timeout(header_timeout, head::read(&mut stream)) => head,
+        _ = stopping(&mut stop) => return,
+    };
+    match head {
+        Ok(Ok(Head::Subscribe(request))) => {
+            events::stream(stream, request, broker, scheme, peer, stop).await;
+        }
+        // Boxed: an event stream's task need not have room for hyper.
+        Ok(Ok(Head::Other(read))) => {
+            let stream = Replay::new(read, stream);
+            Box::pin(serve_http(
+                stream,
+                peer,
+                broker,
+                scheme,
+                header_timeout,
+                stop,
+            ))
+            .await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, "reading a request failed: {e}"),
+        Err(_) => {
+            tracing::debug!(%peer, "no request head within {header_timeout:?}: closed");
+        }
+    }
+}
+
+/// A connection served by hyper, the bytes the listener read from it
+/// first replayed in front.
+async fn serve_http(
+    stream: Replay<Stream>,
+    peer: SocketAddr,
+    broker: Broker,
+    scheme: &'static str,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let upgrades = Upgrades::default();
     let abort = Arc::new(Notify::new());
     let connection = Connection {
