@@ -2,25 +2,19 @@
 //! by hand, because the bench shares the machine's cores with the broker it
 //! measures and must not spend them on parsing every delivery.
 //!
-//! Over WebSocket each text frame is one JSON message; the reader appends
-//! each to the same buffer followed by a newline, so the rest of the bench
-//! sees lines whatever the transport (Mist writes compact JSON: a message
-//! never holds a raw newline).
+//! Over WebSocket each text frame is one JSON message; frames are parsed in
+//! place in the same read buffer (see `ws.rs`), so the rest of the bench
+//! sees one message at a time whatever the transport.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use memchr::memchr;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::net::{self, Endpoint};
+use crate::ws::{self, Frame, Masker};
 use crate::BenchError;
 
 /// How long a command's reply may take before the bench gives up.
@@ -48,16 +42,27 @@ impl Buffers {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Read = ReadHalf<Box<dyn net::ByteStream>>;
+type Write = WriteHalf<Box<dyn net::ByteStream>>;
 
-enum Source {
-    Tcp(ReadHalf<Box<dyn net::ByteStream>>),
-    Ws(SplitStream<Ws>, String),
+/// How a connection's bytes are cut into messages.
+enum Framing {
+    /// `\n`-terminated lines.
+    Lines,
+    /// WebSocket frames; `host` for messages.
+    Ws {
+        host: String,
+        /// Why the broker's frames can no longer be read.
+        broken: Option<String>,
+        /// The broker sent a close frame.
+        closed: bool,
+    },
 }
 
-/// The read half: a buffer of bytes split into lines as they arrive.
+/// The read half: a buffer of bytes split into messages as they arrive.
 pub(crate) struct Lines {
-    source: Source,
+    read: Read,
+    framing: Framing,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -65,8 +70,8 @@ pub(crate) struct Lines {
 
 /// The write half.
 pub(crate) enum Writer {
-    Tcp(WriteHalf<Box<dyn net::ByteStream>>),
-    Ws(SplitSink<Ws, Message>, String),
+    Tcp(Write),
+    Ws(Write, Masker, Vec<u8>),
 }
 
 /// What a line from the broker is, as far as the bench cares.
@@ -82,9 +87,10 @@ pub(crate) enum Line<'a> {
 }
 
 impl Lines {
-    fn new(source: Source, buffers: Buffers) -> Lines {
+    fn new(read: Read, framing: Framing, buffers: Buffers) -> Lines {
         Lines {
-            source,
+            read,
+            framing,
             buf: vec![0; buffers.bytes()],
             start: 0,
             end: 0,
@@ -100,12 +106,14 @@ impl Lines {
         }
         let wanted = self.end + more;
         if wanted > self.buf.len() {
-            if wanted > MAX_LINE + 1 {
+            // A WebSocket frame of the longest line has a header too.
+            if wanted > MAX_LINE + 16 {
                 return Err(BenchError::Io(std::io::Error::other(
                     "a line from the broker is longer than 2 MiB",
                 )));
             }
-            self.buf.resize(wanted.max(self.buf.len() * 2), 0);
+            self.buf
+                .resize(wanted.max(self.buf.len() * 2).min(MAX_LINE + 16), 0);
         }
         Ok(())
     }
@@ -113,55 +121,85 @@ impl Lines {
     /// Reads more. `Ok(false)` means the broker closed the connection.
     /// Cancel-safe: nothing is lost when the future is dropped.
     pub(crate) async fn fill(&mut self) -> Result<bool, BenchError> {
-        match &mut self.source {
-            Source::Tcp(_) => {
-                let more = if self.end - self.start == self.buf.len() {
-                    self.buf.len()
-                } else {
-                    0
-                };
-                self.reserve(more)?;
-                let Source::Tcp(read) = &mut self.source else {
-                    return Ok(false);
-                };
-                let n = read.read(&mut self.buf[self.end..]).await?;
-                self.end += n;
-                Ok(n > 0)
+        if let Framing::Ws {
+            host,
+            broken,
+            closed,
+        } = &self.framing
+        {
+            if let Some(why) = broken {
+                return Err(BenchError::WebSocket {
+                    host: host.clone(),
+                    reason: why.clone(),
+                });
             }
-            Source::Ws(frames, host) => loop {
-                let text = match frames.next().await {
-                    None | Some(Ok(Message::Close(_))) => return Ok(false),
-                    Some(Err(e)) => {
-                        return Err(BenchError::WebSocket {
-                            host: host.clone(),
-                            source: Box::new(e),
-                        })
-                    }
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        return Err(BenchError::Io(std::io::Error::other(
-                            "the broker sent a binary WebSocket frame",
-                        )))
-                    }
-                    // Pings are answered by tungstenite itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                };
-                let bytes = text.as_bytes();
-                self.reserve(bytes.len() + 1)?;
-                self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-                self.buf[self.end + bytes.len()] = b'\n';
-                self.end += bytes.len() + 1;
-                return Ok(true);
-            },
+            if *closed {
+                return Ok(false);
+            }
         }
+        self.read_more().await
     }
 
-    /// The next complete line already read, without its newline.
+    /// Reads whatever bytes come next into the buffer.
+    async fn read_more(&mut self) -> Result<bool, BenchError> {
+        let more = if self.end - self.start == self.buf.len() {
+            self.buf.len()
+        } else {
+            0
+        };
+        self.reserve(more)?;
+        let n = self.read.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// The next complete message already read (over TCP a line, without
+    /// its newline; over WebSocket a text frame's payload).
     pub(crate) fn next_line(&mut self) -> Option<Line<'_>> {
-        let n = memchr(b'\n', &self.buf[self.start..self.end])?;
-        let line = &self.buf[self.start..self.start + n];
-        self.start += n + 1;
-        Some(classify(line))
+        let Framing::Ws { broken, closed, .. } = &mut self.framing else {
+            let n = memchr(b'\n', &self.buf[self.start..self.end])?;
+            let line = &self.buf[self.start..self.start + n];
+            self.start += n + 1;
+            return Some(classify(line));
+        };
+        while broken.is_none() && !*closed {
+            let at = self.start;
+            match ws::parse(&self.buf[at..self.end], MAX_LINE) {
+                Ok(None) => return None,
+                Ok(Some((frame, length))) => {
+                    self.start += length;
+                    match frame {
+                        Frame::Text(payload) => {
+                            return Some(classify(&self.buf[at + payload.start..at + payload.end]))
+                        }
+                        Frame::Control => {}
+                        Frame::Close => *closed = true,
+                    }
+                }
+                Err(why) => *broken = Some(why),
+            }
+        }
+        None
+    }
+
+    /// Upgrades a fresh connection to `url`: sends the handshake through
+    /// `writer` and reads the response; frames that came with it stay in
+    /// the buffer.
+    async fn upgrade(&mut self, writer: &mut Writer, url: &str) -> Result<(), String> {
+        let (request, key) = ws::request(url);
+        writer.raw(&request).await.map_err(|e| e.to_string())?;
+        loop {
+            if let Some(length) = ws::response(&self.buf[self.start..self.end], &key)? {
+                self.start += length;
+                return Ok(());
+            }
+            if self.end - self.start >= ws::MAX_RESPONSE {
+                return Err("a handshake response without an end".into());
+            }
+            if !self.read_more().await.map_err(|e| e.to_string())? {
+                return Err("closed during the handshake".into());
+            }
+        }
     }
 
     /// Reads until the reply to a `ping`; an error reply first is the
@@ -191,23 +229,29 @@ impl Lines {
 
 impl Writer {
     /// Sends `\n`-terminated JSON lines: as they are over TCP, one text
-    /// frame each over WebSocket.
+    /// frame each over WebSocket (all in one write).
     pub(crate) async fn send(&mut self, lines: &[u8]) -> Result<(), BenchError> {
         match self {
             Writer::Tcp(write) => Ok(write.write_all(lines).await?),
-            Writer::Ws(sink, host) => {
-                let failed = |e| BenchError::WebSocket {
-                    host: host.clone(),
-                    source: Box::new(e),
-                };
+            Writer::Ws(write, masker, out) => {
+                out.clear();
                 for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    let text = Utf8Bytes::try_from(line.to_vec()).map_err(|_| {
-                        BenchError::Usage("a tag or token is not valid UTF-8".into())
-                    })?;
-                    sink.feed(Message::Text(text)).await.map_err(failed)?;
+                    if std::str::from_utf8(line).is_err() {
+                        return Err(BenchError::Usage(
+                            "a tag or token is not valid UTF-8".into(),
+                        ));
+                    }
+                    masker.text_frame(out, line);
                 }
-                sink.flush().await.map_err(failed)
+                Ok(write.write_all(out).await?)
             }
+        }
+    }
+
+    /// Writes bytes as they are (the WebSocket handshake).
+    async fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(write) | Writer::Ws(write, ..) => write.write_all(bytes).await,
         }
     }
 }
@@ -254,31 +298,29 @@ pub(crate) async fn open(
 ) -> Result<(Lines, Writer), BenchError> {
     let connect = async {
         let stream = net::dial(endpoint, source).await?;
+        let stream = net::secure(endpoint, stream).await?;
+        let (read, write) = tokio::io::split(stream);
         match &endpoint.ws_url {
-            None => {
-                let stream = net::secure(endpoint, stream).await?;
-                let (read, write) = tokio::io::split(stream);
-                Ok::<_, BenchError>((Lines::new(Source::Tcp(read), buffers), Writer::Tcp(write)))
-            }
+            None => Ok::<_, BenchError>((
+                Lines::new(read, Framing::Lines, buffers),
+                Writer::Tcp(write),
+            )),
             Some(url) => {
-                let config = match buffers {
-                    Buffers::Busy => WebSocketConfig::default(),
-                    Buffers::Idle => WebSocketConfig::default()
-                        .read_buffer_size(buffers.bytes())
-                        .write_buffer_size(0),
+                let framing = Framing::Ws {
+                    host: endpoint.name.clone(),
+                    broken: None,
+                    closed: false,
                 };
-                let (socket, _) =
-                    tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-                        .await
-                        .map_err(|e| BenchError::WebSocket {
-                            host: endpoint.name.clone(),
-                            source: Box::new(e),
-                        })?;
-                let (sink, frames) = socket.split();
-                Ok((
-                    Lines::new(Source::Ws(frames, endpoint.name.clone()), buffers),
-                    Writer::Ws(sink, endpoint.name.clone()),
-                ))
+                let mut lines = Lines::new(read, framing, buffers);
+                let mut writer = Writer::Ws(write, Masker::new(), Vec::new());
+                lines
+                    .upgrade(&mut writer, url)
+                    .await
+                    .map_err(|reason| BenchError::WebSocket {
+                        host: endpoint.name.clone(),
+                        reason,
+                    })?;
+                Ok((lines, writer))
             }
         }
     };

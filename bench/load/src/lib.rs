@@ -38,6 +38,7 @@
 //! - `net.rs`: where connections go and come from (hosts, source
 //!   addresses, the open-files limit).
 //! - `conn.rs`: one connection's lines in and out, over TCP or WebSocket.
+//! - `ws.rs`: the WebSocket wire, client side (handshake, frames).
 //! - `load.rs`: publishers, subscribers and the run that ties them together.
 //! - `report.rs`: what a run measured, as text or JSON.
 
@@ -46,6 +47,7 @@ mod load;
 mod net;
 mod report;
 mod sse;
+mod ws;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -174,11 +176,8 @@ pub enum BenchError {
         source: std::io::Error,
     },
     /// The WebSocket handshake or a frame failed.
-    #[error("WebSocket connection to {host} failed: {source}")]
-    WebSocket {
-        host: String,
-        source: Box<tokio_tungstenite::tungstenite::Error>,
-    },
+    #[error("WebSocket connection to {host} failed: {reason}")]
+    WebSocket { host: String, reason: String },
     /// Reading or writing an open connection failed.
     #[error("connection to the broker failed: {0}")]
     Io(#[from] std::io::Error),
