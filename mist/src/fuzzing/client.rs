@@ -30,8 +30,10 @@ pub(crate) struct Client {
     /// The broker ended the session (a slow consumer).
     evicted: Arc<AtomicBool>,
     buffer: RVec<u8>,
-    /// The last line drained, if any.
-    last: Option<Map<String, Value>>,
+    /// The last line drained (without its newline), if any: kept raw,
+    /// parsed only when asked for.
+    last: Vec<u8>,
+    has_last: bool,
     /// Lines drained so far.
     pub(crate) lines: usize,
 }
@@ -56,7 +58,8 @@ impl Client {
             expect,
             evicted,
             buffer: RVec::new(),
-            last: None,
+            last: Vec::new(),
+            has_last: false,
             lines: 0,
         }
     }
@@ -91,9 +94,13 @@ impl Client {
                 return total;
             }
             total += self.buffer.len();
-            let objects = check::output(&self.buffer, self.expect);
-            self.lines += objects.len();
-            self.last = objects.into_iter().last().or(self.last.take());
+            let (lines, last) = check::output(&self.buffer, self.expect);
+            self.lines += lines;
+            if let Some(last) = last {
+                self.last.clear();
+                self.last.extend_from_slice(last);
+                self.has_last = true;
+            }
             if !open {
                 return total;
             }
@@ -101,9 +108,9 @@ impl Client {
     }
 
     /// Drains, and returns the last line the client has been sent.
-    pub(crate) fn last_line(&mut self) -> Option<&Map<String, Value>> {
+    pub(crate) fn last_line(&mut self) -> Option<Map<String, Value>> {
         self.drain();
-        self.last.as_ref()
+        self.has_last.then(|| check::object(&self.last))
     }
 }
 

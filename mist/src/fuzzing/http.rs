@@ -195,7 +195,7 @@ fn publish(
                 "{} reached its subscriber {delivered} times",
                 shorten(line)
             );
-            let delivery = watcher.last_line().cloned().unwrap_or_default();
+            let delivery = watcher.last_line().unwrap_or_default();
             let sent_tags: Vec<Value> = tags.iter().map(|t| Value::from(t.as_str())).collect();
             assert_eq!(
                 delivery.get("tags"),

@@ -166,7 +166,7 @@ fn ping_barrier(fuzzed: &mut Client, watcher: &mut Client, mode: Mode) {
     if fuzzed.evicted() {
         return;
     }
-    let last = fuzzed.last_line().cloned();
+    let last = fuzzed.last_line();
     let pong = serde_json::json!({"command": "ping", "data": "pong"});
     assert_eq!(
         last.map(Value::Object),

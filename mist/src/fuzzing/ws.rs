@@ -8,10 +8,16 @@
 //! server's writer run between reads, as it would against a real client.)
 //! What the server sends back is decoded as a WebSocket client
 //! (tungstenite) would decode it.
-//! Checked: `serve` finishes (within [`HANG`]); every frame the server sends
-//! is valid WebSocket; every text frame holds one protocol JSON object; a
-//! subscriber to `["a"]` and `["b","c"]` on the same broker gets only
-//! deliveries it matches; nothing outlives the connection.
+//! Checked: `serve` finishes; every frame the server sends is valid
+//! WebSocket; every text frame holds one protocol JSON object; a subscriber
+//! to `["a"]` and `["b","c"]` on the same broker gets only deliveries it
+//! matches; nothing outlives the connection.
+//!
+//! No runtime and no clock: the whole exchange (server, client writer and
+//! client reader) is one future, polled by hand with [`drive`]. Everything
+//! it waits on is in this process (the pipe, the session's output), so a
+//! poll that leaves it pending without anything having woken it means it
+//! can never finish: a hang, reported at once rather than after a timeout.
 
 use std::time::Duration;
 
@@ -20,12 +26,12 @@ use mist_sdk::SessionInfo;
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::check::{self, Expect};
-use super::client::{settle, Client};
+use super::client::{drive, settle, Client};
 use crate::broker::{Broker, Limits};
 
 /// A masked close frame, status 1000, that ends every input.
@@ -34,8 +40,10 @@ const CLOSE: &[u8] = &[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
 /// The input goes out in pieces this large, with a pause after each.
 const PIECE: usize = 256;
 
-/// Far longer than serving any input of the fuzzer's sizes takes.
-const HANG: Duration = Duration::from_secs(10);
+/// The client's read buffer. tungstenite's default (128 KiB, zeroed for
+/// every connection) cost more than serving most inputs; the size only
+/// changes how many reads a frame takes, not how it is decoded.
+const READ_BUFFER: usize = 4096;
 
 const WATCHED: &[&[&str]] = &[&["a"], &["b", "c"]];
 const WATCH: &[u8] =
@@ -63,10 +71,6 @@ pub fn websocket_frames(input: &[u8]) {
 
 /// Serves `input`; returns the text frames the server sent.
 fn serve(input: &[u8]) -> usize {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a current-thread runtime starts");
     let broker = Broker::new(LIMITS);
     let handle = broker.handle();
     let mut watcher = Client::open(
@@ -78,36 +82,32 @@ fn serve(input: &[u8]) -> usize {
     settle(subscribed, &mut [&mut watcher]);
     let session = mist_sdk::Broker::from_abi(handle).open_session(SessionInfo::new("ws", "fuzzed"));
 
-    let sent = runtime.block_on(async {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        // Kept until the end: a dropped sender would stop the server at once.
-        let (_stop, stop) = watch::channel(false);
-        let (from_server, mut to_server) = tokio::io::split(client);
-        let send = async move {
-            // The server may stop reading (a close frame, a protocol error)
-            // and drop its end: the rest of the input then cannot go.
-            for piece in input.chunks(PIECE) {
-                if to_server.write_all(piece).await.is_err() {
-                    break;
-                }
-                pause().await;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    // Kept until the end: a dropped sender would stop the server at once.
+    let (_stop, stop) = watch::channel(false);
+    let (from_server, mut to_server) = tokio::io::split(client);
+    let send = async move {
+        // The server may stop reading (a close frame, a protocol error)
+        // and drop its end: the rest of the input then cannot go.
+        for piece in input.chunks(PIECE) {
+            if to_server.write_all(piece).await.is_err() {
+                break;
             }
-            let _ = to_server.write_all(CLOSE).await;
-            let _ = to_server.shutdown().await;
-        };
-        let exchange = async {
-            tokio::join!(
-                mist_plugin_ws::serve(server, session, LIMITS.max_message_bytes, stop),
-                send,
-                receive(from_server),
-            )
-        };
-        match tokio::time::timeout(HANG, exchange).await {
-            Ok(((), (), sent)) => sent,
-            Err(_) => panic!("hang: serving the input did not finish within {HANG:?}"),
+            pause().await;
         }
-    });
-    drop(runtime);
+        let _ = to_server.write_all(CLOSE).await;
+        let _ = to_server.shutdown().await;
+    };
+    let exchange = async {
+        tokio::join!(
+            mist_plugin_ws::serve(server, session, LIMITS.max_message_bytes, stop),
+            send,
+            receive(from_server),
+        )
+    };
+    // The watcher is drained only at the end, as before: its queue may
+    // overflow meanwhile. A hang or a livelock panics in `drive`.
+    let ((), (), sent) = drive(exchange, &mut []);
 
     watcher.drain();
     watcher.close();
@@ -123,8 +123,9 @@ fn serve(input: &[u8]) -> usize {
     sent
 }
 
-/// Lets every other task run (the server's reading and writing) before
-/// the client sends more, as a real client's pauses would.
+/// Lets the rest of the exchange run (the server's reading and writing)
+/// before the client sends more, as a real client's pauses would: outside
+/// a runtime, each yield wakes the exchange at once, so it is polled again.
 async fn pause() {
     for _ in 0..4 {
         tokio::task::yield_now().await;
@@ -136,7 +137,8 @@ async fn receive(from_server: ReadHalf<DuplexStream>) -> usize {
     // The client's own answers (pongs, a close) go nowhere: the fuzz input
     // is all the server hears.
     let stream = tokio::io::join(from_server, tokio::io::sink());
-    let mut socket = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let mut socket = WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await;
     let mut texts = 0;
     while let Some(frame) = socket.next().await {
         match frame {
