@@ -17,7 +17,7 @@
 //!
 //! Memory per idle connection is kept small: a plain connection holds no
 //! read buffer while it waits (reads go into a per-thread buffer once the
-//! socket is readable), no write buffer (it is released after each write),
+//! socket is readable), no write buffer (it is released once nothing is waiting),
 //! and its task stores each part of its state once. A
 //! TLS connection reads through rustls, which keeps buffers of its own.
 //!
@@ -44,6 +44,9 @@ use tokio::sync::watch;
 /// spread over many topics, a larger batch gives each subscriber more
 /// than one message a write. The buffer is per thread, not per connection.
 const READ_CHUNK: usize = 256 * 1024;
+/// A write buffer grown past this is released after use; a smaller one is
+/// kept while output keeps coming and released once there is none.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer of a TLS connection, which cannot use the per-thread one
 /// (rustls decrypts into it across an await).
 const TLS_READ_CHUNK: usize = 16 * 1024;
@@ -207,13 +210,21 @@ async fn write_output<W: AsyncWrite + Unpin>(
                 break;
             }
         } else {
-            tokio::select! {
-                open = session.output(&mut buffer) => if !open && buffer.is_empty() {
+            let open = session.try_output(&mut buffer);
+            if buffer.is_empty() {
+                if !open {
                     break;
-                },
-                _ = stopping(&mut stop) => {
-                    stopped = true;
-                    continue;
+                }
+                // Nothing waiting: an idle connection holds no buffer.
+                buffer = RVec::new();
+                tokio::select! {
+                    open = session.output(&mut buffer) => if !open && buffer.is_empty() {
+                        break;
+                    },
+                    _ = stopping(&mut stop) => {
+                        stopped = true;
+                        continue;
+                    }
                 }
             }
         }
@@ -227,9 +238,11 @@ async fn write_output<W: AsyncWrite + Unpin>(
             session.close();
             return;
         }
-        // Released, not kept for the next write: an idle connection holds
-        // no buffer (one allocation per write is noise beside the syscall).
-        buffer = RVec::new();
+        if buffer.capacity() > KEEP_WRITE_BUFFER {
+            buffer = RVec::new();
+        } else {
+            buffer.clear();
+        }
     }
     let _ = writer.shutdown().await;
 }
