@@ -57,8 +57,9 @@ impl fmt::Debug for Token {
 #[derive(Debug, Clone)]
 pub(crate) struct Standing {
     pub(crate) access: Access,
-    /// The registered token of an `Access::TOKEN` session.
-    pub(crate) token: Option<Token>,
+    /// The registered token of an `Access::TOKEN` session (boxed: most
+    /// sessions have none, and it is 56 bytes).
+    pub(crate) token: Option<Box<Token>>,
 }
 
 impl Standing {

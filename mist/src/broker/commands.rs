@@ -28,7 +28,10 @@ pub(crate) struct State {
     pub(crate) commands_seen: bool,
     /// A token given at connect, not yet checked with the authenticator.
     pub(crate) connect_token: Option<String>,
-    pub(crate) batch: Batch,
+    /// Made by the session's first publish and kept for the next: a
+    /// session that only subscribes (most of them) never holds one, and
+    /// inline it would be half of every session's size.
+    batch: Option<Box<Batch>>,
     out: Vec<u8>,
 }
 
@@ -43,7 +46,7 @@ impl State {
             }),
             commands_seen: false,
             connect_token: None,
-            batch: Batch::default(),
+            batch: None,
             out: Vec::new(),
         };
         if let (Some(auth), Some(token)) = (shared.auth.get(), connect_token) {
@@ -55,6 +58,11 @@ impl State {
             }
         }
         state
+    }
+
+    /// The publish batch, made on first use.
+    fn batch(&mut self) -> &mut Batch {
+        self.batch.get_or_insert_with(Box::default)
     }
 
     /// The check of a connect-time token, due before the first command.
@@ -129,8 +137,11 @@ impl<'s> Context<'s> {
         let Some(router) = self.routing.take() else {
             return;
         };
+        let Some(batch) = self.state.batch.as_mut() else {
+            return;
+        };
         let mut slow = Vec::new();
-        self.state.batch.flush(&router, self.shared, &mut slow);
+        batch.flush(&router, self.shared, &mut slow);
         drop(router);
         for session in slow {
             self.shared.evict_slow(session);
@@ -141,7 +152,7 @@ impl<'s> Context<'s> {
         match self.state.standing.access {
             Access::OPEN | Access::ADMIN => Gate::Free,
             Access::TOKEN => match &self.state.standing.token {
-                Some(token) => Gate::Check(token.clone()),
+                Some(token) => Gate::Check(Token::clone(token)),
                 None => Gate::Denied,
             },
             _ => Gate::Denied,
@@ -160,8 +171,9 @@ impl<'s> Context<'s> {
     }
 
     fn push_reply(&mut self) {
-        self.output.push_reply(&self.state.out);
-        self.state.out.clear();
+        // Moved into the queue, not copied: a session holds no reply
+        // buffer while it is idle.
+        self.output.push_reply(std::mem::take(&mut self.state.out));
         self.replied = true;
     }
 
@@ -172,7 +184,7 @@ impl<'s> Context<'s> {
             return Ok(Step::Done); // closed meanwhile: nothing of it may go out
         }
         self.state
-            .batch
+            .batch()
             .publish(router, max_tags, Some(id), tags, raw_data)
             .map_err(|e| Refusal::protocol("publish", e))?;
         Ok(Step::Done)
@@ -411,7 +423,7 @@ pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Ref
             cx.shared.tokens.enter(&token, cx.id);
             cx.state.standing = Standing {
                 access: Access::TOKEN,
-                token: Some(token),
+                token: Some(Box::new(token)),
             };
             cx.state.commands_seen = true;
         }
@@ -458,7 +470,7 @@ fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<
             let router = cx.routing.get_or_insert_with(|| shared.router.read());
             if router.is_open(id) {
                 cx.state
-                    .batch
+                    .batch()
                     .publish_tags(router, Some(id), &tags, &raw_data);
             }
             cx.flush();

@@ -72,10 +72,18 @@ struct Queue {
     wake_armed: bool,
     /// A feed waiting for the backlog to fall under the limit.
     backlog_waiter: Option<Waker>,
+    /// Made by the first drop: a subscriber that keeps up (most of them)
+    /// never holds it.
+    drops: Option<Box<Drops>>,
+}
+
+/// What a queue that has dropped deliveries remembers about it.
+#[derive(Default)]
+struct Drops {
     /// Since when deliveries have been dropped with no drain making room.
     full_since: Option<Instant>,
-    last_drop_log: Option<Instant>,
-    drops_since_log: u64,
+    last_log: Option<Instant>,
+    since_log: u64,
 }
 
 enum Entry {
@@ -109,9 +117,7 @@ impl Output {
                 closed: false,
                 wake_armed: true,
                 backlog_waiter: None,
-                full_since: None,
-                last_drop_log: None,
-                drops_since_log: 0,
+                drops: None,
             }),
         }
     }
@@ -127,13 +133,15 @@ impl Output {
     /// Queues a reply (one or more whole lines) to the session's own
     /// command. Never dropped: the session pauses its input instead while
     /// [`Output::over_limit`]. Returns `false` if the session is closed.
-    pub(crate) fn push_reply(&self, line: &[u8]) -> bool {
+    /// Takes `line` itself: the session keeps no reply buffer between
+    /// replies.
+    pub(crate) fn push_reply(&self, line: Vec<u8>) -> bool {
         let wake = {
             let mut q = self.queue.lock();
             if q.closed {
                 return false;
             }
-            self.append_owned(&mut q, line);
+            self.append_vec(&mut q, line);
             q.take_wake()
         };
         if wake {
@@ -204,7 +212,8 @@ impl Output {
             if dropped > 0 {
                 self.note_drops(&mut q, dropped);
                 let now = Instant::now();
-                let since = *q.full_since.get_or_insert(now);
+                let drops = q.drops.get_or_insert_with(Box::default);
+                let since = *drops.full_since.get_or_insert(now);
                 slow = now.duration_since(since) >= self.config.slow_after;
             }
             let wake = fit > 0 && q.take_wake();
@@ -225,21 +234,23 @@ impl Output {
 
     fn note_drops(&self, q: &mut Queue, dropped: u64) {
         let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
-        q.drops_since_log += dropped;
+        let drops = q.drops.get_or_insert_with(Box::default);
+        drops.since_log += dropped;
         let now = Instant::now();
-        if q.last_drop_log
+        if drops
+            .last_log
             .is_none_or(|at| now.duration_since(at) >= DROP_LOG_INTERVAL)
         {
             tracing::warn!(
                 session = %self.config.session,
                 peer = %self.config.peer,
-                dropped = q.drops_since_log,
+                dropped = drops.since_log,
                 dropped_total = total,
                 queue_limit_bytes = self.config.limit,
                 "subscriber is not keeping up: dropping its newest messages"
             );
-            q.last_drop_log = Some(now);
-            q.drops_since_log = 0;
+            drops.last_log = Some(now);
+            drops.since_log = 0;
         }
     }
 
@@ -268,7 +279,9 @@ impl Output {
             }
             self.forget(&mut q, moved, owned);
             if q.bytes < self.config.limit {
-                q.full_since = None;
+                if let Some(drops) = q.drops.as_mut() {
+                    drops.full_since = None;
+                }
             }
             // Whatever is pushed next must wake the listener, which may now wait.
             q.wake_armed = true;
@@ -377,6 +390,15 @@ impl Output {
         } else {
             q.entries.push_back(Entry::Owned(bytes.to_vec()));
         }
+    }
+
+    fn append_vec(&self, q: &mut Queue, bytes: Vec<u8>) {
+        if let Some(Entry::Owned(_)) = q.entries.back() {
+            return self.append_owned(q, &bytes);
+        }
+        self.grow(q, bytes.len());
+        self.config.memory.add(bytes.len());
+        q.entries.push_back(Entry::Owned(bytes));
     }
 
     fn append_shared(&self, q: &mut Queue, batch: &SharedBatch, start: usize, end: usize) {
@@ -577,7 +599,7 @@ pub(crate) mod tests {
     fn replies_are_never_dropped_and_report_the_backlog() {
         let (out, _) = output(ID, 10);
         for _ in 0..5 {
-            assert!(out.push_reply(b"0123456789\n"));
+            assert!(out.push_reply(b"0123456789\n".to_vec()));
         }
         assert!(out.over_limit());
         let (b, ends) = batch(1, 5);
@@ -610,20 +632,20 @@ pub(crate) mod tests {
     #[test]
     fn the_listener_is_woken_once_per_drain_cycle() {
         let (out, signals) = output(ID, 1 << 20);
-        out.push_reply(b"a\n");
-        out.push_reply(b"b\n");
+        out.push_reply(b"a\n".to_vec());
+        out.push_reply(b"b\n".to_vec());
         assert_eq!(signals.wakes.load(Ordering::SeqCst), 1);
         assert_eq!(drained(&out), (true, b"a\nb\n".to_vec()));
-        out.push_reply(b"c\n");
+        out.push_reply(b"c\n".to_vec());
         assert_eq!(signals.wakes.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn closing_keeps_queued_output_until_drained() {
         let (out, _) = output(ID, 1 << 20);
-        out.push_reply(b"last\n");
+        out.push_reply(b"last\n".to_vec());
         out.close();
-        assert!(!out.push_reply(b"after\n"));
+        assert!(!out.push_reply(b"after\n".to_vec()));
         assert_eq!(drained(&out), (true, b"last\n".to_vec()));
         assert_eq!(drained(&out), (false, Vec::new()));
     }
@@ -636,7 +658,7 @@ pub(crate) mod tests {
         let (chunk, ends) = batch_in(&memory, 10, 100);
         a.push_deliveries(&chunk, 0, &ends);
         b.push_deliveries(&chunk, 0, &ends);
-        a.push_reply(b"0123456789");
+        a.push_reply(b"0123456789".to_vec());
         drop(chunk);
         assert_eq!(memory.used(), 1000 + 10, "the chunk once, the reply once");
         drained(&a);

@@ -127,9 +127,14 @@ impl Router {
     /// Registers a session; `make` receives its id and builds its output.
     pub(crate) fn add_session(
         &mut self,
-        listener: Arc<str>,
+        listener: &str,
         make: impl FnOnce(SessionId) -> Arc<Output>,
     ) -> (SessionId, Arc<Output>) {
+        // One name per listener, shared by its sessions, not one each.
+        let listener = match self.per_listener.get_key_value(listener) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(listener),
+        };
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -312,7 +317,7 @@ mod tests {
 
     fn open(router: &mut Router, listener: &str) -> SessionId {
         router
-            .add_session(listener.into(), |id| Arc::new(output(id, 1 << 20).0))
+            .add_session(listener, |id| Arc::new(output(id, 1 << 20).0))
             .0
     }
 

@@ -74,8 +74,8 @@ impl Session {
         waker: OutputWakerBox,
     ) -> Arc<Session> {
         let limits = shared.limits;
-        let listener: Arc<str> = info.listener.as_str().into();
         let peer: Arc<str> = info.peer.as_str().into();
+        let listener = info.listener.as_str();
         let (id, output) = shared.router.write().add_session(listener, |session| {
             let config = OutputConfig {
                 session,

@@ -17,7 +17,8 @@
 //!
 //! Memory per idle connection is kept small: a plain connection holds no
 //! read buffer while it waits (reads go into a per-thread buffer once the
-//! socket is readable) and its write buffer shrinks back after a burst. A
+//! socket is readable), no write buffer (it is released once nothing is waiting),
+//! and its task stores each part of its state once. A
 //! TLS connection reads through rustls, which keeps buffers of its own.
 //!
 //! When the listener stops, a connection stops reading, writes out what is
@@ -25,16 +26,17 @@
 //! sessions to close, up to its shutdown timeout.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::abi_stable::std_types::RVec;
 use mist_sdk::net::{drive_connection, stopping, Refusal, Serve, Stream};
 use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 use tokio::sync::watch;
 
 /// Reads are this large at most. One read is one batch of publishes, and
@@ -42,7 +44,8 @@ use tokio::sync::watch;
 /// spread over many topics, a larger batch gives each subscriber more
 /// than one message a write. The buffer is per thread, not per connection.
 const READ_CHUNK: usize = 256 * 1024;
-/// A write buffer grown past this is released after use.
+/// A write buffer grown past this is released after use; a smaller one is
+/// kept while output keeps coming and released once there is none.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer of a TLS connection, which cannot use the per-thread one
 /// (rustls decrypts into it across an await).
@@ -78,40 +81,46 @@ impl Plugin for Tcp {
         if tls {
             listener = listener.tls(&[]);
         }
-        listener.start(move |stream, peer, stop| serve(stream, peer, scheme, broker.clone(), stop))
+        listener.start(move |stream, peer, stop| serve(stream, peer, scheme, &broker, stop))
     }
 }
 
-async fn serve(
+/// Opens the client's session and returns the connection's future.
+///
+/// One future, not one `async fn` calling the next: each `async fn` keeps
+/// its arguments in its state for as long as it runs, so every layer would
+/// store the stream, the session and the stop signal again in every idle
+/// connection's task.
+fn serve(
     stream: Stream,
     peer: SocketAddr,
     scheme: &'static str,
-    broker: Broker,
+    broker: &Broker,
     stop: watch::Receiver<bool>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let session = broker.open_session(SessionInfo::new(scheme, peer));
-    match stream {
-        Stream::Plain(stream) => serve_plain(stream, peer, session, stop).await,
-        Stream::Tls(stream) => Box::pin(serve_tls(stream, peer, session, stop)).await,
+    async move {
+        let mut stream = stream;
+        let Stream::Plain(plain) = &mut stream else {
+            if let Stream::Tls(tls) = stream {
+                Box::pin(serve_tls(tls, peer, session, stop)).await;
+            }
+            return;
+        };
+        // A plain connection: its reading and its writing in one task (an
+        // idle connection is one small task, not two). Borrowed halves:
+        // `into_split` would allocate an `Arc` per connection.
+        let (reader, writer) = plain.split();
+        // Pinned here and lent to `drive_connection`: passed by value, each
+        // future would be stored again in its state.
+        let writing = pin!(write_output(session.clone(), writer, stop.clone()));
+        let reading = pin!(async {
+            if let Err(e) = read_plain(&session, reader).await {
+                tracing::debug!(%peer, "connection read failed: {e}");
+            }
+        });
+        drive_connection(&session, reading, writing, stop).await;
     }
-}
-
-/// A plain connection: its reading and its writing in one task (an idle
-/// connection is one small task, not two).
-async fn serve_plain(
-    stream: TcpStream,
-    peer: SocketAddr,
-    session: Session,
-    stop: watch::Receiver<bool>,
-) {
-    let (reader, writer) = stream.into_split();
-    let writing = write_output(session.clone(), writer, stop.clone());
-    let reading = async {
-        if let Err(e) = read_plain(&session, reader).await {
-            tracing::debug!(%peer, "connection read failed: {e}");
-        }
-    };
-    drive_connection(&session, reading, writing, stop).await;
 }
 
 /// A TLS connection: rustls keeps its own buffers; the writer is a task of
@@ -150,7 +159,7 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
-async fn read_plain(session: &Session, reader: OwnedReadHalf) -> io::Result<()> {
+async fn read_plain(session: &Session, reader: ReadHalf<'_>) -> io::Result<()> {
     loop {
         reader.readable().await?;
         let fed = READ_BUFFER.with(|buffer| {
@@ -201,13 +210,21 @@ async fn write_output<W: AsyncWrite + Unpin>(
                 break;
             }
         } else {
-            tokio::select! {
-                open = session.output(&mut buffer) => if !open && buffer.is_empty() {
+            let open = session.try_output(&mut buffer);
+            if buffer.is_empty() {
+                if !open {
                     break;
-                },
-                _ = stopping(&mut stop) => {
-                    stopped = true;
-                    continue;
+                }
+                // Nothing waiting: an idle connection holds no buffer.
+                buffer = RVec::new();
+                tokio::select! {
+                    open = session.output(&mut buffer) => if !open && buffer.is_empty() {
+                        break;
+                    },
+                    _ = stopping(&mut stop) => {
+                        stopped = true;
+                        continue;
+                    }
                 }
             }
         }
@@ -228,4 +245,29 @@ async fn write_output<W: AsyncWrite + Unpin>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection's task is this future (inside the sdk's): a
+    /// future stored twice, or a buffer held across an await, shows here.
+    #[test]
+    fn a_plain_connection_future_stays_small() {
+        let serve: fn(
+            Stream,
+            SocketAddr,
+            &'static str,
+            &'static Broker,
+            watch::Receiver<bool>,
+        ) -> _ = serve;
+        let size = future_size(serve);
+        // Unoptimized builds lay futures out larger than release builds.
+        assert!(size <= 1280, "{size} bytes");
+    }
 }
