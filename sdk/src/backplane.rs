@@ -160,7 +160,8 @@ struct OutboxState {
 }
 
 impl Outbox {
-    /// An empty, closed queue that holds at most `limit` bytes.
+    /// An empty, closed queue that holds at most `limit` bytes, or a single
+    /// item larger than that.
     pub fn new(limit: usize) -> Self {
         Outbox {
             shared: Arc::new(OutboxShared {
@@ -198,7 +199,10 @@ impl Outbox {
                     "backplane unavailable: {reason}"
                 )));
             }
-            if state.bytes + size > self.shared.limit {
+            // An item larger than the whole limit is taken when the queue
+            // is empty, alone: otherwise it could never leave, and a host
+            // that offers it again would wait forever.
+            if state.bytes + size > self.shared.limit && !state.queue.is_empty() {
                 return Err(SdkError::overloaded(format!(
                     "backplane outgoing buffer full ({} bytes)",
                     self.shared.limit
@@ -320,6 +324,11 @@ mod tests {
             payloads,
             [b"1234".to_vec(), b"5678".to_vec(), b"9".to_vec()]
         );
+        // Larger than the whole limit: taken alone into an empty queue.
+        outbox.push(vec!["big".into()], vec![0; 64]).unwrap();
+        let full = outbox.push(vec!["d".into()], b"x".to_vec()).unwrap_err();
+        assert_eq!(full.kind, crate::ErrorKind::OVERLOADED);
+        outbox.next_batch(10, &mut out).await;
         outbox.push(vec!["d".into()], b"x".to_vec()).unwrap();
         assert_eq!(outbox.close("gone"), 1);
         assert!(outbox.health().is_err());
