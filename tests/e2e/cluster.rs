@@ -556,6 +556,25 @@ async fn revocation_reaches_every_node(kind: Kind) {
 }
 
 /// Each case, once per backplane.
+/// Reads deliveries whose data starts with their number (`"<i> ..."`)
+/// until the one whose data is `end`; asserts they come 0, 1, 2, ... with
+/// none missing or repeated, checks each with `check`, and returns how
+/// many came.
+async fn numbered_until_end(client: &mut Client, check: impl Fn(usize, &Value)) -> usize {
+    let mut next = 0;
+    loop {
+        let message = client.recv().await;
+        let data = message["data"].as_str().unwrap();
+        if data == "end" {
+            return next;
+        }
+        let i: usize = data.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(i, next, "message {i} arrived where {next} was due");
+        check(i, &message);
+        next += 1;
+    }
+}
+
 /// A counter of node `node`'s `/metrics`.
 async fn cluster_counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let text = http(&cluster.http(node), "GET", "/metrics", &[], b"")
@@ -602,21 +621,13 @@ async fn a_flood_faster_than_the_backplane_loses_nothing(kind: Kind) {
     }
     lines.push_str("{\"command\":\"publish\",\"tags\":[\"r0\",\"app\"],\"data\":\"end\"}\n");
     publisher.send_raw(lines.as_bytes()).await;
-    let mut next = 0;
-    loop {
-        let message = subscriber.recv().await;
-        let data = message["data"].as_str().unwrap();
-        if data == "end" {
-            break;
-        }
-        let i: usize = data.split(' ').next().unwrap().parse().unwrap();
-        assert_eq!(i, next, "message {i} arrived where {next} was due");
+    let next = numbered_until_end(&mut subscriber, |i, message| {
         assert_eq!(
             message["tags"],
             json!([format!("r{}", i % TOPICS), "app", "extra"])
         );
-        next += 1;
-    }
+    })
+    .await;
     assert_eq!(next, N, "{next} of {N} messages arrived");
     assert!(publisher.sync().await.is_empty());
     subscriber.expect_nothing().await;
@@ -682,17 +693,7 @@ async fn a_backplane_lost_mid_flood_does_not_hold_the_publisher(kind: Kind) {
         .unwrap();
     assert!(publisher.sync().await.is_empty());
     // Every message reached the local subscriber, in order.
-    let mut next = 0;
-    loop {
-        let message = local.recv().await;
-        let data = message["data"].as_str().unwrap();
-        if data == "end" {
-            break;
-        }
-        let i: usize = data.split(' ').next().unwrap().parse().unwrap();
-        assert_eq!(i, next);
-        next += 1;
-    }
+    let next = numbered_until_end(&mut local, |_, _| {}).await;
     assert_eq!(next, N);
     assert!(cluster_counter(&cluster, 0, "mist_cluster_dropped_total").await > 0);
 }

@@ -132,6 +132,13 @@ mod tests {
         tags.iter().map(|t| names().tag(t)).collect()
     }
 
+    /// Each run's channels and message count.
+    fn shape(runs: &[Run]) -> Vec<(Vec<String>, u64)> {
+        runs.iter()
+            .map(|r| (r.channels.to_vec(), r.count))
+            .collect()
+    }
+
     #[test]
     fn runs_group_consecutive_messages_for_the_same_channels() {
         let mut out = Outbound::default();
@@ -145,10 +152,7 @@ mod tests {
             assert!(out.push(tags, data, &names()));
         }
         let runs = out.take();
-        let shape: Vec<(Vec<String>, u64)> = runs
-            .iter()
-            .map(|r| (r.channels.to_vec(), r.count))
-            .collect();
+        let shape = shape(&runs);
         assert_eq!(
             shape,
             [
@@ -201,10 +205,7 @@ mod tests {
         assert!(out.push(&["c"], "\"4\"", &names()));
         out.put_back(left);
         let runs = out.take();
-        let shape: Vec<(Vec<String>, u64)> = runs
-            .iter()
-            .map(|r| (r.channels.to_vec(), r.count))
-            .collect();
+        let shape = shape(&runs);
         // Put back in front, and not merged with the newer run on the same
         // channels: each run is one payload with its own sequence number.
         assert_eq!(
