@@ -3,13 +3,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{fence, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RNone, ROption, RSome, RString, RVec};
 use async_ffi::FfiFuture;
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::abi::{
@@ -71,8 +72,13 @@ impl Broker {
     /// An error (kind [`OVERLOADED`](crate::ErrorKind::OVERLOADED)) means the
     /// broker is full: refuse the connection with its message.
     pub fn admit(&self, listener: &str) -> Result<ConnectionPermit, SdkError> {
-        self.inner.admit(listener.into()).into_result()?;
-        Ok(ConnectionPermit {
+        self.permits(listener).admit()
+    }
+
+    /// What [`Broker::admit`] needs, shared by the permits of one listener
+    /// (a permit is then one pointer, and takes no allocation of its own).
+    pub(crate) fn permits(&self, listener: &str) -> Arc<Permits> {
+        Arc::new(Permits {
             broker: self.inner.clone(),
             listener: listener.into(),
         })
@@ -100,13 +106,28 @@ impl Broker {
 /// One client connection's place in the broker's connection limit, taken
 /// by [`Broker::admit`] and given back when dropped.
 pub struct ConnectionPermit {
+    permits: Arc<Permits>,
+}
+
+/// The broker and the listener whose connection limit permits count in.
+pub(crate) struct Permits {
     broker: BrokerBox,
     listener: RString,
 }
 
+impl Permits {
+    /// Takes a place (see [`Broker::admit`]).
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<ConnectionPermit, SdkError> {
+        self.broker.admit(self.listener.as_rstr()).into_result()?;
+        Ok(ConnectionPermit {
+            permits: self.clone(),
+        })
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.broker.release(self.listener.as_rstr());
+        self.permits.broker.release(self.permits.listener.as_rstr());
     }
 }
 
@@ -122,11 +143,54 @@ pub struct Session {
 /// What the broker tells a listener about one session.
 #[derive(Default)]
 struct Signals {
+    /// [`PENDING`] and [`CLOSED`].
+    state: AtomicU8,
+    /// The one waker of the poll-style waits ([`Session::poll_output`],
+    /// [`Session::poll_closed`], [`Session::register_waker`]).
+    waker: AtomicWaker,
+    /// The waiters of [`Session::output`] and [`Session::closed`], made by
+    /// the first of them: a listener that polls never has them.
+    waiters: OnceLock<Box<Waiters>>,
+}
+
+#[derive(Default)]
+struct Waiters {
     /// Output is waiting.
     ready: Notify,
     /// The broker ended the session.
     closed: Notify,
-    is_closed: AtomicBool,
+}
+
+/// The broker said output is waiting, and no drain has started since.
+const PENDING: u8 = 1;
+/// The broker ended the session.
+const CLOSED: u8 = 2;
+
+impl Signals {
+    /// The waiters, made if need be. A wake that found none sets the state
+    /// first: read it after this (it is ordered after the waiters exist).
+    fn waiters(&self) -> &Waiters {
+        let waiters = self.waiters.get_or_init(Box::default);
+        fence(Ordering::SeqCst);
+        waiters
+    }
+
+    /// Sets `flag`, then wakes whoever waits for it.
+    fn raise(&self, flag: u8) {
+        self.state.fetch_or(flag, Ordering::AcqRel);
+        // Pairs with the fence of `waiters`: either this sees the waiters,
+        // or they see the flag.
+        fence(Ordering::SeqCst);
+        if let Some(waiters) = self.waiters.get() {
+            if flag & CLOSED != 0 {
+                waiters.closed.notify_waiters();
+            }
+            // A writer waiting for output wakes (and may find the session
+            // closed).
+            waiters.ready.notify_one();
+        }
+        self.waker.wake();
+    }
 }
 
 impl Session {
@@ -152,13 +216,37 @@ impl Session {
     /// JSON lines. Returns `false` once the session is closed and drained.
     pub async fn output(&self, out: &mut RVec<u8>) -> bool {
         loop {
-            let open = self.inner.drain(out);
+            let open = self.try_output(out);
             if !out.is_empty() || !open {
                 return open;
             }
-            // A wake between the drain above and this await is not lost:
-            // `notify_one` leaves a permit when nobody is waiting yet.
-            self.signals.ready.notified().await;
+            let ready = self.signals.waiters().ready.notified();
+            tokio::pin!(ready);
+            // Registered before the check: a wake in between is not lost
+            // (and `notify_one` leaves a permit besides).
+            ready.as_mut().enable();
+            if self.output_pending() {
+                continue;
+            }
+            ready.await;
+        }
+    }
+
+    /// The poll-style [`Session::output`], for a listener whose reading
+    /// and writing share one task: appends waiting output to `out`, or
+    /// registers the task to be woken when there is some. Shares one waker
+    /// with [`Session::poll_closed`] and [`Session::register_waker`]: poll
+    /// these from one task only.
+    pub fn poll_output(&self, cx: &mut Context<'_>, out: &mut RVec<u8>) -> Poll<bool> {
+        loop {
+            let open = self.try_output(out);
+            if !out.is_empty() || !open {
+                return Poll::Ready(open);
+            }
+            self.register_waker(cx.waker());
+            if !self.output_pending() {
+                return Poll::Pending;
+            }
         }
     }
 
@@ -167,20 +255,60 @@ impl Session {
     /// reads and writes against this so that a connection whose client
     /// stopped reading is closed even while a write to it is stuck.
     pub async fn closed(&self) {
-        let closed = self.signals.closed.notified();
+        let closed = self.signals.waiters().closed.notified();
         tokio::pin!(closed);
         // Registered before the check: a close in between is not missed.
         closed.as_mut().enable();
-        if self.signals.is_closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return;
         }
         closed.await;
+    }
+
+    /// The poll-style [`Session::closed`]; one task only (see
+    /// [`Session::poll_output`]).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_closed() {
+            return Poll::Ready(());
+        }
+        self.register_waker(cx.waker());
+        if self.is_closed() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Whether the broker has ended this session itself (see
+    /// [`Session::closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.signals.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Whether the broker said output is waiting since the last
+    /// [`Session::try_output`] (or [`Session::output`]) began, or ended the
+    /// session. It may have been drained already; it never misses output
+    /// queued after that drain.
+    pub fn output_pending(&self) -> bool {
+        self.signals.state.load(Ordering::Acquire) != 0
+    }
+
+    /// Registers `waker` to be woken, once, when the broker says output is
+    /// waiting or ends the session: the poll-style counterpart of
+    /// [`Session::output`] and [`Session::closed`], for a connection that
+    /// waits without a task (parked while idle). One waker at a time: a
+    /// later registration replaces it. Register first, then check
+    /// [`Session::output_pending`]; a wake in between is not lost.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.signals.waker.register(waker);
     }
 
     /// Appends whatever output is waiting now to `out`, without waiting.
     /// Returns `false` once the session is closed and drained. For a
     /// listener that is stopping: write out what is queued, then close.
     pub fn try_output(&self, out: &mut RVec<u8>) -> bool {
+        // Cleared before the drain: a wake for output queued after it sets
+        // the flag again.
+        self.signals.state.fetch_and(!PENDING, Ordering::AcqRel);
         self.inner.drain(out)
     }
 
@@ -247,14 +375,11 @@ struct NotifyWaker(Arc<Signals>);
 
 impl OutputWakerApi for NotifyWaker {
     fn wake(&self) {
-        self.0.ready.notify_one();
+        self.0.raise(PENDING);
     }
 
     fn closed(&self) {
-        self.0.is_closed.store(true, Ordering::Release);
-        self.0.closed.notify_waiters();
-        // A writer waiting for output wakes and finds the session closed.
-        self.0.ready.notify_one();
+        self.0.raise(CLOSED);
     }
 }
 

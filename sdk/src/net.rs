@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::broker::{Broker, ConnectionPermit};
+use crate::broker::{Broker, ConnectionPermit, Permits};
 use crate::error::SdkError;
 use crate::plugin::Listener;
 use crate::tls::{TlsAcceptor, TlsStream};
@@ -245,6 +245,28 @@ impl Serve {
         F: Fn(Stream, SocketAddr, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.start_with_permit(move |stream, peer, stop, permit| {
+            let serving = serve(stream, peer, stop);
+            async move {
+                serving.await;
+                drop(permit);
+            }
+        })
+    }
+
+    /// [`Serve::start`], handing `serve` the connection's place in the
+    /// connection limit too: the place is given back when `serve` drops
+    /// the [`ConnectionPermit`], which may be after its future has ended
+    /// (a connection that waits without a task while it is idle keeps
+    /// the permit with the rest of its state).
+    pub fn start_with_permit<F, Fut>(self, serve: F) -> Result<Box<dyn Listener>, SdkError>
+    where
+        F: Fn(Stream, SocketAddr, watch::Receiver<bool>, ConnectionPermit) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let tls = match &self.alpn {
             Some(alpn) => {
                 let alpn: Vec<&str> = alpn.iter().map(String::as_str).collect();
@@ -256,15 +278,10 @@ impl Serve {
         let local_addr = local_addr(&bound)?;
         let (stop, stopped) = watch::channel(false);
         let handshake = Duration::from_millis(self.broker.limits().handshake_timeout_ms);
-        let scheme = self
-            .uri
-            .split_once("://")
-            .map_or("", |(scheme, _)| scheme)
-            .to_owned();
+        let scheme = self.uri.split_once("://").map_or("", |(scheme, _)| scheme);
         let context = Arc::new(Shared {
             serve,
-            broker: self.broker,
-            scheme,
+            permits: self.broker.permits(scheme),
             refusal: self.refusal,
             tls: tls.clone(),
             handshake,
@@ -272,7 +289,7 @@ impl Serve {
         });
         let health = Arc::new(Health::default());
         let dispatch = move |stream: TcpStream, peer: SocketAddr| {
-            let permit = context.broker.admit(&context.scheme);
+            let permit = context.permits.admit();
             tokio::spawn(connection(stream, peer, permit, context.clone()));
         };
         spawn_monitored(&self.uri, accept(bound, dispatch, stopped), health.clone());
@@ -337,8 +354,7 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, SdkError> {
 /// What every connection of one listener shares.
 struct Shared<F> {
     serve: F,
-    broker: Broker,
-    scheme: String,
+    permits: Arc<Permits>,
     refusal: Refusal,
     tls: Option<Arc<TlsAcceptor>>,
     handshake: Duration,
@@ -356,7 +372,7 @@ async fn connection<F, Fut>(
     permit: Result<ConnectionPermit, SdkError>,
     context: Arc<Shared<F>>,
 ) where
-    F: Fn(Stream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    F: Fn(Stream, SocketAddr, watch::Receiver<bool>, ConnectionPermit) -> Fut,
     Fut: Future<Output = ()>,
 {
     // Replies are small and latency matters more than packet count; output
@@ -381,10 +397,7 @@ async fn connection<F, Fut>(
         }
     };
     match permit {
-        Ok(permit) => {
-            (context.serve)(stream, peer, context.stop.clone()).await;
-            drop(permit);
-        }
+        Ok(permit) => (context.serve)(stream, peer, context.stop.clone(), permit).await,
         // Boxed: refusing drains into a 4 KiB buffer, which would otherwise
         // sit in every admitted connection's task too.
         Err(refused) => Box::pin(refuse(stream, context.refusal, refused.message.as_str())).await,

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) connections: AtomicUsize,
     /// Everything queued for clients, against `--max-memory`.
     pub(crate) memory: Arc<Memory>,
+    /// The limits of every session's output (`memory` among them).
+    pub(crate) outputs: Arc<output::OutputLimits>,
     /// Open sessions by token, for revocation.
     pub(crate) tokens: Tokens,
     /// Errors returned by plugin calls, by plugin name (rare: a lock is fine).
@@ -193,6 +195,12 @@ pub enum BrokerError {
 impl Broker {
     /// A broker with no sessions, no authenticator and no custom commands.
     pub fn new(limits: Limits) -> Self {
+        let memory = Memory::new(limits.max_memory);
+        let outputs = Arc::new(output::OutputLimits {
+            limit: limits.max_queue_bytes,
+            slow_after: limits.slow_consumer_timeout,
+            memory: memory.clone(),
+        });
         Broker {
             shared: Arc::new(Shared {
                 router: RwLock::new(Router::new()),
@@ -201,7 +209,8 @@ impl Broker {
                 auth: OnceLock::new(),
                 commands: OnceLock::new(),
                 connections: AtomicUsize::new(0),
-                memory: Memory::new(limits.max_memory),
+                memory,
+                outputs,
                 tokens: Tokens::default(),
                 plugin_errors: Mutex::new(BTreeMap::new()),
                 health: Arc::default(),
@@ -373,7 +382,7 @@ impl Shared {
         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             session = %session,
-            peer = output.peer(),
+            peer = %output.peer(),
             timeout = ?self.limits.slow_consumer_timeout,
             dropped = output.dropped(),
             "disconnected a slow consumer: its queue stayed full past the timeout"

@@ -49,7 +49,38 @@ pub(crate) type SharedBatch = Arc<Chunk>;
 pub(crate) struct OutputConfig {
     pub(crate) session: SessionId,
     /// The client's address, for logs.
-    pub(crate) peer: Arc<str>,
+    pub(crate) peer: Peer,
+    /// The broker's, shared by every output (not stored in each).
+    pub(crate) limits: Arc<OutputLimits>,
+}
+
+/// A client's address, for logs: a socket address (most are) is kept in
+/// place, anything else in an allocation of its own.
+pub(crate) enum Peer {
+    Addr(std::net::SocketAddr),
+    Text(Arc<str>),
+}
+
+impl From<&str> for Peer {
+    fn from(peer: &str) -> Peer {
+        match peer.parse() {
+            Ok(addr) => Peer::Addr(addr),
+            Err(_) => Peer::Text(peer.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Addr(addr) => addr.fmt(f),
+            Peer::Text(text) => text.fmt(f),
+        }
+    }
+}
+
+/// What every output of one broker applies.
+pub(crate) struct OutputLimits {
     pub(crate) limit: usize,
     /// How long a queue may stay full before its session is disconnected.
     pub(crate) slow_after: Duration,
@@ -126,7 +157,7 @@ impl Output {
         self.config.session
     }
 
-    pub(crate) fn peer(&self) -> &str {
+    pub(crate) fn peer(&self) -> &Peer {
         &self.config.peer
     }
 
@@ -159,8 +190,12 @@ impl Output {
             if q.closed {
                 return false;
             }
-            let fits = q.bytes + line.len() <= self.config.limit
-                && self.config.memory.admits(q.bytes, line.len(), line.len());
+            let fits = q.bytes + line.len() <= self.config.limits.limit
+                && self
+                    .config
+                    .limits
+                    .memory
+                    .admits(q.bytes, line.len(), line.len());
             if !fits {
                 self.note_drops(&mut q, 1);
                 return false;
@@ -190,7 +225,7 @@ impl Output {
             if q.closed {
                 return Pushed::default();
             }
-            let room = self.config.limit.saturating_sub(q.bytes);
+            let room = self.config.limits.limit.saturating_sub(q.bytes);
             // Keep the oldest messages that fit; drop the newest.
             let mut fit = if end - start <= room {
                 ends.len()
@@ -200,7 +235,7 @@ impl Output {
             if fit > 0 {
                 let bytes = ends[fit - 1] - start;
                 let new = if self.copies(batch, bytes) { bytes } else { 0 };
-                if !self.config.memory.admits(q.bytes, bytes, new) {
+                if !self.config.limits.memory.admits(q.bytes, bytes, new) {
                     fit = 0;
                 }
             }
@@ -214,7 +249,7 @@ impl Output {
                 let now = Instant::now();
                 let drops = q.drops.get_or_insert_with(Box::default);
                 let since = *drops.full_since.get_or_insert(now);
-                slow = now.duration_since(since) >= self.config.slow_after;
+                slow = now.duration_since(since) >= self.config.limits.slow_after;
             }
             let wake = fit > 0 && q.take_wake();
             (
@@ -246,7 +281,7 @@ impl Output {
                 peer = %self.config.peer,
                 dropped = drops.since_log,
                 dropped_total = total,
-                queue_limit_bytes = self.config.limit,
+                queue_limit_bytes = self.config.limits.limit,
                 "subscriber is not keeping up: dropping its newest messages"
             );
             drops.last_log = Some(now);
@@ -278,14 +313,14 @@ impl Output {
                 moved += bytes.len();
             }
             self.forget(&mut q, moved, owned);
-            if q.bytes < self.config.limit {
+            if q.bytes < self.config.limits.limit {
                 if let Some(drops) = q.drops.as_mut() {
                     drops.full_since = None;
                 }
             }
             // Whatever is pushed next must wake the listener, which may now wait.
             q.wake_armed = true;
-            let waiter = if q.bytes <= self.config.limit {
+            let waiter = if q.bytes <= self.config.limits.limit {
                 q.backlog_waiter.take()
             } else {
                 None
@@ -303,14 +338,14 @@ impl Output {
     /// and this queue holds more than its share.
     pub(crate) fn over_limit(&self) -> bool {
         let bytes = self.queue.lock().bytes;
-        bytes > self.config.limit || self.config.memory.over(bytes)
+        bytes > self.config.limits.limit || self.config.limits.memory.over(bytes)
     }
 
     /// Registers `waker` to be woken when the backlog is back under the
     /// limit; returns `false` (without registering) if it already is.
     pub(crate) fn wait_under_limit(&self, waker: &Waker) -> bool {
         let mut q = self.queue.lock();
-        let over = q.bytes > self.config.limit || self.config.memory.over(q.bytes);
+        let over = q.bytes > self.config.limits.limit || self.config.limits.memory.over(q.bytes);
         if !over || q.closed {
             return false;
         }
@@ -384,7 +419,7 @@ impl Output {
 
     fn append_owned(&self, q: &mut Queue, bytes: &[u8]) {
         self.grow(q, bytes.len());
-        self.config.memory.add(bytes.len());
+        self.config.limits.memory.add(bytes.len());
         if let Some(Entry::Owned(tail)) = q.entries.back_mut() {
             tail.extend_from_slice(bytes);
         } else {
@@ -397,7 +432,7 @@ impl Output {
             return self.append_owned(q, &bytes);
         }
         self.grow(q, bytes.len());
-        self.config.memory.add(bytes.len());
+        self.config.limits.memory.add(bytes.len());
         q.entries.push_back(Entry::Owned(bytes));
     }
 
@@ -426,16 +461,16 @@ impl Output {
 
     fn grow(&self, q: &mut Queue, n: usize) {
         if q.bytes == 0 && n > 0 {
-            self.config.memory.queue_busy();
+            self.config.limits.memory.queue_busy();
         }
         q.bytes += n;
     }
 
     /// `bytes` left the queue, `owned` of them its own copies.
     fn forget(&self, q: &mut Queue, bytes: usize, owned: usize) {
-        self.config.memory.sub(owned);
+        self.config.limits.memory.sub(owned);
         if q.bytes > 0 && q.bytes == bytes {
-            self.config.memory.queue_idle();
+            self.config.limits.memory.queue_idle();
         }
         q.bytes -= bytes;
     }
@@ -454,9 +489,9 @@ impl Drop for Output {
                 Entry::Shared { .. } => 0,
             })
             .sum();
-        self.config.memory.sub(owned);
+        self.config.limits.memory.sub(owned);
         if q.bytes > 0 {
-            self.config.memory.queue_idle();
+            self.config.limits.memory.queue_idle();
         }
     }
 }
@@ -540,9 +575,11 @@ pub(crate) mod tests {
         let config = OutputConfig {
             session,
             peer: "127.0.0.1:9".into(),
-            limit,
-            slow_after,
-            memory: memory.clone(),
+            limits: Arc::new(OutputLimits {
+                limit,
+                slow_after,
+                memory: memory.clone(),
+            }),
         };
         (Output::new(config, waker), signals)
     }

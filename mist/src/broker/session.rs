@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use super::command::Refusal;
 use super::commands::{self, Applied, Context, State, Step};
 use super::framing::{Frame, LineFramer};
-use super::output::{ExtendSlice, Output, OutputConfig};
+use super::output::{ExtendSlice, Output, OutputConfig, Peer};
 use super::router::SessionId;
 use super::steps::Pending;
 use super::Shared;
@@ -74,15 +74,13 @@ impl Session {
         waker: OutputWakerBox,
     ) -> Arc<Session> {
         let limits = shared.limits;
-        let peer: Arc<str> = info.peer.as_str().into();
+        let peer = Peer::from(info.peer.as_str());
         let listener = info.listener.as_str();
         let (id, output) = shared.router.write().add_session(listener, |session| {
             let config = OutputConfig {
                 session,
                 peer,
-                limit: limits.max_queue_bytes,
-                slow_after: limits.slow_consumer_timeout,
-                memory: shared.memory.clone(),
+                limits: shared.outputs.clone(),
             };
             Arc::new(Output::new(config, waker))
         });
