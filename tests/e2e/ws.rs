@@ -64,6 +64,51 @@ async fn bad_frames_get_error_replies_and_the_connection_stays() {
     assert!(client.sync().await.is_empty());
 }
 
+/// Frames read together are fed to the broker together (one batch), but
+/// each is still one message: one with newlines between its tokens and a
+/// binary one in between are answered in order.
+#[tokio::test]
+async fn frames_read_together_stay_messages_in_order() {
+    let server = server(&[]);
+    let ws = server.addr("ws");
+    let mut subscriber = WsClient::connect(&format!("ws://{ws}/subscribe/websocket")).await;
+    let mut client = WsClient::connect(&format!("ws://{ws}/")).await;
+    subscriber.subscribe(&["batch"]).await;
+    let publish = |n: u32| {
+        Message::text(
+            json!({"command": "publish", "tags": ["batch"], "data": n.to_string()}).to_string(),
+        )
+    };
+    client
+        .send_frames(vec![
+            publish(1),
+            Message::text("{\"command\":\n\"list\"\n}"),
+            publish(2),
+            publish(3),
+            Message::binary(b"{}".to_vec()),
+            publish(4),
+            Message::text(json!({"command": "ping"}).to_string()),
+        ])
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"command": "list", "data": "[]"})
+    );
+    let binary = client.recv().await;
+    assert!(error_of(&binary).contains("binary frames"), "{binary}");
+    assert_eq!(
+        client.recv().await,
+        json!({"command": "ping", "data": "pong"})
+    );
+    for n in 1..=4 {
+        assert_eq!(
+            subscriber.recv().await,
+            delivery(&["batch"], &n.to_string())
+        );
+    }
+    assert!(client.sync().await.is_empty());
+}
+
 #[tokio::test]
 async fn ping_frames_are_answered_and_close_is_a_handshake() {
     let server = server(&[]);

@@ -45,6 +45,14 @@ impl WsClient {
         self.socket.send(frame).await.expect("WebSocket send");
     }
 
+    /// Sends `frames` in one write: the broker reads them together.
+    pub async fn send_frames(&mut self, frames: Vec<Message>) {
+        for frame in frames {
+            self.socket.feed(frame).await.expect("WebSocket send");
+        }
+        self.socket.flush().await.expect("WebSocket flush");
+    }
+
     /// Sends `message` as one text frame.
     pub async fn send(&mut self, message: Value) {
         self.send_frame(Message::text(message.to_string())).await;

@@ -75,6 +75,9 @@ pub const TOKEN_QUERY: &str = "x-auth-token";
 const CONTROL_QUEUE: usize = 8;
 /// Bytes read from a client at a time.
 const READ_BUFFER: usize = 4 * 1024;
+/// Text messages fed to the broker in one batch, at most about this many
+/// bytes of them.
+const BATCH_LINES: usize = 64 * 1024;
 
 /// The plugin.
 pub struct Ws {
@@ -412,7 +415,46 @@ where
     // No read buffer while the client is silent: it is allocated when bytes
     // arrive and released once they are read.
     let mut frames = FrameReader::new(LazyBufReader::with_capacity(READ_BUFFER, read), limit);
-    while let Some(frame) = frames.next().await? {
+    // Text messages already read, as lines: fed to the broker together once
+    // no more are waiting in the read buffer. One feed is one batch, and a
+    // subscriber is queued to and woken once per batch: fed one message at
+    // a time, a flooding publisher's every message cost each subscriber a
+    // queue push and a wake (the broker's fan-out was a fifth of its time).
+    let mut lines = Vec::new();
+    loop {
+        let frame = match frames.next().await {
+            Ok(Some(frame)) => frame,
+            // What came before the end, or before a broken frame, still
+            // counts.
+            end => {
+                if !lines.is_empty() {
+                    session.feed(&lines).await;
+                }
+                return end.map(|_| ());
+            }
+        };
+        if let Frame::Text(text) = &frame {
+            // A line is one message only if it holds no newline of its own
+            // (JSON may have some between tokens) and is not empty.
+            if !text.is_empty() && memchr::memchr(b'\n', text).is_none() {
+                lines.extend_from_slice(text);
+                lines.push(b'\n');
+                if frames.get_ref().has_buffered() && lines.len() < BATCH_LINES {
+                    continue;
+                }
+                session.feed(&lines).await;
+                lines.clear();
+                if lines.capacity() > BATCH_LINES {
+                    lines = Vec::new();
+                }
+                continue;
+            }
+        }
+        // Anything else comes after the lines before it.
+        if !lines.is_empty() {
+            session.feed(&lines).await;
+            lines.clear();
+        }
         match frame {
             Frame::Text(text) => session.feed_message(&text).await,
             Frame::TooLarge(size) => session.refuse(&format!(
@@ -428,7 +470,6 @@ where
             Frame::Close(_) => return Ok(()),
         }
     }
-    Ok(())
 }
 
 async fn write_output<W>(
