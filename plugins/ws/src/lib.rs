@@ -442,18 +442,15 @@ where
                 if frames.get_ref().has_buffered() && lines.len() < BATCH_LINES {
                     continue;
                 }
-                session.feed(&lines).await;
-                lines.clear();
-                if lines.capacity() > BATCH_LINES {
-                    lines = Vec::new();
-                }
+                // Taken, not cleared: an idle connection keeps no buffer of
+                // the last batch.
+                session.feed(&std::mem::take(&mut lines)).await;
                 continue;
             }
         }
         // Anything else comes after the lines before it.
         if !lines.is_empty() {
-            session.feed(&lines).await;
-            lines.clear();
+            session.feed(&std::mem::take(&mut lines)).await;
         }
         match frame {
             Frame::Text(text) => session.feed_message(&text).await,
