@@ -165,12 +165,15 @@ impl Server {
             {
                 Ok(listener) => {
                     let addr = listener.local_addr();
-                    tracing::info!("listening on {scheme}://{addr}");
                     let (uri, listener) = (format!("{scheme}://{addr}"), Arc::new(listener));
                     server
                         .broker
                         .health()
                         .register_listener(uri.clone(), listener.clone());
+                    // Announced only once registered: whoever reads this
+                    // line (a supervisor, a test) may scrape /metrics and
+                    // must find the listener's series there.
+                    tracing::info!("listening on {uri}");
                     server.listeners.push((uri, listener));
                 }
                 Err(e) => {
