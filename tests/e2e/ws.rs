@@ -3,7 +3,8 @@
 
 use mist_e2e::client::{delivery, error_of};
 use mist_e2e::web::{
-    await_sessions, server_with_all_listeners as server, sessions_on, who, WsClient,
+    await_sessions, masked_text_frame, server_with_all_listeners as server, sessions_on, who,
+    WsClient,
 };
 use mist_e2e::Client;
 use serde_json::json;
@@ -106,6 +107,30 @@ async fn frames_read_together_stay_messages_in_order() {
             delivery(&["batch"], &n.to_string())
         );
     }
+    assert!(client.sync().await.is_empty());
+}
+
+/// Messages read together with the start of a frame are delivered before
+/// that frame is finished: a frame on its way holds nothing back.
+#[tokio::test]
+async fn messages_before_a_half_sent_frame_are_not_held_back() {
+    let server = server(&[]);
+    let ws = server.addr("ws");
+    let mut subscriber = WsClient::connect(&format!("ws://{ws}/subscribe/websocket")).await;
+    let mut client = WsClient::connect(&format!("ws://{ws}/")).await;
+    subscriber.subscribe(&["half"]).await;
+    let publish =
+        |n: u32| json!({"command": "publish", "tags": ["half"], "data": n.to_string()}).to_string();
+    let third = masked_text_frame(&publish(3));
+    let mut first_write = masked_text_frame(&publish(1));
+    first_write.extend(masked_text_frame(&publish(2)));
+    first_write.extend_from_slice(&third[..third.len() / 2]);
+    client.send_raw(&first_write).await;
+    for n in 1..=2 {
+        assert_eq!(subscriber.recv().await, delivery(&["half"], &n.to_string()));
+    }
+    client.send_raw(&third[third.len() / 2..]).await;
+    assert_eq!(subscriber.recv().await, delivery(&["half"], "3"));
     assert!(client.sync().await.is_empty());
 }
 

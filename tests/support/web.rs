@@ -53,6 +53,15 @@ impl WsClient {
         self.socket.flush().await.expect("WebSocket flush");
     }
 
+    /// Writes `bytes` to the socket as they are, past the WebSocket codec:
+    /// for frames cut short. Build them with [`masked_text_frame`].
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let MaybeTlsStream::Plain(tcp) = self.socket.get_mut() else {
+            panic!("send_raw speaks plain ws:// only");
+        };
+        tcp.write_all(bytes).await.expect("raw WebSocket write");
+    }
+
     /// Sends `message` as one text frame.
     pub async fn send(&mut self, message: Value) {
         self.send_frame(Message::text(message.to_string())).await;
@@ -403,6 +412,27 @@ pub async fn await_figure(server: &MistServer, pointer: &str, count: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One client-to-server text frame carrying `text`, masked as a client's
+/// must be (with a fixed key: the tests need no secrecy).
+pub fn masked_text_frame(text: &str) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let len = text.len();
+    let mut frame = vec![0x81];
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else {
+        assert!(
+            len <= usize::from(u16::MAX),
+            "a frame this long is not needed"
+        );
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&KEY);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    frame
 }
 
 /// Waits until `listener` has `count` sessions.

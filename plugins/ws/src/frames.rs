@@ -77,11 +77,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// What it reads from.
-    pub(crate) fn get_ref(&self) -> &R {
-        &self.io
-    }
-
     /// The next message or control frame; `None` at the end of the stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Incoming>, WireError> {
         loop {

@@ -27,11 +27,6 @@ impl<R> LazyBufReader<R> {
             capacity,
         }
     }
-
-    /// Whether bytes already read from the socket are waiting here.
-    pub(crate) fn has_buffered(&self) -> bool {
-        self.taken < self.buffer.len()
-    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {

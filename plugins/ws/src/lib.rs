@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -416,13 +417,33 @@ where
     // arrive and released once they are read.
     let mut frames = FrameReader::new(LazyBufReader::with_capacity(READ_BUFFER, read), limit);
     // Text messages already read, as lines: fed to the broker together once
-    // no more are waiting in the read buffer. One feed is one batch, and a
+    // the next frame is not already here. One feed is one batch, and a
     // subscriber is queued to and woken once per batch: fed one message at
     // a time, a flooding publisher's every message cost each subscriber a
     // queue push and a wake (the broker's fan-out was a fifth of its time).
     let mut lines = Vec::new();
     loop {
-        let frame = match frames.next().await {
+        // `next` is not cancel-safe (a frame may be half read), so the same
+        // future is polled once and, if it must wait for the socket, awaited
+        // after the collected lines are fed: they are never held back by a
+        // frame still on its way.
+        let mut next = pin!(frames.next());
+        let ready = if lines.is_empty() {
+            None
+        } else {
+            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => {
+                    session.feed(&std::mem::take(&mut lines)).await;
+                    None
+                }
+            }
+        };
+        let next = match ready {
+            Some(frame) => frame,
+            None => next.await,
+        };
+        let frame = match next {
             Ok(Some(frame)) => frame,
             // What came before the end, or before a broken frame, still
             // counts.
@@ -439,7 +460,7 @@ where
             if !text.is_empty() && memchr::memchr(b'\n', text).is_none() {
                 lines.extend_from_slice(text);
                 lines.push(b'\n');
-                if frames.get_ref().has_buffered() && lines.len() < BATCH_LINES {
+                if lines.len() < BATCH_LINES {
                     continue;
                 }
                 // Taken, not cleared: an idle connection keeps no buffer of
