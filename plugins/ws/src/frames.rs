@@ -60,6 +60,25 @@ enum Partial {
     Skipping(u64),
 }
 
+/// A reader that can show what it has read ahead.
+pub(crate) trait Buffered {
+    /// The bytes read ahead and not yet handed out.
+    fn buffered(&self) -> &[u8];
+}
+
+impl<R> Buffered for crate::lazy::LazyBufReader<R> {
+    fn buffered(&self) -> &[u8] {
+        crate::lazy::LazyBufReader::buffered(self)
+    }
+}
+
+#[cfg(test)]
+impl Buffered for &[u8] {
+    fn buffered(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Reads a client's frames and puts fragmented messages together, holding
 /// at most `limit` bytes of one message.
 pub(crate) struct FrameReader<R> {
@@ -74,6 +93,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             limit: limit as u64,
             partial: None,
+        }
+    }
+
+    /// Whether [`FrameReader::next`] would answer without reading the
+    /// socket: the bytes already buffered hold a whole message's last frame
+    /// or a whole control frame (or the start of a frame it refuses at
+    /// once), after any whole fragments before it.
+    pub(crate) fn message_buffered(&self) -> bool
+    where
+        R: Buffered,
+    {
+        let mut bytes = self.io.buffered();
+        loop {
+            let [first, second, ..] = *bytes else {
+                return false;
+            };
+            if first & 0x70 != 0 || second & 0x80 == 0 {
+                return true;
+            }
+            let (extended, length) = match second & 0x7f {
+                126 => match bytes.get(2..4) {
+                    Some(n) => (2, u64::from(u16::from_be_bytes([n[0], n[1]]))),
+                    None => return false,
+                },
+                127 => match bytes.get(2..10) {
+                    Some(n) => (8, u64::from_be_bytes(n.try_into().unwrap_or_default())),
+                    None => return false,
+                },
+                n => (0, u64::from(n)),
+            };
+            let header: u64 = 2 + extended + 4;
+            let Some(end) = header.checked_add(length) else {
+                return true;
+            };
+            if (bytes.len() as u64) < end {
+                return false;
+            }
+            if first & 0x80 != 0 || first & 0x0f >= CLOSE {
+                return true;
+            }
+            // A fragment: `next` goes on to the frames after it.
+            bytes = &bytes[end as usize..];
         }
     }
 
@@ -277,6 +338,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `message_buffered` says yes exactly when `next` answers a message
+    /// from what is buffered, at every cut of a wire that has fragments,
+    /// control frames between them and each length encoding.
+    #[tokio::test]
+    async fn message_buffered_is_whether_next_answers_without_reading() {
+        let mut wire = client_frame(true, TEXT, b"hello");
+        wire.extend(client_frame(false, TEXT, b"hel"));
+        wire.extend(client_frame(true, PING, b"p"));
+        wire.extend(client_frame(false, CONTINUATION, b"l"));
+        wire.extend(client_frame(true, CONTINUATION, b"o"));
+        wire.extend(client_frame(true, TEXT, &[b'm'; 300]));
+        wire.extend(client_frame(true, TEXT, &[b'b'; 70_000]));
+        wire.extend(client_frame(true, TEXT, b"last"));
+        let mut cuts: Vec<usize> = (0..400).collect();
+        cuts.extend([70_300, 70_320, 70_330, 70_335, 70_336, 70_337, 70_340]);
+        cuts.extend(wire.len() - 10..=wire.len());
+        let mut both = [0, 0];
+        for cut in cuts {
+            // Message after message, as the listener reads them.
+            let mut reader = FrameReader::new(&wire[..cut], 100_000);
+            loop {
+                let buffered = reader.message_buffered();
+                let left = reader.io.len();
+                let answered = matches!(reader.next().await, Ok(Some(_)));
+                assert_eq!(buffered, answered, "cut {cut}, {left} bytes left");
+                both[usize::from(answered)] += 1;
+                if !answered {
+                    break;
+                }
+            }
+        }
+        assert!(both[0] > 0 && both[1] > 0, "{both:?}");
+        // A frame the reader refuses is an answer too.
+        let unmasked = [0x81, 0x05, b'h', b'e'];
+        assert!(FrameReader::new(&unmasked[..], 100).message_buffered());
     }
 
     #[tokio::test]

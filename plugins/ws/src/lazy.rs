@@ -27,6 +27,11 @@ impl<R> LazyBufReader<R> {
             capacity,
         }
     }
+
+    /// The bytes already read from the socket and not yet handed out.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buffer[self.taken..]
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {

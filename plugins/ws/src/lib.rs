@@ -39,7 +39,6 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,7 +74,7 @@ pub const TOKEN_QUERY: &str = "x-auth-token";
 /// reads loses the extra pongs, nothing else.
 const CONTROL_QUEUE: usize = 8;
 /// Bytes read from a client at a time.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 /// Text messages fed to the broker in one batch, at most about this many
 /// bytes of them.
 const BATCH_LINES: usize = 64 * 1024;
@@ -231,7 +230,7 @@ impl Upgrades {
         // In a block of its own, awaited before the WebSocket's future
         // starts: what opening needs can share its place in this future's
         // state with what serving needs.
-        let opened = {
+        let serving = {
             let upgrade = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
             // The last handle (hyper's service, which held the other, is
             // gone): an open WebSocket keeps no empty slot.
@@ -240,9 +239,13 @@ impl Upgrades {
                 Some(upgrade) => upgrade.open().await,
                 None => None,
             }
-        };
-        if let Some((io, session, limit, stop)) = opened {
-            serve(io, session, limit, stop).await;
+        }
+        .map(|(io, session, limit, stop)| serve(io, session, limit, stop));
+        // Pinned where it is and awaited through a reference: taken out of
+        // the `Option`, the future would be stored twice (104 B more).
+        let mut serving = pin!(serving);
+        if let Some(serving) = serving.as_mut().as_pin_mut() {
+            serving.await;
         }
     }
 }
@@ -352,32 +355,38 @@ where
     serve_split(read, write, session, limit, stop)
 }
 
-async fn serve_split<S>(
+/// A plain function returning an `async move` block: an `async fn` would
+/// keep each argument twice in its state, as it came and as a local.
+#[allow(clippy::manual_async_fn)] // the arguments once, not twice
+fn serve_split<S>(
     read: ReadHalf<S>,
     write: WriteHalf<S>,
     session: Session,
     limit: usize,
     stop: watch::Receiver<bool>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let pongs = Pongs::default();
-    let close = AtomicU16::new(frames::NORMAL);
-    // The writer runs in the connection's own task: an idle WebSocket is
-    // one task, not two.
-    // Pinned here and lent to `drive_connection`: passed by value, each
-    // future would be stored again in this one's state (a kilobyte more per
-    // idle connection).
-    let writing = pin!(write_output(&session, write, &pongs, stop.clone(), &close));
-    let reading = pin!(async {
-        if let Err(e) = read_frames(&session, read, limit, &pongs).await {
-            if let WireError::Protocol(_) = e {
-                close.store(frames::PROTOCOL_ERROR, Ordering::Relaxed);
+    async move {
+        let pongs = Pongs::default();
+        let close = AtomicU16::new(frames::NORMAL);
+        // The writer runs in the connection's own task: an idle WebSocket is
+        // one task, not two.
+        // Pinned here and lent to `drive_connection`: passed by value, each
+        // future would be stored again in this one's state (a kilobyte more per
+        // idle connection).
+        let writing = pin!(write_output(&session, write, &pongs, stop.clone(), &close));
+        let reading = pin!(async {
+            if let Err(e) = read_frames(&session, read, limit, &pongs).await {
+                if let WireError::Protocol(_) = e {
+                    close.store(frames::PROTOCOL_ERROR, Ordering::Relaxed);
+                }
+                tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
             }
-            tracing::debug!(session = session.id(), "WebSocket read failed: {e}");
-        }
-    });
-    drive_connection(&session, reading, writing, stop).await;
+        });
+        drive_connection(&session, reading, writing, stop).await;
+    }
 }
 
 /// Pongs waiting to be written (at most `CONTROL_QUEUE`). A plain queue
@@ -404,76 +413,62 @@ impl Pongs {
     }
 }
 
-async fn read_frames<R>(
-    session: &Session,
+/// Like `serve_split`, a function returning an `async move` block: it
+/// keeps its arguments once.
+#[allow(clippy::manual_async_fn)] // the arguments once, not twice
+fn read_frames<'a, R>(
+    session: &'a Session,
     read: R,
     limit: usize,
-    pongs: &Pongs,
-) -> Result<(), WireError>
+    pongs: &'a Pongs,
+) -> impl Future<Output = Result<(), WireError>> + 'a
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + 'a,
 {
-    // No read buffer while the client is silent: it is allocated when bytes
-    // arrive and released once they are read.
-    let mut frames = FrameReader::new(LazyBufReader::with_capacity(READ_BUFFER, read), limit);
-    // Text messages already read, as lines: fed to the broker together once
-    // the next frame is not already here. One feed is one batch, and a
-    // subscriber is queued to and woken once per batch: fed one message at
-    // a time, a flooding publisher's every message cost each subscriber a
-    // queue push and a wake (the broker's fan-out was a fifth of its time).
-    let mut lines = Vec::new();
-    loop {
-        // `next` is not cancel-safe (a frame may be half read), so the same
-        // future is polled once and, if it must wait for the socket, awaited
-        // after the collected lines are fed: they are never held back by a
-        // frame still on its way.
-        let mut next = pin!(frames.next());
-        let ready = if lines.is_empty() {
-            None
-        } else {
-            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
-                Poll::Ready(frame) => Some(frame),
-                Poll::Pending => {
+    async move {
+        // No read buffer while the client is silent: it is allocated when bytes
+        // arrive and released once they are read.
+        let mut frames = FrameReader::new(LazyBufReader::with_capacity(READ_BUFFER, read), limit);
+        // Text messages already read, as lines: fed to the broker together once
+        // the next message is not already here. One feed is one batch, and a
+        // subscriber is queued to and woken once per batch: fed one message at
+        // a time, a flooding publisher's every message cost each subscriber a
+        // queue push and a wake (the broker's fan-out was a fifth of its time).
+        let mut lines = Vec::new();
+        loop {
+            let frame = match frames.next().await {
+                Ok(Some(frame)) => frame,
+                // What came before the end, or before a broken frame, still
+                // counts.
+                end => {
+                    if !lines.is_empty() {
+                        session.feed(&lines).await;
+                    }
+                    return end.map(|_| ());
+                }
+            };
+            if let Frame::Text(text) = &frame {
+                // A line is one message only if it holds no newline of its own
+                // (JSON may have some between tokens) and is not empty.
+                if !text.is_empty() && memchr::memchr(b'\n', text).is_none() {
+                    lines.extend_from_slice(text);
+                    lines.push(b'\n');
+                    // Fed now if the next message is not already here: what
+                    // was read is never held back by a frame still on its way.
+                    if frames.message_buffered() && lines.len() < BATCH_LINES {
+                        continue;
+                    }
+                    // Taken, not cleared: an idle connection keeps no buffer of
+                    // the last batch.
                     session.feed(&std::mem::take(&mut lines)).await;
-                    None
-                }
-            }
-        };
-        let next = match ready {
-            Some(frame) => frame,
-            None => next.await,
-        };
-        let frame = match next {
-            Ok(Some(frame)) => frame,
-            // What came before the end, or before a broken frame, still
-            // counts.
-            end => {
-                if !lines.is_empty() {
-                    session.feed(&lines).await;
-                }
-                return end.map(|_| ());
-            }
-        };
-        if let Frame::Text(text) = &frame {
-            // A line is one message only if it holds no newline of its own
-            // (JSON may have some between tokens) and is not empty.
-            if !text.is_empty() && memchr::memchr(b'\n', text).is_none() {
-                lines.extend_from_slice(text);
-                lines.push(b'\n');
-                if lines.len() < BATCH_LINES {
                     continue;
                 }
-                // Taken, not cleared: an idle connection keeps no buffer of
-                // the last batch.
-                session.feed(&std::mem::take(&mut lines)).await;
-                continue;
             }
-        }
-        // Anything else comes after the lines before it.
-        if !lines.is_empty() {
-            session.feed(&std::mem::take(&mut lines)).await;
-        }
-        match frame {
+            // Anything else comes after the lines before it.
+            if !lines.is_empty() {
+                session.feed(&std::mem::take(&mut lines)).await;
+            }
+            match frame {
             Frame::Text(text) => session.feed_message(&text).await,
             Frame::TooLarge(size) => session.refuse(&format!(
                 "message too large: {size} bytes, the limit is {limit} bytes"
@@ -487,92 +482,98 @@ where
             Frame::Pong => {}
             Frame::Close(_) => return Ok(()),
         }
+        }
     }
 }
 
-async fn write_output<W>(
-    session: &Session,
+/// Like `read_frames`, a function returning an `async move` block.
+#[allow(clippy::manual_async_fn)] // the arguments once, not twice
+fn write_output<'a, W>(
+    session: &'a Session,
     mut writer: W,
-    pongs: &Pongs,
+    pongs: &'a Pongs,
     mut stop: watch::Receiver<bool>,
-    close: &AtomicU16,
-) where
-    W: AsyncWrite + Unpin,
+    close: &'a AtomicU16,
+) -> impl Future<Output = ()> + 'a
+where
+    W: AsyncWrite + Unpin + 'a,
 {
-    let mut output = RVec::new();
-    let mut wire = Vec::new();
-    let mut stopped = false;
-    loop {
-        if stopped {
-            // Only what is queued now; then the session closes.
-            session.try_output(&mut output);
-            if output.is_empty() {
-                close.store(frames::GOING_AWAY, Ordering::Relaxed);
-                break;
-            }
-        } else {
-            let open = session.try_output(&mut output);
-            if output.is_empty() {
-                if !open {
+    async move {
+        let mut output = RVec::new();
+        let mut wire = Vec::new();
+        let mut stopped = false;
+        loop {
+            if stopped {
+                // Only what is queued now; then the session closes.
+                session.try_output(&mut output);
+                if output.is_empty() {
+                    close.store(frames::GOING_AWAY, Ordering::Relaxed);
                     break;
                 }
-                // Nothing waiting: an idle WebSocket holds no buffers.
-                output = RVec::new();
-                wire = Vec::new();
-                tokio::select! {
-                    open = session.output(&mut output) => if !open && output.is_empty() {
+            } else {
+                let open = session.try_output(&mut output);
+                if output.is_empty() {
+                    if !open {
                         break;
-                    },
-                    () = pongs.ready.notified() => {
-                        for payload in pongs.take() {
-                            frames::pong_frame(&mut wire, &payload);
+                    }
+                    // Nothing waiting: an idle WebSocket holds no buffers.
+                    output = RVec::new();
+                    wire = Vec::new();
+                    tokio::select! {
+                        open = session.output(&mut output) => if !open && output.is_empty() {
+                            break;
+                        },
+                        () = pongs.ready.notified() => {
+                            for payload in pongs.take() {
+                                frames::pong_frame(&mut wire, &payload);
+                            }
+                        }
+                        _ = stopping(&mut stop) => {
+                            stopped = true;
+                            continue;
                         }
                     }
-                    _ = stopping(&mut stop) => {
-                        stopped = true;
-                        continue;
+                } else {
+                    // Output all the time (a flood) must not starve pongs.
+                    for payload in pongs.take() {
+                        frames::pong_frame(&mut wire, &payload);
                     }
                 }
-            } else {
-                // Output all the time (a flood) must not starve pongs.
-                for payload in pongs.take() {
-                    frames::pong_frame(&mut wire, &payload);
+            }
+            // Each `\n`-terminated JSON line the session handed over is one
+            // text frame (found with memchr: a byte-at-a-time split was a third
+            // of a WebSocket fan-out's time).
+            wire.reserve(output.len() + output.len() / 16 + 16);
+            let mut rest = &output[..];
+            while !rest.is_empty() {
+                let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                if end > 0 {
+                    frames::text_frame(&mut wire, &rest[..end]);
                 }
+                rest = rest.get(end + 1..).unwrap_or_default();
+            }
+            output.clear();
+            let written = tokio::select! {
+                written = writer.write_all(&wire) => written.is_ok(),
+                () = session.closed() => false,
+            };
+            if !written {
+                // The client is gone (its reading side will notice too), or
+                // the broker ended the session while the write was stuck.
+                session.close();
+                return;
+            }
+            wire.clear();
+            if wire.capacity() > READ_BUFFER * 16 {
+                wire = Vec::new();
             }
         }
-        // Each `\n`-terminated JSON line the session handed over is one
-        // text frame (found with memchr: a byte-at-a-time split was a third
-        // of a WebSocket fan-out's time).
-        wire.reserve(output.len() + output.len() / 16 + 16);
-        let mut rest = &output[..];
-        while !rest.is_empty() {
-            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-            if end > 0 {
-                frames::text_frame(&mut wire, &rest[..end]);
-            }
-            rest = rest.get(end + 1..).unwrap_or_default();
-        }
-        output.clear();
-        let written = tokio::select! {
-            written = writer.write_all(&wire) => written.is_ok(),
-            () = session.closed() => false,
-        };
-        if !written {
-            // The client is gone (its reading side will notice too), or
-            // the broker ended the session while the write was stuck.
-            session.close();
-            return;
-        }
-        wire.clear();
-        if wire.capacity() > READ_BUFFER * 16 {
-            wire = Vec::new();
-        }
+        frames::close_frame(&mut wire, close.load(Ordering::Relaxed));
+        // A client that already left makes this fail, and there is nobody left
+        // to tell.
+        let _ = writer.write_all(&wire).await;
+        let _ = writer.shutdown().await;
     }
-    frames::close_frame(&mut wire, close.load(Ordering::Relaxed));
-    // A client that already left makes this fail, and there is nobody left
-    // to tell.
-    let _ = writer.write_all(&wire).await;
-    let _ = writer.shutdown().await;
 }
 
 #[cfg(test)]
