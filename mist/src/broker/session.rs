@@ -47,13 +47,27 @@ enum Backlogged {
 
 struct Input {
     framer: LineFramer,
-    /// Stream input that arrived during, or was left after, a halt.
-    backlog_bytes: Vec<u8>,
-    /// Framed messages (and refusals) that arrived during a halt.
-    backlog_messages: VecDeque<Backlogged>,
+    /// Input that arrived during, or was left after, a halt. Made by the
+    /// halt and dropped when it is used up: a session that is not halted
+    /// (an idle one) holds none.
+    backlog: Option<Box<Backlog>>,
     /// Input is halted: new input joins the backlog.
     busy: bool,
     state: State,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// Stream input.
+    bytes: Vec<u8>,
+    /// Framed messages (and refusals).
+    messages: VecDeque<Backlogged>,
+}
+
+impl Input {
+    fn backlog(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Box::default)
+    }
 }
 
 /// Why input processing stopped before the end of what arrived.
@@ -92,8 +106,7 @@ impl Session {
             output,
             input: Mutex::new(Input {
                 framer: LineFramer::new(limits.max_message_bytes),
-                backlog_bytes: Vec::new(),
-                backlog_messages: VecDeque::new(),
+                backlog: None,
                 busy: false,
                 state,
             }),
@@ -113,16 +126,16 @@ impl Session {
         }
         let mut input = self.input.lock();
         if input.busy {
-            input.backlog_bytes.extend_from_slice(bytes);
+            input.backlog().bytes.extend_from_slice(bytes);
             return None;
         }
         if let Some(pending) = input.state.take_connect_check() {
-            input.backlog_bytes.extend_from_slice(bytes);
+            input.backlog().bytes.extend_from_slice(bytes);
             input.busy = true;
             return Some(self.settle(Halt::Wait(pending)));
         }
         let (halt, rest) = self.run_stream(&mut input, bytes)?;
-        input.backlog_bytes.extend_from_slice(rest);
+        input.backlog().bytes.extend_from_slice(rest);
         input.busy = true;
         Some(self.settle(halt))
     }
@@ -135,14 +148,16 @@ impl Session {
         let mut input = self.input.lock();
         if input.busy {
             input
-                .backlog_messages
+                .backlog()
+                .messages
                 .push_back(Backlogged::Message(message.to_vec()));
             return None;
         }
         let halt = match input.state.take_connect_check() {
             Some(pending) => {
                 input
-                    .backlog_messages
+                    .backlog()
+                    .messages
                     .push_back(Backlogged::Message(message.to_vec()));
                 Halt::Wait(pending)
             }
@@ -160,7 +175,8 @@ impl Session {
         let mut input = self.input.lock();
         if input.busy {
             input
-                .backlog_messages
+                .backlog()
+                .messages
                 .push_back(Backlogged::Refusal(error.to_string()));
         } else {
             self.refuse_now(&mut input, error);
@@ -359,7 +375,8 @@ impl Session {
             if self.output.over_limit() {
                 return Some(Halt::Full);
             }
-            match input.backlog_messages.pop_front() {
+            let backlog = input.backlog.as_mut().map(|b| b.messages.pop_front());
+            match backlog.flatten() {
                 Some(Backlogged::Message(message)) => {
                     if let Some(halt) = self.run_message(&mut input, &message) {
                         return Some(halt);
@@ -372,14 +389,19 @@ impl Session {
                 }
                 None => {}
             }
-            if !input.backlog_bytes.is_empty() {
-                let bytes = std::mem::take(&mut input.backlog_bytes);
+            let bytes = input
+                .backlog
+                .as_mut()
+                .map(|b| std::mem::take(&mut b.bytes))
+                .unwrap_or_default();
+            if !bytes.is_empty() {
                 if let Some((halt, rest)) = self.run_stream(&mut input, &bytes) {
-                    input.backlog_bytes = rest.to_vec();
+                    input.backlog().bytes = rest.to_vec();
                     return Some(halt);
                 }
                 continue;
             }
+            input.backlog = None;
             input.busy = false;
             return None;
         }
