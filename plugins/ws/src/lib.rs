@@ -594,7 +594,9 @@ mod tests {
         let serve: fn(Upgrades) -> _ = Upgrades::serve;
         let size = future_size(serve);
         eprintln!("Upgrades::serve future: {size} bytes");
-        // 1,624 bytes in release builds.
-        assert!(size <= 1800, "{size} bytes");
+        // 1,488 bytes, debug and release (1,856 in release while the reader
+        // polled its next frame beside the feed and `serve_split`,
+        // `read_frames` and `write_output` stored their arguments twice).
+        assert!(size <= 1536, "{size} bytes");
     }
 }
