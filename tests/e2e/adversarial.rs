@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mist_e2e::web::WsClient;
 use mist_e2e::{Client, MistServer, TIMEOUT};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A line of `/proc/PID/status`, in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -338,4 +340,85 @@ async fn replies_to_a_client_that_never_reads_are_bounded() {
     // The queue's 16 MiB, one reply past it (about 100 KiB), and a read
     // chunk of backlog: a small constant on top.
     assert!(grew <= 16 + 48, "the broker grew by {grew} MiB");
+}
+
+/// The same attack over WebSocket, where the reader also holds a batch of
+/// lines and a read buffer while the client's queue is full: those are
+/// bounded per connection, and the broker stops reading the client once its
+/// queue is full.
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_to_a_websocket_client_that_never_reads_are_bounded() {
+    let server = MistServer::start_with(
+        &[
+            "--listeners",
+            "tcp://127.0.0.1:0,ws://127.0.0.1:0",
+            "--max-queue-bytes",
+            "1MiB",
+        ],
+        2,
+    );
+    let pid = server.pid();
+    let before = rss_mib(pid);
+    let watchdog = Watchdog::start(&server).await;
+    let url = format!("ws://{}/", server.addr("ws"));
+    let writing = tokio::spawn(async move {
+        let mut client = WsClient::connect(&url).await;
+        let subscribe = (0..10_000)
+            .map(|i| {
+                Message::text(
+                    json!({"command": "subscribe", "tags": [format!("t{i}")]}).to_string(),
+                )
+            })
+            .collect();
+        client.send_frames(subscribe).await;
+        // Each reply names the 10,000 tags: about 119 KB.
+        let list = Message::text(json!({"command": "list"}).to_string());
+        for _ in 0..20 {
+            let frames = vec![list.clone(); 3_400];
+            if tokio::time::timeout(Duration::from_secs(2), client.send_frames(frames))
+                .await
+                .is_err()
+            {
+                break; // blocked: the broker stopped reading, as it should
+            }
+        }
+        client
+    });
+    let client = tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("the writer gives up in time")
+        .expect("writer");
+    // The queue fills once the socket buffers are full (the client reads
+    // nothing); from then on the broker reads no more of this client.
+    let deadline = Instant::now() + TIMEOUT;
+    let queued = || async {
+        let who = mist_e2e::web::who(&server).await;
+        (who["queue_bytes"].as_u64().expect("queue_bytes"), who)
+    };
+    while queued().await.0 < 1 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the queue never filled: {}",
+            queued().await.1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (bytes, who) = queued().await;
+    let grew = peak_rss_mib(pid).saturating_sub(before);
+    let slowest = watchdog.finish().await;
+    drop(client);
+    eprintln!(
+        "figure: 68,000 unread list replies over WebSocket, 1 MiB queue: peak RSS +{grew} MiB, slowest ping {slowest} ms, {who}"
+    );
+    // The limit and one reply past it, not 68,000 replies (8 GB).
+    assert!(bytes <= (1 << 20) + 200_000, "{who}");
+    assert!(
+        slowest < 1000,
+        "a well-behaved client's ping took {slowest} ms"
+    );
+    // The queue's 1 MiB, one reply past it, what the reader holds (a 16 KiB
+    // read buffer, at most 64 KiB of lines and their backlog) and the
+    // allocator's slack.
+    assert!(grew <= 1 + 48, "the broker grew by {grew} MiB");
 }
