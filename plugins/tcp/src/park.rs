@@ -136,6 +136,9 @@ pub(crate) fn park(mut conn: Conn) -> Option<Conn> {
     if ready {
         parked.state.store(WOKEN, Ordering::Release);
         parking.remove(&parked, slot);
+        // Woken before it could park: the quickest of wakes.
+        conn.parking(parking.now());
+        conn.woken(parking.now());
         return Some(conn);
     }
     conn.parking(parking.now());
@@ -150,8 +153,13 @@ pub(crate) fn park(mut conn: Conn) -> Option<Conn> {
         Err(_) => {
             // SAFETY: the wake that set `WOKEN` found `PARKING` and left
             // the cell to `park`.
-            let conn = unsafe { (*parked.conn.get()).take() };
+            let mut conn = unsafe { (*parked.conn.get()).take() };
             parking.remove(&parked, slot);
+            // A wake like any other: counted, or a connection woken again
+            // and again as it parks would never be found busy.
+            if let Some(conn) = &mut conn {
+                conn.woken(parking.now());
+            }
             conn
         }
     }
