@@ -18,10 +18,14 @@
 //! Memory per idle connection is kept small: a plain connection holds no
 //! read buffer while it waits (reads go into a per-thread buffer once the
 //! socket is readable), no write buffer (it is released once nothing is
-//! waiting), and, idle, no task: it parks (module `park`), its state in one
-//! small allocation that is also its waker, until the socket turns
-//! readable, output arrives, the broker ends the session or the listener
-//! stops. A TLS connection reads through rustls, which keeps buffers of its
+//! waiting), and, idle, no task and no place in tokio's reactor: it parks
+//! (module `park`), its state in one small allocation that is also its
+//! waker, its socket in the listener's own poller (mio, on a thread of its
+//! own), until the socket turns readable, output arrives, the broker ends
+//! the session or the listener stops. A connection back from parking
+//! reads and writes straight to its socket until the socket is first
+//! empty or full: tokio knows nothing of it until its reactor next turns.
+//! A TLS connection reads through rustls, which keeps buffers of its
 //! own, and keeps its tasks.
 //!
 //! When the listener stops, a connection stops reading, writes out what is
@@ -30,9 +34,9 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -43,8 +47,9 @@ use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{
     async_trait, Broker, ConnectionPermit, Host, Listener, Plugin, SdkError, Session, SessionInfo,
 };
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
 mod park;
@@ -100,7 +105,9 @@ impl Plugin for Tcp {
 
 /// Starts a plain listener, whose idle connections park.
 fn start_plain(uri: &str, broker: Broker) -> Result<(ParkingListener, Arc<Parking>), SdkError> {
-    let parking = Arc::new(Parking::new(tokio::runtime::Handle::current()));
+    let parking = Parking::start(tokio::runtime::Handle::current()).map_err(|e| {
+        SdkError::unavailable(format!("cannot start the parked connections' poller: {e}"))
+    })?;
     let connections = parking.clone();
     let listener = Serve::new(uri, &broker)
         .refusal(Refusal::Line)
@@ -208,7 +215,12 @@ async fn drive_plain(conn: &mut Conn) -> Driven {
     // Borrowed halves: `into_split` would allocate an `Arc` per connection.
     let (reader, writer) = stream.split();
     let idle = Idle::default();
-    let mut writing = pin!(write_output(session, writer, stop.clone(), &idle));
+    let mut writing = pin!(write_output(
+        session,
+        DirectFirst::new(writer),
+        stop.clone(),
+        &idle,
+    ));
     let mut reading = pin!(async {
         if let Err(e) = read_plain(session, reader, &idle).await {
             tracing::debug!("connection read failed: {e}");
@@ -315,20 +327,37 @@ thread_local! {
 }
 
 async fn read_plain(session: &Session, reader: ReadHalf<'_>, idle: &Idle) -> io::Result<()> {
+    // Straight from the socket until it first has nothing: one just back
+    // from the poller of parked connections is news to tokio until its
+    // reactor next turns, and waiting for that, the connection would look
+    // idle and park again with its input unread.
+    let socket = SockRef::from(reader.as_ref());
+    let mut direct = true;
     loop {
-        Idle::set(&idle.reading, true);
-        let readable = reader.readable().await;
-        Idle::set(&idle.reading, false);
-        readable?;
+        if !direct {
+            Idle::set(&idle.reading, true);
+            let readable = reader.readable().await;
+            Idle::set(&idle.reading, false);
+            readable?;
+        }
         let fed = READ_BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
-            match reader.try_read(&mut buffer) {
+            let read = if direct {
+                (&*socket).read(&mut buffer)
+            } else {
+                reader.try_read(&mut buffer)
+            };
+            match read {
                 Ok(0) => Ok(None),
                 Ok(n) => {
                     Idle::set(&idle.active, true);
                     Ok(Some(session.feed(&buffer[..n])))
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    direct = false;
+                    Ok(Some(mist_sdk::Feed::ready()))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     Ok(Some(mist_sdk::Feed::ready()))
                 }
                 Err(e) => Err(e),
@@ -342,6 +371,50 @@ async fn read_plain(session: &Session, reader: ReadHalf<'_>, idle: &Idle) -> io:
         // subscribers' writers, woken onto this worker, wait until tokio's
         // budget runs out (128 reads, megabytes of backlog) to run.
         tokio::task::yield_now().await;
+    }
+}
+
+/// A plain connection's writer: straight to the socket until it is first
+/// full, through tokio after (as [`read_plain`] reads, and for the same
+/// reason: a socket back from parking could not be written to until
+/// tokio's reactor turned).
+struct DirectFirst<'a> {
+    half: WriteHalf<'a>,
+    direct: bool,
+}
+
+impl<'a> DirectFirst<'a> {
+    fn new(half: WriteHalf<'a>) -> Self {
+        DirectFirst { half, direct: true }
+    }
+}
+
+impl AsyncWrite for DirectFirst<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.direct {
+            match (&*SockRef::from(this.half.as_ref())).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.direct = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                written => return Poll::Ready(written),
+            }
+        }
+        Pin::new(&mut this.half).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().half).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().half).poll_shutdown(cx)
     }
 }
 
@@ -671,13 +744,114 @@ mod tests {
         assert_eq!(line(&mut client).await, "{\"n\":-1}\n");
     }
 
+    /// The file descriptors that the epoll instance `epoll` (of this
+    /// process) watches, from `/proc/self/fdinfo`.
+    #[cfg(target_os = "linux")]
+    fn watched_by(epoll: i32) -> Vec<i32> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{epoll}")).unwrap();
+        info.lines()
+            .filter_map(|line| line.strip_prefix("tfd:"))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Every epoll instance of this process.
+    #[cfg(target_os = "linux")]
+    fn epolls() -> Vec<i32> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let target = std::fs::read_link(entry.path()).ok()?;
+                (target.to_str()? == "anon_inode:[eventpoll]")
+                    .then(|| entry.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// The file descriptor of this process's socket whose peer is `peer`,
+    /// from `/proc/self/net/tcp` (loopback, IPv4).
+    #[cfg(target_os = "linux")]
+    fn socket_of_peer(peer: SocketAddr) -> i32 {
+        let SocketAddr::V4(peer) = peer else {
+            panic!("IPv4 only")
+        };
+        let wanted = format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(peer.ip().octets()),
+            peer.port()
+        );
+        let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+        let inode = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields[2] == wanted)
+            .map(|fields| fields[9].to_string())
+            .expect("the server's side of the connection");
+        let link = format!("socket:[{inode}]");
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|entry| {
+                std::fs::read_link(entry.path()).is_ok_and(|target| target.to_str() == Some(&link))
+            })
+            .and_then(|entry| entry.file_name().to_str()?.parse().ok())
+            .expect("the socket's descriptor")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_socket_waits_in_the_listeners_poller_not_tokios() {
+        let setup = listen();
+        let (mut client, session) = setup.parked_client().await;
+        let socket = socket_of_peer(client.get_ref().local_addr().unwrap());
+        let poller = setup.parking.poller_fd();
+        // Which pollers watch `socket`: the listener's (`true`), others
+        // (`false`). The listener's may have several descriptors (mio
+        // duplicates it): they are the ones that watch what it watches.
+        let holding = |socket| {
+            let own = watched_by(poller);
+            epolls()
+                .into_iter()
+                .map(watched_by)
+                .filter(|watched| watched.contains(&socket))
+                .map(|watched| watched == own)
+                .collect::<std::collections::BTreeSet<bool>>()
+        };
+        let own = std::collections::BTreeSet::from([true]);
+        let tokios = std::collections::BTreeSet::from([false]);
+        // Parked: only the listener's poller has it.
+        assert_eq!(holding(socket), own);
+        // Busy (woken quickly again and again), it stays in a task: then
+        // only tokio's reactor has it.
+        for i in 0..park::QUICK_WAKES {
+            until("parked", || setup.parking.parked() == 1).await;
+            session.queue(&format!("{{\"n\":{i}}}\n"));
+            assert_eq!(line(&mut client).await, format!("{{\"n\":{i}}}\n"));
+        }
+        until("in a task", || setup.parking.parked() == 0).await;
+        assert_eq!(holding(socket), tokios);
+        // Idle a while, it parks again: back in the poller, and it still
+        // wakes for input.
+        until("parked", || setup.parking.parked() == 1).await;
+        until("in the poller", || holding(socket) == own).await;
+        client.get_mut().write_all(b"{\"x\":1}\n").await.unwrap();
+        until("fed", || {
+            session.fed.lock().unwrap().as_slice() == b"{\"x\":1}\n"
+        })
+        .await;
+    }
+
     #[test]
     fn a_parked_connection_stays_small() {
-        // What an idle plain connection holds besides the socket's and the
-        // session's own (the task is gone).
-        // An `Arc` of it (16 bytes more) fits a 128-byte malloc chunk.
+        // What an idle plain connection holds besides the session's own
+        // (the task is gone, and tokio's state for the socket with it):
+        // the socket is a descriptor, the rest a few pointers. 72 bytes in
+        // release builds, 80 in unoptimized ones.
         let parked = std::mem::size_of::<park::Parked>();
-        assert!(parked <= 104, "{parked} bytes");
+        assert!(parked <= 80, "{parked} bytes");
     }
 
     fn future_size<A, F: Future>(_: fn(A) -> F) -> usize {
