@@ -27,12 +27,11 @@ pub(crate) struct State {
     /// A command has been processed: `auth` is no longer allowed.
     pub(crate) commands_seen: bool,
     /// A token given at connect, not yet checked with the authenticator.
-    pub(crate) connect_token: Option<String>,
+    pub(crate) connect_token: Option<Box<str>>,
     /// Made by the session's first publish and kept for the next: a
     /// session that only subscribes (most of them) never holds one, and
     /// inline it would be half of every session's size.
     batch: Option<Box<Batch>>,
-    out: Vec<u8>,
 }
 
 impl State {
@@ -47,14 +46,13 @@ impl State {
             commands_seen: false,
             connect_token: None,
             batch: None,
-            out: Vec::new(),
         };
         if let (Some(auth), Some(token)) = (shared.auth.get(), connect_token) {
             if is_server_token(&auth.server_token, &token) {
                 state.standing.access = Access::ADMIN;
                 state.commands_seen = true;
             } else {
-                state.connect_token = Some(token);
+                state.connect_token = Some(token.into_boxed_str());
             }
         }
         state
@@ -67,7 +65,9 @@ impl State {
 
     /// The check of a connect-time token, due before the first command.
     pub(crate) fn take_connect_check(&mut self) -> Option<Pending> {
-        self.connect_token.take().map(Pending::ConnectToken)
+        self.connect_token
+            .take()
+            .map(|token| Pending::ConnectToken(token.into_string()))
     }
 }
 
@@ -82,6 +82,9 @@ pub(crate) struct Context<'s> {
     routing: Option<RwLockReadGuard<'s, Router>>,
     /// A reply was queued since [`Context::take_replied`] last asked.
     replied: bool,
+    /// The reply being written, moved into the queue when done: here, not
+    /// in the session's state, which an idle session keeps.
+    out: Vec<u8>,
 }
 
 /// What became of one request.
@@ -122,6 +125,7 @@ impl<'s> Context<'s> {
             state,
             routing: None,
             replied: false,
+            out: Vec::new(),
         }
     }
 
@@ -160,20 +164,20 @@ impl<'s> Context<'s> {
     }
 
     fn reply(&mut self, command: &str, data: &str) {
-        protocol::reply(&mut self.state.out, command, data);
+        protocol::reply(&mut self.out, command, data);
         self.push_reply();
     }
 
     /// Answers a refusal with an error reply.
     pub(crate) fn refuse(&mut self, refusal: &Refusal) {
-        protocol::error_reply(&mut self.state.out, &refusal.command, &refusal.message);
+        protocol::error_reply(&mut self.out, &refusal.command, &refusal.message);
         self.push_reply();
     }
 
     fn push_reply(&mut self) {
         // Moved into the queue, not copied: a session holds no reply
         // buffer while it is idle.
-        self.output.push_reply(std::mem::take(&mut self.state.out));
+        self.output.push_reply(std::mem::take(&mut self.out));
         self.replied = true;
     }
 
@@ -429,7 +433,7 @@ pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Ref
         }
         Effect::Granted { token, op, epoch } => return grant(cx, token, op, epoch),
         Effect::Reply(lines) => {
-            cx.state.out = lines;
+            cx.out = lines;
             cx.push_reply();
         }
         Effect::Refused(refusal) => return Err(refusal),

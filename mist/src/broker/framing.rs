@@ -2,6 +2,7 @@
 //! without ever buffering more than that: the bytes of an oversized line are
 //! discarded as they arrive and the line is reported once it ends.
 
+use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 
 /// One unit of input.
@@ -13,41 +14,38 @@ pub(crate) enum Frame<'a> {
     TooLarge(usize),
 }
 
+/// Every session has one, so it is kept small: the limit, the same for
+/// all, comes with each call.
+#[derive(Default)]
 pub(crate) struct LineFramer {
-    limit: usize,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
-    /// Inside an oversized line: its length so far; its bytes are dropped.
-    discarding: Option<usize>,
+    /// Inside an oversized line: its length so far (more than the limit,
+    /// so never 0); its bytes are dropped.
+    discarding: Option<NonZeroUsize>,
 }
 
 impl LineFramer {
-    pub(crate) fn new(limit: usize) -> Self {
-        LineFramer {
-            limit,
-            partial: Vec::new(),
-            discarding: None,
-        }
-    }
-
-    /// Calls `each` for every frame that `data` completes, in order. If
-    /// `each` breaks, returns the bytes of `data` after that frame, unread:
-    /// the caller feeds them again later. Otherwise returns an empty slice.
+    /// Calls `each` for every frame that `data` completes, in order, lines
+    /// longer than `limit` as [`Frame::TooLarge`]. If `each` breaks,
+    /// returns the bytes of `data` after that frame, unread: the caller
+    /// feeds them again later. Otherwise returns an empty slice.
     pub(crate) fn feed<'d>(
         &mut self,
+        limit: usize,
         mut data: &'d [u8],
         mut each: impl FnMut(Frame<'_>) -> ControlFlow<()>,
     ) -> &'d [u8] {
         // Finish the line begun in an earlier call.
         if self.discarding.is_some() || !self.partial.is_empty() {
             let Some(nl) = memchr::memchr(b'\n', data) else {
-                self.hold(data);
+                self.hold(limit, data);
                 return &[];
             };
-            self.hold(&data[..nl]);
+            self.hold(limit, &data[..nl]);
             data = &data[nl + 1..];
             let flow = match self.discarding.take() {
-                Some(size) => each(Frame::TooLarge(size)),
+                Some(size) => each(Frame::TooLarge(size.get())),
                 None => {
                     let line = std::mem::take(&mut self.partial);
                     let flow = each(Frame::Line(trim_cr(&line)));
@@ -64,7 +62,7 @@ impl LineFramer {
         while let Some(nl) = memchr::memchr(b'\n', data) {
             let line = &data[..nl];
             data = &data[nl + 1..];
-            let frame = if line.len() > self.limit {
+            let frame = if line.len() > limit {
                 Frame::TooLarge(line.len())
             } else {
                 Frame::Line(trim_cr(line))
@@ -73,16 +71,18 @@ impl LineFramer {
                 return data;
             }
         }
-        self.hold(data);
+        self.hold(limit, data);
         &[]
     }
 
     /// Keeps the unterminated start of a line, or counts it if too large.
-    fn hold(&mut self, bytes: &[u8]) {
+    fn hold(&mut self, limit: usize, bytes: &[u8]) {
+        let held = self.partial.len() + bytes.len();
         if let Some(size) = &mut self.discarding {
-            *size += bytes.len();
-        } else if self.partial.len() + bytes.len() > self.limit {
-            self.discarding = Some(self.partial.len() + bytes.len());
+            *size = size.saturating_add(bytes.len());
+        } else if held > limit {
+            // More than the limit: not 0.
+            self.discarding = NonZeroUsize::new(held);
             self.partial = Vec::new();
         } else {
             self.partial.extend_from_slice(bytes);
@@ -98,9 +98,9 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn frames(framer: &mut LineFramer, data: &[u8]) -> Vec<String> {
+    fn frames(framer: &mut LineFramer, limit: usize, data: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
-        let rest = framer.feed(data, |f| {
+        let rest = framer.feed(limit, data, |f| {
             out.push(match f {
                 Frame::Line(l) => String::from_utf8_lossy(l).into_owned(),
                 Frame::TooLarge(n) => format!("<{n}>"),
@@ -113,28 +113,28 @@ mod tests {
 
     #[test]
     fn splits_across_calls() {
-        let mut f = LineFramer::new(100);
-        assert_eq!(frames(&mut f, b"ab\ncd"), ["ab"]);
-        assert_eq!(frames(&mut f, b"ef\r\n\ng"), ["cdef", ""]);
-        assert_eq!(frames(&mut f, b"\n"), ["g"]);
+        let mut f = LineFramer::default();
+        assert_eq!(frames(&mut f, 100, b"ab\ncd"), ["ab"]);
+        assert_eq!(frames(&mut f, 100, b"ef\r\n\ng"), ["cdef", ""]);
+        assert_eq!(frames(&mut f, 100, b"\n"), ["g"]);
     }
 
     #[test]
     fn discards_oversized_lines_and_recovers() {
-        let mut f = LineFramer::new(4);
-        assert_eq!(frames(&mut f, b"12345\nok\n"), ["<5>", "ok"]);
-        assert_eq!(frames(&mut f, b"123"), Vec::<String>::new());
-        assert_eq!(frames(&mut f, b"45"), Vec::<String>::new());
-        assert_eq!(frames(&mut f, b"678\nfine\n"), ["<8>", "fine"]);
+        let mut f = LineFramer::default();
+        assert_eq!(frames(&mut f, 4, b"12345\nok\n"), ["<5>", "ok"]);
+        assert_eq!(frames(&mut f, 4, b"123"), Vec::<String>::new());
+        assert_eq!(frames(&mut f, 4, b"45"), Vec::<String>::new());
+        assert_eq!(frames(&mut f, 4, b"678\nfine\n"), ["<8>", "fine"]);
         // Exactly the limit is allowed.
-        assert_eq!(frames(&mut f, b"1234\n"), ["1234"]);
+        assert_eq!(frames(&mut f, 4, b"1234\n"), ["1234"]);
     }
 
     #[test]
     fn stops_where_asked_and_returns_the_rest() {
-        let mut f = LineFramer::new(100);
+        let mut f = LineFramer::default();
         let mut seen = Vec::new();
-        let rest = f.feed(b"a\nb\nc", |frame| {
+        let rest = f.feed(100, b"a\nb\nc", |frame| {
             seen.push(format!("{frame:?}"));
             ControlFlow::Break(())
         });

@@ -54,17 +54,18 @@ pub(crate) struct OutputConfig {
     pub(crate) limits: Arc<OutputLimits>,
 }
 
-/// A client's address, for logs: a socket address (most are) is kept in
-/// place, anything else in an allocation of its own.
+/// A client's address, for logs: an IPv4 socket address (most are) is kept
+/// in place, anything else (IPv6 too) in an allocation of its own. 16
+/// bytes, where a `SocketAddr` alone is 32: every session has one.
 pub(crate) enum Peer {
-    Addr(std::net::SocketAddr),
+    V4(std::net::SocketAddrV4),
     Text(Arc<str>),
 }
 
 impl From<&str> for Peer {
     fn from(peer: &str) -> Peer {
         match peer.parse() {
-            Ok(addr) => Peer::Addr(addr),
+            Ok(addr) => Peer::V4(addr),
             Err(_) => Peer::Text(peer.into()),
         }
     }
@@ -73,7 +74,7 @@ impl From<&str> for Peer {
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Peer::Addr(addr) => addr.fmt(f),
+            Peer::V4(addr) => addr.fmt(f),
             Peer::Text(text) => text.fmt(f),
         }
     }

@@ -87,7 +87,6 @@ impl Session {
         info: SessionInfo,
         waker: OutputWakerBox,
     ) -> Arc<Session> {
-        let limits = shared.limits;
         let peer = Peer::from(info.peer.as_str());
         let listener = info.listener.as_str();
         let (id, output) = shared.router.write().add_session(listener, |session| {
@@ -105,7 +104,7 @@ impl Session {
             shared,
             output,
             input: Mutex::new(Input {
-                framer: LineFramer::new(limits.max_message_bytes),
+                framer: LineFramer::default(),
                 backlog: None,
                 busy: false,
                 state,
@@ -264,7 +263,8 @@ impl Session {
         let Input { framer, state, .. } = input;
         let mut cx = Context::new(&self.shared, self.id, &self.output, state);
         let mut halt = None;
-        let rest = framer.feed(data, |frame| match self.run(&mut cx, frame) {
+        let limit = self.shared.limits.max_message_bytes;
+        let rest = framer.feed(limit, data, |frame| match self.run(&mut cx, frame) {
             None => ControlFlow::Continue(()),
             Some(h) => {
                 halt = Some(h);
@@ -467,6 +467,17 @@ mod tests {
 
     fn auth(token: &str) -> serde_json::Value {
         json!({"command": "auth", "data": token})
+    }
+
+    #[test]
+    fn a_session_and_its_output_stay_small() {
+        // Every connection holds one of each, each in an `Arc` (16 bytes
+        // more): 136 + 16 fits glibc's 160-byte chunk, 144 + 16 its
+        // 176-byte one (a byte more costs 16).
+        let session = std::mem::size_of::<super::Session>();
+        let output = std::mem::size_of::<super::Output>();
+        assert!(session <= 136, "Session: {session} bytes");
+        assert!(output <= 144, "Output: {output} bytes");
     }
 
     #[tokio::test]
