@@ -59,8 +59,11 @@ use park::{Conn, Parking, ParkingListener};
 /// Reads are this large at most. One read is one batch of publishes, and
 /// a subscriber is woken (and written to) once per batch: with publishes
 /// spread over many topics, a larger batch gives each subscriber more
-/// than one message a write. The buffer is per thread, not per connection.
-const READ_CHUNK: usize = 256 * 1024;
+/// than one message a write (1 MiB: about 5,000 publishes, five a
+/// subscriber over 1,000 topics; routing was 30% slower with 256 KiB).
+/// The buffer is per thread, not per connection, and its pages are
+/// touched only as far as reads fill it.
+const READ_CHUNK: usize = 1024 * 1024;
 /// A write buffer grown past this is released after use; a smaller one is
 /// kept while output keeps coming and released once there is none.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
