@@ -64,6 +64,9 @@ async fn two_thousand_half_sent_http_requests_are_closed_after_the_header_timeou
             .unwrap();
         streams.push(stream);
     }
+    // The bound is on closing, counted from the last request sent: how long
+    // 2,000 connects take depends on the machine's load, not on the broker.
+    let sent = Instant::now();
     let peak = rss(server.pid());
     let mut waiting = tokio::task::JoinSet::new();
     for mut stream in streams {
@@ -84,7 +87,11 @@ async fn two_thousand_half_sent_http_requests_are_closed_after_the_header_timeou
         open, 0,
         "{open} half-sent requests still open after {took:?}"
     );
-    assert!(took < Duration::from_secs(10), "closing took {took:?}");
+    let closing = sent.elapsed();
+    assert!(
+        closing < Duration::from_secs(10),
+        "closing took {closing:?} after the last request ({took:?} in all)"
+    );
     let grown = peak.saturating_sub(before);
     assert!(
         grown < 64 << 20,
