@@ -13,7 +13,7 @@ use std::fmt::Display;
 use mist_sdk::{ErrorKind, SdkError};
 use serde_json::value::RawValue;
 
-use super::protocol::{self, ProtocolError, RawTags, Request, Tags};
+use super::protocol::{self, ProtocolError, RawTags, Request, TagSet};
 
 /// One request, parsed.
 pub(crate) enum Command<'a> {
@@ -23,8 +23,8 @@ pub(crate) enum Command<'a> {
         /// The raw JSON string token of `data`, or why it is unusable.
         data: Result<&'a str, ProtocolError>,
     },
-    Subscribe(Tags<'a>),
-    Unsubscribe(Tags<'a>),
+    Subscribe(TagSet<'a>),
+    Unsubscribe(TagSet<'a>),
     List,
     Auth {
         data: Option<&'a RawValue>,
@@ -114,19 +114,9 @@ impl<'a> Command<'a> {
         let Some(command) = request.command.clone() else {
             return Err(Refusal::protocol("", ProtocolError::MissingCommand));
         };
-        let tag_set = |name: &str| -> Result<Tags<'a>, Refusal> {
-            let tags =
-                protocol::parse_tags(request.tags).map_err(|e| Refusal::protocol(name, e))?;
-            if tags.len() > max_tags {
-                return Err(Refusal::protocol(
-                    name,
-                    ProtocolError::TooManyTags {
-                        count: tags.len(),
-                        limit: max_tags,
-                    },
-                ));
-            }
-            Ok(tags)
+        let tag_set = |name: &str| {
+            TagSet::parse(RawTags::Json(request.tags), max_tags)
+                .map_err(|e| Refusal::protocol(name, e))
         };
         Ok(match &*command {
             "" => return Err(Refusal::protocol("", ProtocolError::MissingCommand)),

@@ -8,15 +8,14 @@
 //! backlogs or futures: sequencing is the session's job.
 
 use mist_sdk::{Access, ErrorKind, Message};
-use parking_lot::RwLockReadGuard;
 
 use super::access::{is_server_token, Standing, Token};
-use super::batch::Batch;
+use super::delivery::{Batch, Delivery};
 use super::command::{AdminOp, Command, Refusal};
 use super::framing::Frame;
 use super::output::Output;
-use super::protocol::{self, ProtocolError, RawTags, Request};
-use super::router::{Added, Router, SessionId, SubscribeError};
+use super::protocol::{self, ProtocolError, RawTags, Request, TagSet};
+use super::router::{Added, SessionId, SubscribeError};
 use super::steps::{Checked, CustomCall, Effect, Pending};
 use super::Shared;
 use crate::cluster::Confirmation;
@@ -58,11 +57,6 @@ impl State {
         state
     }
 
-    /// The publish batch, made on first use.
-    fn batch(&mut self) -> &mut Batch {
-        self.batch.get_or_insert_with(Box::default)
-    }
-
     /// The check of a connect-time token, due before the first command.
     pub(crate) fn take_connect_check(&mut self) -> Option<Pending> {
         self.connect_token
@@ -77,9 +71,9 @@ pub(crate) struct Context<'s> {
     pub(crate) id: SessionId,
     pub(crate) output: &'s Output,
     pub(crate) state: &'s mut State,
-    /// The router's read lock, held from a publish's match until the batch
-    /// is flushed (see `batch`).
-    routing: Option<RwLockReadGuard<'s, Router>>,
+    /// Publishes matched and not yet queued: the router's read lock is
+    /// held until [`Context::flush`] (see `delivery`).
+    delivery: Option<Delivery<'s>>,
     /// A reply was queued since [`Context::take_replied`] last asked.
     replied: bool,
     /// The reply being written, moved into the queue when done: here, not
@@ -123,7 +117,7 @@ impl<'s> Context<'s> {
             id,
             output,
             state,
-            routing: None,
+            delivery: None,
             replied: false,
             out: Vec::new(),
         }
@@ -134,22 +128,21 @@ impl<'s> Context<'s> {
         std::mem::take(&mut self.replied)
     }
 
-    /// Queues the batch's deliveries and releases the router; then
-    /// disconnects the subscribers found too slow. Publishes before a
-    /// command that is not a publish reach subscribers before it acts.
+    /// Queues the deliveries of the publishes so far and releases the
+    /// router. Publishes before a command that is not a publish reach
+    /// subscribers before it acts.
     pub(crate) fn flush(&mut self) {
-        let Some(router) = self.routing.take() else {
-            return;
-        };
-        let Some(batch) = self.state.batch.as_mut() else {
-            return;
-        };
-        let mut slow = Vec::new();
-        batch.flush(&router, self.shared, &mut slow);
-        drop(router);
-        for session in slow {
-            self.shared.evict_slow(session);
+        if let Some(delivery) = self.delivery.take() {
+            let (_, batch) = delivery.finish();
+            self.state.batch = Some(batch);
         }
+    }
+
+    /// The open delivery, begun if need be.
+    fn delivery(&mut self) -> &mut Delivery<'s> {
+        let (shared, state) = (self.shared, &mut *self.state);
+        self.delivery
+            .get_or_insert_with(|| Delivery::begin(shared, state.batch.take().unwrap_or_default()))
     }
 
     fn gate(&self) -> Gate {
@@ -182,14 +175,9 @@ impl<'s> Context<'s> {
     }
 
     fn publish_now(&mut self, tags: RawTags<'_>, raw_data: &str) -> Result<Step, Refusal> {
-        let (max_tags, id, shared) = (self.shared.limits.max_tags, self.id, self.shared);
-        let router = self.routing.get_or_insert_with(|| shared.router.read());
-        if !router.is_open(id) {
-            return Ok(Step::Done); // closed meanwhile: nothing of it may go out
-        }
-        self.state
-            .batch()
-            .publish(router, max_tags, Some(id), tags, raw_data)
+        let id = self.id;
+        self.delivery()
+            .publish(id, tags, raw_data)
             .map_err(|e| Refusal::protocol("publish", e))?;
         Ok(Step::Done)
     }
@@ -248,19 +236,12 @@ fn publish(
     match cx.gate() {
         Gate::Free => cx.publish_now(tags, raw_data),
         Gate::Check(token) => {
-            let tags = tags.parse().map_err(|e| Refusal::protocol("publish", e))?;
-            let limit = cx.shared.limits.max_tags;
-            if tags.len() > limit {
-                let count = tags.len();
-                return Err(Refusal::protocol(
-                    "publish",
-                    ProtocolError::TooManyTags { count, limit },
-                ));
-            }
+            let tags = TagSet::parse(tags, cx.shared.limits.max_tags)
+                .map_err(|e| Refusal::protocol("publish", e))?;
             Ok(Step::Wait(Pending::Check {
                 token,
                 op: Checked::Publish {
-                    tags: owned(&tags),
+                    tags: tags.into_owned(),
                     raw_data: raw_data.to_string(),
                 },
             }))
@@ -470,13 +451,8 @@ fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<
             if cx.shared.tokens.epoch() != epoch {
                 return recheck(Checked::Publish { tags, raw_data });
             }
-            let (id, shared) = (cx.id, cx.shared);
-            let router = cx.routing.get_or_insert_with(|| shared.router.read());
-            if router.is_open(id) {
-                cx.state
-                    .batch()
-                    .publish_tags(router, Some(id), &tags, &raw_data);
-            }
+            let id = cx.id;
+            cx.delivery().publish_checked(id, &tags, &raw_data);
             cx.flush();
             Ok(Applied::Done)
         }

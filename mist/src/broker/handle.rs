@@ -16,7 +16,8 @@ use mist_sdk::abi::{
 };
 use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 
-use super::batch::Batch;
+use super::delivery::Delivery;
+use super::protocol::TagSet;
 use super::router::SessionId;
 use super::session::Session;
 use super::Shared;
@@ -58,31 +59,15 @@ impl BrokerApi for HostBroker {
         exclude: ROption<u64>,
     ) -> RResult<u64, SdkError> {
         guard("publish", RErr(SdkError::other("internal error")), || {
-            if tags.is_empty() || tags.iter().any(|t| t.is_empty()) {
-                return RErr(SdkError::invalid_input(
-                    "tags must be a non-empty list of non-empty strings",
-                ));
-            }
-            if tags.len() > self.0.limits.max_tags {
-                return RErr(SdkError::invalid_input(format!(
-                    "too many tags: {}, the limit is {}",
-                    tags.len(),
-                    self.0.limits.max_tags
-                )));
-            }
-            let tags: Vec<&str> = tags.iter().map(|t| t.as_str()).collect();
+            let tags = match TagSet::from_list(tags.iter().map(RString::as_str), self.0.limits.max_tags) {
+                Ok(tags) => tags,
+                Err(e) => return RErr(SdkError::invalid_input(e.to_string())),
+            };
             let raw_data = serde_json::Value::String(data.into_string()).to_string();
             let exclude = exclude.into_option().map(SessionId::from_u64);
-            let mut batch = Batch::default();
-            let mut slow = Vec::new();
-            let queued = {
-                let router = self.0.router.read();
-                batch.publish_tags(&router, exclude, &tags, &raw_data);
-                batch.flush(&router, &self.0, &mut slow)
-            };
-            for session in slow {
-                self.0.evict_slow(session);
-            }
+            let mut delivery = Delivery::begin(&self.0, Box::default());
+            delivery.publish_as_broker(exclude, &tags, &raw_data);
+            let (queued, _) = delivery.finish();
             ROk(queued)
         })
     }

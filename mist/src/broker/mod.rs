@@ -16,13 +16,13 @@
 //! `handle` is the face plugins see; `figures` the counters metrics read.
 
 mod access;
-mod batch;
 mod command;
 mod commands;
 mod figures;
+mod delivery;
 mod framing;
 mod handle;
-mod memory;
+mod ledger;
 mod output;
 mod protocol;
 mod router;
@@ -42,8 +42,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cluster::{Cluster, Incoming, LocalBroker, TokenDigest};
 use access::Tokens;
-use batch::Batch;
-use memory::Memory;
+use delivery::Delivery;
+use ledger::Ledger;
+use protocol::TagSet;
 use router::{Router, SessionId};
 
 pub use figures::{Figures, HistogramSnapshot, LATENCY_BUCKETS};
@@ -137,7 +138,7 @@ pub(crate) struct Shared {
     /// Client connections admitted and not yet released, over all listeners.
     pub(crate) connections: AtomicUsize,
     /// Everything queued for clients, against `--max-memory`.
-    pub(crate) memory: Arc<Memory>,
+    pub(crate) ledger: Arc<Ledger>,
     /// The limits of every session's output (`memory` among them).
     pub(crate) outputs: Arc<output::OutputLimits>,
     /// Open sessions by token, for revocation.
@@ -195,11 +196,11 @@ pub enum BrokerError {
 impl Broker {
     /// A broker with no sessions, no authenticator and no custom commands.
     pub fn new(limits: Limits) -> Self {
-        let memory = Memory::new(limits.max_memory);
+        let ledger = Ledger::new(limits.max_memory);
         let outputs = Arc::new(output::OutputLimits {
             limit: limits.max_queue_bytes,
             slow_after: limits.slow_consumer_timeout,
-            memory: memory.clone(),
+            ledger: ledger.clone(),
         });
         Broker {
             shared: Arc::new(Shared {
@@ -209,7 +210,7 @@ impl Broker {
                 auth: OnceLock::new(),
                 commands: OnceLock::new(),
                 connections: AtomicUsize::new(0),
-                memory,
+                ledger,
                 outputs,
                 tokens: Tokens::default(),
                 plugin_errors: Mutex::new(BTreeMap::new()),
@@ -346,7 +347,7 @@ impl Shared {
             messages_delivered: stats.messages_out.load(Ordering::Relaxed),
             messages_dropped: stats.dropped.load(Ordering::Relaxed),
             slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
-            queue_bytes: self.memory.used() as u64,
+            queue_bytes: self.ledger.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
             publish_latency: stats.publish_latency.snapshot(),
@@ -463,29 +464,19 @@ impl LocalBroker for FromCluster {
         let Some(shared) = self.shared.upgrade() else {
             return; // the broker is gone: shutting down
         };
-        let mut batch = Batch::default();
-        let mut slow = Vec::new();
-        {
-            let router = shared.router.read();
-            let mut last: Vec<&str> = Vec::new();
-            let mut tags: Vec<&str> = Vec::new();
-            for message in messages {
-                tags.clear();
-                tags.extend(message.tags.iter());
-                if tags.is_empty() || tags.len() > shared.limits.max_tags {
-                    continue; // no client could have published it here
-                }
-                let same = tags == last;
-                batch.remote(&router, &tags, same, message.data);
-                if !same {
-                    std::mem::swap(&mut last, &mut tags);
-                }
-            }
-            batch.flush(&router, &shared, &mut slow);
+        let max_tags = shared.limits.max_tags;
+        let mut delivery = Delivery::begin(&shared, Box::default());
+        let mut last = None;
+        for message in messages {
+            // No client could have published it here: not delivered.
+            let Ok(tags) = TagSet::from_list(message.tags.iter(), max_tags) else {
+                continue;
+            };
+            let same = last == Some(message.tags);
+            delivery.remote(&tags, same, message.data);
+            last = Some(message.tags);
         }
-        for session in slow {
-            shared.evict_slow(session);
-        }
+        delivery.finish();
     }
 
     fn token_changed(&self, digest: &TokenDigest) {

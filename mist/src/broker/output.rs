@@ -8,7 +8,7 @@
 //! one per message.
 //!
 //! Overflow policy: the queue holds at most `limit` bytes (replies and
-//! deliveries together), and the global [`Memory`] budget may refuse growth
+//! deliveries together), and the global [`Ledger`] budget may refuse growth
 //! earlier. When a batch does not fit, the messages that fit are kept and
 //! the newest ones are dropped for this subscriber only, counted, and
 //! logged. A subscriber that has been dropping for `slow_after` without
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mist_sdk::abi::OutputWakerBox;
 use parking_lot::Mutex;
 
-use super::memory::{Chunk, Memory};
+use super::ledger::{Chunk, Ledger};
 use super::router::SessionId;
 
 /// At most this much is handed to the listener per `drain`, so one write
@@ -85,7 +85,7 @@ pub(crate) struct OutputLimits {
     pub(crate) limit: usize,
     /// How long a queue may stay full before its session is disconnected.
     pub(crate) slow_after: Duration,
-    pub(crate) memory: Arc<Memory>,
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 pub(crate) struct Output {
@@ -195,7 +195,7 @@ impl Output {
                 && self
                     .config
                     .limits
-                    .memory
+                    .ledger
                     .admits(q.bytes, line.len(), line.len());
             if !fits {
                 self.note_drops(&mut q, 1);
@@ -236,7 +236,7 @@ impl Output {
             if fit > 0 {
                 let bytes = ends[fit - 1] - start;
                 let new = if self.copies(batch, bytes) { bytes } else { 0 };
-                if !self.config.limits.memory.admits(q.bytes, bytes, new) {
+                if !self.config.limits.ledger.admits(q.bytes, bytes, new) {
                     fit = 0;
                 }
             }
@@ -339,14 +339,14 @@ impl Output {
     /// and this queue holds more than its share.
     pub(crate) fn over_limit(&self) -> bool {
         let bytes = self.queue.lock().bytes;
-        bytes > self.config.limits.limit || self.config.limits.memory.over(bytes)
+        bytes > self.config.limits.limit || self.config.limits.ledger.over(bytes)
     }
 
     /// Registers `waker` to be woken when the backlog is back under the
     /// limit; returns `false` (without registering) if it already is.
     pub(crate) fn wait_under_limit(&self, waker: &Waker) -> bool {
         let mut q = self.queue.lock();
-        let over = q.bytes > self.config.limits.limit || self.config.limits.memory.over(q.bytes);
+        let over = q.bytes > self.config.limits.limit || self.config.limits.ledger.over(q.bytes);
         if !over || q.closed {
             return false;
         }
@@ -420,7 +420,7 @@ impl Output {
 
     fn append_owned(&self, q: &mut Queue, bytes: &[u8]) {
         self.grow(q, bytes.len());
-        self.config.limits.memory.add(bytes.len());
+        self.config.limits.ledger.add(bytes.len());
         if let Some(Entry::Owned(tail)) = q.entries.back_mut() {
             tail.extend_from_slice(bytes);
         } else {
@@ -433,7 +433,7 @@ impl Output {
             return self.append_owned(q, &bytes);
         }
         self.grow(q, bytes.len());
-        self.config.limits.memory.add(bytes.len());
+        self.config.limits.ledger.add(bytes.len());
         q.entries.push_back(Entry::Owned(bytes));
     }
 
@@ -462,16 +462,16 @@ impl Output {
 
     fn grow(&self, q: &mut Queue, n: usize) {
         if q.bytes == 0 && n > 0 {
-            self.config.limits.memory.queue_busy();
+            self.config.limits.ledger.queue_busy();
         }
         q.bytes += n;
     }
 
     /// `bytes` left the queue, `owned` of them its own copies.
     fn forget(&self, q: &mut Queue, bytes: usize, owned: usize) {
-        self.config.limits.memory.sub(owned);
+        self.config.limits.ledger.sub(owned);
         if q.bytes > 0 && q.bytes == bytes {
-            self.config.limits.memory.queue_idle();
+            self.config.limits.ledger.queue_idle();
         }
         q.bytes -= bytes;
     }
@@ -490,9 +490,9 @@ impl Drop for Output {
                 Entry::Shared { .. } => 0,
             })
             .sum();
-        self.config.limits.memory.sub(owned);
+        self.config.limits.ledger.sub(owned);
         if q.bytes > 0 {
-            self.config.limits.memory.queue_idle();
+            self.config.limits.ledger.queue_idle();
         }
     }
 }
@@ -562,13 +562,13 @@ pub(crate) mod tests {
     /// An output for session `id` holding up to `limit` bytes, under a
     /// generous memory budget of its own.
     pub(crate) fn output(id: SessionId, limit: usize) -> (Output, Arc<Signals>) {
-        output_in(id, limit, &Memory::new(1 << 30), Duration::from_secs(30))
+        output_in(id, limit, &Ledger::new(1 << 30), Duration::from_secs(30))
     }
 
     pub(crate) fn output_in(
         session: SessionId,
         limit: usize,
-        memory: &Arc<Memory>,
+        memory: &Arc<Ledger>,
         slow_after: Duration,
     ) -> (Output, Arc<Signals>) {
         let signals = Arc::new(Signals::default());
@@ -579,7 +579,7 @@ pub(crate) mod tests {
             limits: Arc::new(OutputLimits {
                 limit,
                 slow_after,
-                memory: memory.clone(),
+                ledger: memory.clone(),
             }),
         };
         (Output::new(config, waker), signals)
@@ -591,7 +591,7 @@ pub(crate) mod tests {
     };
 
     /// A batch of `n` messages of `len` bytes each, and their end offsets.
-    fn batch_in(memory: &Arc<Memory>, n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
+    fn batch_in(memory: &Arc<Ledger>, n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
         let bytes: Vec<u8> = (0..n)
             .flat_map(|i| vec![b'a' + (i % 26) as u8; len])
             .collect();
@@ -602,7 +602,7 @@ pub(crate) mod tests {
     }
 
     fn batch(n: usize, len: usize) -> (SharedBatch, Vec<usize>) {
-        batch_in(&Memory::new(1 << 30), n, len)
+        batch_in(&Ledger::new(1 << 30), n, len)
     }
 
     fn drained(out: &Output) -> (bool, Vec<u8>) {
@@ -690,7 +690,7 @@ pub(crate) mod tests {
 
     #[test]
     fn memory_is_counted_once_per_chunk_and_given_back() {
-        let memory = Memory::new(1 << 20);
+        let memory = Ledger::new(1 << 20);
         let (a, _) = output_in(ID, 1 << 20, &memory, Duration::from_secs(30));
         let (b, _) = output_in(ID, 1 << 20, &memory, Duration::from_secs(30));
         let (chunk, ends) = batch_in(&memory, 10, 100);
@@ -707,7 +707,7 @@ pub(crate) mod tests {
 
     #[test]
     fn over_the_budget_the_big_queue_drops_and_the_small_one_does_not() {
-        let memory = Memory::new(4000);
+        let memory = Ledger::new(4000);
         let slow = Duration::from_secs(30);
         let (big, _) = output_in(ID, 1 << 20, &memory, slow);
         let (small, _) = output_in(ID, 1 << 20, &memory, slow);
@@ -723,7 +723,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_queue_full_for_the_timeout_is_reported_slow_and_eviction_discards() {
-        let memory = Memory::new(1 << 20);
+        let memory = Ledger::new(1 << 20);
         let (out, signals) = output_in(ID, 100, &memory, Duration::ZERO);
         let (b, ends) = batch_in(&memory, 3, 100);
         assert!(!out.push_deliveries(&b, 0, &ends[..1]).slow);

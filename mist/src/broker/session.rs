@@ -649,7 +649,7 @@ mod tests {
             1,
             "only the publisher"
         );
-        assert_eq!(shared.memory.used(), 0, "its queue was discarded");
+        assert_eq!(shared.ledger.used(), 0, "its queue was discarded");
         assert!(slow.session.feed(b"{\"command\":\"ping\"}\n").is_none());
         assert!(
             slow.received().is_empty(),

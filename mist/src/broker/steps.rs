@@ -18,7 +18,7 @@ use mist_sdk::{Access, ErrorKind, Message, SdkError};
 use super::access::{Revoked, Standing, Token};
 use super::command::{AdminOp, Refusal};
 use super::output::Output;
-use super::protocol;
+use super::protocol::{self, TagSet};
 use super::router::SessionId;
 use super::{CommandRoute, Shared};
 use crate::cluster::Confirmation;
@@ -59,7 +59,10 @@ pub(crate) struct CustomCall {
 /// allowed. (`unsubscribe` needs no permission: it only narrows.)
 pub(crate) enum Checked {
     Subscribe(Vec<String>),
-    Publish { tags: Vec<String>, raw_data: String },
+    Publish {
+        tags: TagSet<'static>,
+        raw_data: String,
+    },
 }
 
 impl Checked {
@@ -70,9 +73,10 @@ impl Checked {
         }
     }
 
-    fn tags(&self) -> &[String] {
+    fn tags(&self) -> RVec<RString> {
         match self {
-            Checked::Subscribe(tags) | Checked::Publish { tags, .. } => tags,
+            Checked::Subscribe(tags) => rstrings(tags),
+            Checked::Publish { tags, .. } => tags.iter().map(|t| RString::from(&**t)).collect(),
         }
     }
 }
@@ -155,7 +159,7 @@ impl Pending {
             Pending::Check { token, op } => {
                 let epoch = shared.tokens.epoch();
                 let allowed = store
-                    .may_use(token.secret.as_str().into(), rstrings(op.tags()))
+                    .may_use(token.secret.as_str().into(), op.tags())
                     .await;
                 match allowed {
                     ROk(true) => Effect::Granted { token, op, epoch },

@@ -6,7 +6,7 @@
 //! ([`Chunk`] gives it back when the last piece is written or dropped), and
 //! a reply or a copied slice counts while it waits.
 //!
-//! Policy, from the queue's side ([`Memory::admits`]):
+//! Policy, from the queue's side ([`Ledger::admits`]):
 //! - below three quarters of the budget, every queue may grow (up to its own
 //!   `--max-queue-bytes`);
 //! - between three quarters and the whole budget, only queues holding no
@@ -19,16 +19,16 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub(crate) struct Memory {
+pub(crate) struct Ledger {
     limit: usize,
     used: AtomicUsize,
     /// Queues holding at least one byte.
     busy_queues: AtomicUsize,
 }
 
-impl Memory {
-    pub(crate) fn new(limit: usize) -> Arc<Memory> {
-        Arc::new(Memory {
+impl Ledger {
+    pub(crate) fn new(limit: usize) -> Arc<Ledger> {
+        Arc::new(Ledger {
             limit,
             used: AtomicUsize::new(0),
             busy_queues: AtomicUsize::new(0),
@@ -85,11 +85,11 @@ impl Memory {
 /// counted in the budget once while it lives.
 pub(crate) struct Chunk {
     bytes: Vec<u8>,
-    memory: Arc<Memory>,
+    memory: Arc<Ledger>,
 }
 
 impl Chunk {
-    pub(crate) fn new(bytes: Vec<u8>, memory: &Arc<Memory>) -> Chunk {
+    pub(crate) fn new(bytes: Vec<u8>, memory: &Arc<Ledger>) -> Chunk {
         memory.add(bytes.len());
         Chunk {
             bytes,
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_chunk_counts_once_while_it_lives() {
-        let memory = Memory::new(1000);
+        let memory = Ledger::new(1000);
         let chunk = Arc::new(Chunk::new(vec![0; 100], &memory));
         let shared = chunk.clone();
         assert_eq!(memory.used(), 100);
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn the_largest_queues_stop_first_and_nothing_grows_past_the_budget() {
-        let memory = Memory::new(1000);
+        let memory = Ledger::new(1000);
         memory.queue_busy();
         memory.queue_busy();
         memory.add(700);
