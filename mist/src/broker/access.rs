@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mist_sdk::Access;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
@@ -50,24 +49,6 @@ impl Token {
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(***)")
-    }
-}
-
-/// What a session may do.
-#[derive(Debug, Clone)]
-pub(crate) struct Standing {
-    pub(crate) access: Access,
-    /// The registered token of an `Access::TOKEN` session (boxed: most
-    /// sessions have none, and it is 56 bytes).
-    pub(crate) token: Option<Box<Token>>,
-}
-
-impl Standing {
-    pub(crate) fn new(access: Access) -> Standing {
-        Standing {
-            access,
-            token: None,
-        }
     }
 }
 

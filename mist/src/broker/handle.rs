@@ -19,7 +19,7 @@ use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 use super::delivery::Delivery;
 use super::protocol::TagSet;
 use super::router::SessionId;
-use super::session::Session;
+use super::session::{Arrival, Session};
 use super::Shared;
 
 pub(crate) fn broker_box(shared: Arc<Shared>) -> BrokerBox {
@@ -59,10 +59,11 @@ impl BrokerApi for HostBroker {
         exclude: ROption<u64>,
     ) -> RResult<u64, SdkError> {
         guard("publish", RErr(SdkError::other("internal error")), || {
-            let tags = match TagSet::from_list(tags.iter().map(RString::as_str), self.0.limits.max_tags) {
-                Ok(tags) => tags,
-                Err(e) => return RErr(SdkError::invalid_input(e.to_string())),
-            };
+            let tags =
+                match TagSet::from_list(tags.iter().map(RString::as_str), self.0.limits.max_tags) {
+                    Ok(tags) => tags,
+                    Err(e) => return RErr(SdkError::invalid_input(e.to_string())),
+                };
             let raw_data = serde_json::Value::String(data.into_string()).to_string();
             let exclude = exclude.into_option().map(SessionId::from_u64);
             let mut delivery = Delivery::begin(&self.0, Box::default());
@@ -114,12 +115,12 @@ impl SessionApi for SessionHandle {
     }
 
     fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
-        guard("feed", None, || self.0.feed(bytes.as_slice())).into()
+        guard("feed", None, || self.0.accept(Arrival::Bytes(&bytes))).into()
     }
 
     fn feed_message(&self, message: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
         guard("feed_message", None, || {
-            self.0.feed_message(message.as_slice())
+            self.0.accept(Arrival::Message(&message))
         })
         .into()
     }
@@ -133,7 +134,10 @@ impl SessionApi for SessionHandle {
     }
 
     fn refuse(&self, error: RStr<'_>) {
-        guard("refuse", (), || self.0.refuse(error.as_str()))
+        guard("refuse", (), || {
+            // A refusal never halts the input: there is nothing to wait for.
+            let _ = self.0.accept(Arrival::Refusal(error.as_str()));
+        })
     }
 
     fn execute(&self, request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {

@@ -16,10 +16,9 @@
 //! `handle` is the face plugins see; `figures` the counters metrics read.
 
 mod access;
-mod command;
-mod commands;
-mod figures;
+mod cmd;
 mod delivery;
+mod figures;
 mod framing;
 mod handle;
 mod ledger;
@@ -27,7 +26,7 @@ mod output;
 mod protocol;
 mod router;
 mod session;
-mod steps;
+mod state;
 #[cfg(test)]
 mod testing;
 
