@@ -24,9 +24,7 @@ use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use subtle::ConstantTimeEq;
 
-use super::protocol;
-use super::router::SessionId;
-use super::Shared;
+use super::id::SessionId;
 
 /// A token's identity for indexing and for cluster events: its SHA-256.
 /// The token itself never leaves the node.
@@ -97,7 +95,7 @@ impl Tokens {
     }
 
     /// The sessions holding `key`, and the token.
-    fn holders(&self, key: &TokenKey) -> Option<(String, Vec<SessionId>)> {
+    pub(crate) fn holders(&self, key: &TokenKey) -> Option<(String, Vec<SessionId>)> {
         let holders = self.holders.lock();
         let entry = holders.get(key)?;
         Some((entry.secret.clone(), entry.sessions.to_vec()))
@@ -107,7 +105,7 @@ impl Tokens {
         self.epoch.load(Ordering::Acquire)
     }
 
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -121,64 +119,4 @@ pub(crate) enum Revoked<'a> {
     Everything,
     /// Another node changed the token: keep what the store still allows.
     AllowedNow(&'a [String]),
-}
-
-const NOTICE: &str =
-    "subscription revoked: the token no longer holds every tag of this subscription";
-
-impl Shared {
-    /// Takes from every open session of `key` each subscription that holds
-    /// a tag no longer allowed, and tells it so. Returns how many
-    /// subscriptions went.
-    pub(crate) fn revoke(&self, key: &TokenKey, revoked: Revoked<'_>) -> usize {
-        self.tokens.bump();
-        let Some((_, sessions)) = self.tokens.holders(key) else {
-            return 0;
-        };
-        let keep = |set: &[String]| match &revoked {
-            Revoked::Tags(tags) => !set.iter().any(|t| tags.contains(t)),
-            Revoked::Everything => false,
-            Revoked::AllowedNow(allowed) => set.iter().all(|t| allowed.contains(t)),
-        };
-        let mut count = 0;
-        let mut router = self.router.write();
-        for session in sessions {
-            let removed = router.prune(session, keep);
-            if removed.is_empty() {
-                continue;
-            }
-            count += removed.len();
-            if let Some(output) = router.output(session) {
-                let mut out = Vec::new();
-                for set in &removed {
-                    protocol::notice(&mut out, "revoked", set, NOTICE);
-                }
-                // A notice like any other line: queued in order after the
-                // deliveries already queued, dropped if the client is not
-                // reading at all.
-                output.push_notice(&out);
-            }
-            tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
-        }
-        count
-    }
-
-    /// Another node says the token with `key` changed: ask the store what
-    /// it allows now and revoke the rest.
-    pub(crate) async fn recheck(&self, key: &TokenKey) {
-        let (Some(auth), Some((secret, _))) = (self.auth.get(), self.tokens.holders(key)) else {
-            return;
-        };
-        let allowed: Vec<String> = match auth.store.tags(secret.as_str().into()).await {
-            abi_stable::std_types::ROk(tags) => tags.into_iter().map(|t| t.into_string()).collect(),
-            abi_stable::std_types::RErr(e) if e.kind == mist_sdk::ErrorKind::NOT_FOUND => {
-                Vec::new()
-            }
-            abi_stable::std_types::RErr(e) => {
-                tracing::warn!(kind = %e.kind, "cannot recheck a changed token: {}", e.message);
-                return;
-            }
-        };
-        self.revoke(key, Revoked::AllowedNow(&allowed));
-    }
 }

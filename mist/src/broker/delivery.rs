@@ -27,10 +27,11 @@ use std::time::Instant;
 
 use parking_lot::RwLockReadGuard;
 
+use super::id::SessionId;
 use super::ledger::Chunk;
 use super::protocol::{self, ProtocolError, RawTags, TagSet};
-use super::router::{RouteScratch, Router, SessionId};
-use super::Shared;
+use super::router::{RouteScratch, Router};
+use super::shared::Shared;
 
 /// Publishes matched under the router's read lock, not yet queued.
 pub(crate) struct Delivery<'a> {
@@ -334,8 +335,8 @@ mod tests {
 
     use serde_json::json;
 
+    use super::super::limits::Limits;
     use super::super::testing::{open_broker, Client};
-    use super::super::Limits;
 
     #[tokio::test]
     async fn a_run_is_serialized_once_and_shared_by_every_subscriber() {

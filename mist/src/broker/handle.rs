@@ -17,10 +17,10 @@ use mist_sdk::abi::{
 use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 
 use super::delivery::Delivery;
+use super::id::SessionId;
 use super::protocol::TagSet;
-use super::router::SessionId;
 use super::session::{Arrival, Session};
-use super::Shared;
+use super::shared::Shared;
 
 pub(crate) fn broker_box(shared: Arc<Shared>) -> BrokerBox {
     BrokerApi_TO::from_ptr(RArc::new(HostBroker(shared)), TD_Opaque)

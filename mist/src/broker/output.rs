@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use mist_sdk::abi::OutputWakerBox;
 use parking_lot::Mutex;
 
+use super::id::SessionId;
 use super::ledger::{Chunk, Ledger};
-use super::router::SessionId;
 
 /// At most this much is handed to the listener per `drain`, so one write
 /// stays bounded however long the backlog.

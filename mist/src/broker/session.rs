@@ -26,10 +26,10 @@ use parking_lot::Mutex;
 
 use super::cmd::{self, Context, Pending, Refusal, Step};
 use super::framing::Frame;
+use super::id::SessionId;
 use super::output::{ExtendSlice, Output, OutputConfig, Peer};
-use super::router::SessionId;
+use super::shared::Shared;
 use super::state::{Backlogged, State};
-use super::Shared;
 
 pub(crate) struct Session {
     pub(crate) id: SessionId,
@@ -111,12 +111,12 @@ impl Session {
         // before the connect-time token is checked.
         let check = match arrival {
             Arrival::Refusal(_) => None,
-            _ => state.take_connect_check(),
+            _ => state.take_connect_token(),
         };
-        if let Some(pending) = check {
+        if let Some(token) = check {
             backlog(&mut state, arrival);
             state.busy = true;
-            return Some(self.settle(Halt::Wait(pending)));
+            return Some(self.settle(Halt::Wait(Pending::auth(token, true))));
         }
         let halt = self.run(&mut state, arrival)?;
         state.busy = true;
@@ -178,7 +178,9 @@ impl Session {
                 ));
             }
             state.busy = true;
-            state.take_connect_check()
+            state
+                .take_connect_token()
+                .map(|token| Pending::auth(token, true))
         };
         let result = self.execute_steps(connect, request).await;
         // An HTTP publisher is slowed down like a streaming one.
@@ -424,8 +426,8 @@ mod tests {
     use mist_sdk::ErrorKind;
     use serde_json::json;
 
+    use super::super::limits::Limits;
     use super::super::testing::{admin_broker, open_broker, Client, ADMIN};
-    use super::super::Limits;
 
     fn auth(token: &str) -> serde_json::Value {
         json!({"command": "auth", "data": token})

@@ -10,10 +10,9 @@ use std::collections::VecDeque;
 use mist_sdk::Access;
 
 use super::access::{is_server_token, Token};
-use super::cmd::Pending;
 use super::delivery::Batch;
 use super::framing::LineFramer;
-use super::Shared;
+use super::shared::Shared;
 
 /// What a session may do.
 #[derive(Debug, Clone)]
@@ -102,10 +101,8 @@ impl State {
         self.backlog.get_or_insert_with(Box::default)
     }
 
-    /// The check of a connect-time token, due before the first command.
-    pub(crate) fn take_connect_check(&mut self) -> Option<Pending> {
-        self.connect_token
-            .take()
-            .map(|token| Pending::auth(token.into_string(), true))
+    /// The token given at connect, to check before the first command.
+    pub(crate) fn take_connect_token(&mut self) -> Option<String> {
+        self.connect_token.take().map(String::from)
     }
 }

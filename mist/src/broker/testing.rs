@@ -15,8 +15,10 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use super::limits::Limits;
 use super::session::Session;
-use super::{Broker, Limits, Shared};
+use super::shared::Shared;
+use super::Broker;
 
 pub(crate) const ADMIN: &str = "admin-token";
 

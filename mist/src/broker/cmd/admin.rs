@@ -9,7 +9,7 @@ use mist_sdk::{Access, ErrorKind};
 use super::{store_failed, Context, Effect, Pending, Refusal, Step};
 use crate::broker::access::{is_server_token, Revoked, Token};
 use crate::broker::protocol::{self, Request};
-use crate::broker::Shared;
+use crate::broker::shared::Shared;
 
 /// The admin commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use serde_json::value::RawValue;
 
 use super::{store_failed, Context, Effect, Pending, Refusal, Step};
 use crate::broker::access::{is_server_token, Token};
+use crate::broker::id::SessionId;
 use crate::broker::protocol;
-use crate::broker::router::SessionId;
+use crate::broker::shared::Shared;
 use crate::broker::state::Standing;
-use crate::broker::Shared;
 
 /// A token to look up in the store.
 pub(crate) struct Login {

@@ -11,11 +11,11 @@ use mist_sdk::abi::{CommandContext, ReplierApi, ReplierApi_TO};
 use mist_sdk::{Access, Message};
 
 use super::{Context, Effect, Pending, Refusal, Step};
+use crate::broker::id::SessionId;
 use crate::broker::output::Output;
 use crate::broker::protocol::{self, Request};
-use crate::broker::router::SessionId;
+use crate::broker::shared::{CommandRoute, Shared};
 use crate::broker::state::Standing;
-use crate::broker::{CommandRoute, Shared};
 
 /// A custom command on its way to its plugin.
 pub(crate) struct Call {

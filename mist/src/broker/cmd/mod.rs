@@ -40,11 +40,11 @@ use mist_sdk::{Access, ErrorKind, SdkError};
 use super::access::Token;
 use super::delivery::Delivery;
 use super::framing::Frame;
+use super::id::SessionId;
 use super::output::Output;
 use super::protocol::{self, ProtocolError, RawTags, TagSet};
-use super::router::SessionId;
+use super::shared::Shared;
 use super::state::State;
-use super::Shared;
 use crate::cluster::Confirmation;
 
 pub(crate) use admin::AdminOp;

@@ -4,8 +4,9 @@
 use serde_json::{json, Value};
 
 use crate::broker::access::Token;
+use crate::broker::limits::Limits;
+use crate::broker::shared::Shared;
 use crate::broker::testing::{admin_broker, open_broker, Client, ADMIN};
-use crate::broker::{Limits, Shared};
 
 fn subscribe(tags: &[&str]) -> Value {
     json!({"command": "subscribe", "tags": tags})
