@@ -39,6 +39,9 @@ pub struct Figures {
     pub messages_dropped: u64,
     /// Subscribers disconnected for staying full past the slow-consumer timeout.
     pub slow_consumers_disconnected: u64,
+    /// Connections closed because their unfinished input could not be
+    /// held within `--max-memory`.
+    pub closed_for_memory: u64,
     /// Bytes waiting in all queues together.
     pub queue_bytes: u64,
     /// Failed `auth` commands and refused connect-time tokens.
@@ -221,10 +224,17 @@ impl Collector for Snapshot {
             None,
             f.slow_consumers_disconnected,
         )?;
+        counter(
+            e,
+            "connections_closed_for_memory",
+            "Connections closed because their unfinished input could not be held within --max-memory",
+            None,
+            f.closed_for_memory,
+        )?;
         gauge(
             e,
             "queue",
-            "Bytes waiting in all outgoing queues together",
+            "Bytes held for clients (queued output, writers' copies, unfinished input), against --max-memory",
             Some(&Unit::Bytes),
             f.queue_bytes,
         )?;

@@ -126,7 +126,7 @@ impl SessionApi for SessionHandle {
     }
 
     fn drain(&self, out: &mut RVec<u8>) -> bool {
-        guard("drain", false, || self.0.drain(out))
+        guard("drain", false, || self.0.drain(out, false))
     }
 
     fn close(&self) {
@@ -146,5 +146,15 @@ impl SessionApi for SessionHandle {
             async { RErr(SdkError::other("internal error")) }.into_ffi(),
             || self.0.execute(request.to_vec()),
         )
+    }
+
+    fn drain_stream(&self, out: &mut RVec<u8>) -> bool {
+        guard("drain_stream", false, || self.0.drain(out, true))
+    }
+
+    fn hold(&self, bytes: u64) -> bool {
+        guard("hold", false, || {
+            self.0.hold(usize::try_from(bytes).unwrap_or(usize::MAX))
+        })
     }
 }

@@ -1,29 +1,69 @@
-//! The global budget for queued output (`--max-memory`).
+//! The memory ledger: every byte the broker holds on behalf of a client,
+//! against `--max-memory`, and who pays when it runs out.
 //!
-//! Every byte waiting to be written to some client is counted here once: a
-//! serialized publish batch shared by a thousand subscribers' queues counts
-//! its length once, for as long as any queue still holds a piece of it
-//! ([`Chunk`] gives it back when the last piece is written or dropped), and
-//! a reply or a copied slice counts while it waits.
+//! # What is charged
 //!
-//! Policy, from the queue's side ([`Ledger::admits`]):
-//! - below three quarters of the budget, every queue may grow (up to its own
-//!   `--max-queue-bytes`);
-//! - between three quarters and the whole budget, only queues holding no
-//!   more than a fair share (the budget divided by the queues that hold
-//!   anything) may grow: the largest queues drop first;
-//! - at the budget, no queue grows: new deliveries are dropped for everyone
-//!   until writers catch up.
+//! Each connection's holding is charged to it (its output queue keeps the
+//! figure, see `output`) and the memory it takes to the budget here:
+//! - its **queue**: replies, notices and deliveries waiting to be written.
+//!   A delivery is a range of a shared [`Chunk`] (a batch of publishes
+//!   serialized once): the range counts in the holding of each subscriber
+//!   that has it, the chunk's memory in the budget once, for as long as any
+//!   queue holds a piece of it;
+//! - its **writer's copy**: what its listener took out of the queue to
+//!   write, until the listener asks for more (then it has written it) or
+//!   the session ends;
+//! - its **input**: an unfinished line, and input waiting while the session
+//!   is halted;
+//! - what its **listener** says it holds for it (`SessionApi::hold`: a
+//!   WebSocket message that is still arriving).
+//!
+//! Fixed per-connection costs are not charged: the session and its queue
+//! themselves, a listener's small buffers, TLS records (rustls keeps at
+//! most 64 KiB unsent), the kernel's socket buffers.
+//!
+//! # Who pays when it runs out
+//!
+//! A connection's *share* is the budget divided by the connections holding
+//! anything, plus one (so that a newcomer always finds room). Below three
+//! quarters of the budget everything is admitted, up to each queue's own
+//! `--max-queue-bytes`; above it the ledger is *pressed*, and a connection
+//! holding more than its share stops growing:
+//! - deliveries and notices to it are dropped and counted;
+//! - its input stops being read after a reply that leaves it over its
+//!   share (always, pressed or not: a client that does not read its
+//!   replies is slowed down before it can take the budget);
+//! - an unfinished line of its that needs more room is refused: the
+//!   connection is closed, logged and counted;
+//! - its writer copies less at a time (all writers do while it is pressed).
+//!
+//! At the budget itself nothing new is admitted, whoever asks. A connection
+//! holding less than its share is never made to pay for the others'
+//! backlog: a delivery dropped for it at the budget does not start its
+//! slow-consumer clock (only its own full queue does; see `output`).
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub(crate) struct Ledger {
     limit: usize,
+    /// Bytes in memory on behalf of clients.
     used: AtomicUsize,
-    /// Queues holding at least one byte.
-    busy_queues: AtomicUsize,
+    /// Connections holding anything.
+    holders: AtomicUsize,
+    /// Connections closed because their input could not be held.
+    closed_for_input: AtomicU64,
+}
+
+/// Why a connection may not take more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// It holds more than its share while the ledger is pressed (or would
+    /// take more than its queue may hold): its own doing.
+    OverShare,
+    /// The budget itself is spent, by others.
+    Budget,
 }
 
 impl Ledger {
@@ -31,53 +71,92 @@ impl Ledger {
         Arc::new(Ledger {
             limit,
             used: AtomicUsize::new(0),
-            busy_queues: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
+            closed_for_input: AtomicU64::new(0),
         })
     }
 
-    /// Bytes queued over all sessions.
+    /// Bytes in memory on behalf of clients.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn add(&self, n: usize) {
-        self.used.fetch_add(n, Ordering::Relaxed);
+    /// Connections closed because their unfinished input could not be held.
+    pub(crate) fn closed_for_input(&self) -> u64 {
+        self.closed_for_input.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn sub(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
+    pub(crate) fn count_closed_for_input(&self) {
+        self.closed_for_input.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn queue_busy(&self) {
-        self.busy_queues.fetch_add(1, Ordering::Relaxed);
+    /// `memory` more bytes in memory.
+    pub(crate) fn add(&self, memory: usize) {
+        if memory > 0 {
+            self.used.fetch_add(memory, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn queue_idle(&self) {
-        self.busy_queues.fetch_sub(1, Ordering::Relaxed);
+    /// `memory` bytes given back.
+    pub(crate) fn sub(&self, memory: usize) {
+        if memory == 0 {
+            return;
+        }
+        self.used.fetch_sub(memory, Ordering::Relaxed);
     }
 
-    /// What a queue holding `queued` bytes may do with `more` bytes whose
-    /// memory is `new` (0 for a piece of a shared chunk, which is counted
+    /// A connection's holding went from `before` to `after` bytes: keeps
+    /// the count of holders, on which the share depends.
+    pub(crate) fn holding(&self, before: usize, after: usize) {
+        match (before, after) {
+            (0, 0) => {}
+            (0, _) => {
+                self.holders.fetch_add(1, Ordering::Relaxed);
+            }
+            (_, 0) => {
+                self.holders.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Above this the ledger is pressed.
+    fn pressure(&self) -> usize {
+        self.limit / 4 * 3
+    }
+
+    /// Whether more than three quarters of the budget is used.
+    pub(crate) fn pressed(&self) -> bool {
+        self.used() > self.pressure()
+    }
+
+    /// What one connection may hold while the ledger is pressed.
+    pub(crate) fn share(&self) -> usize {
+        self.limit / (self.holders.load(Ordering::Relaxed) + 1)
+    }
+
+    /// Whether a connection holding `held` bytes may take `more`, of which
+    /// `memory` are new in memory (the rest are pieces of chunks counted
     /// already).
-    pub(crate) fn admits(&self, queued: usize, more: usize, new: usize) -> bool {
-        let used = self.used().saturating_add(new);
-        if used <= self.limit / 4 * 3 {
-            return true;
+    pub(crate) fn admits(&self, held: usize, more: usize, memory: usize) -> Result<(), Refused> {
+        let used = self.used().saturating_add(memory);
+        if used <= self.pressure() {
+            return Ok(());
+        }
+        if held.saturating_add(more) > self.share() {
+            return Err(Refused::OverShare);
         }
         if used > self.limit {
-            return false;
+            return Err(Refused::Budget);
         }
-        queued + more <= self.fair_share()
+        Ok(())
     }
 
-    /// Whether a queue of `queued` bytes is among those that should stop
-    /// growing now: the budget is spent and it holds more than a fair share.
-    pub(crate) fn over(&self, queued: usize) -> bool {
-        self.used() > self.limit && queued > self.fair_share()
-    }
-
-    fn fair_share(&self) -> usize {
-        self.limit / self.busy_queues.load(Ordering::Relaxed).max(1)
+    /// Whether a connection holding `held` bytes holds more than its share
+    /// (whether or not the ledger is pressed): its input stops being read
+    /// after a reply.
+    pub(crate) fn over_share(&self, held: usize) -> bool {
+        held > self.share()
     }
 }
 
@@ -85,15 +164,15 @@ impl Ledger {
 /// counted in the budget once while it lives.
 pub(crate) struct Chunk {
     bytes: Vec<u8>,
-    memory: Arc<Ledger>,
+    ledger: Arc<Ledger>,
 }
 
 impl Chunk {
-    pub(crate) fn new(bytes: Vec<u8>, memory: &Arc<Ledger>) -> Chunk {
-        memory.add(bytes.len());
+    pub(crate) fn new(bytes: Vec<u8>, ledger: &Arc<Ledger>) -> Chunk {
+        ledger.add(bytes.len());
         Chunk {
             bytes,
-            memory: memory.clone(),
+            ledger: ledger.clone(),
         }
     }
 }
@@ -108,7 +187,7 @@ impl Deref for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.memory.sub(self.bytes.len());
+        self.ledger.sub(self.bytes.len());
     }
 }
 
@@ -118,30 +197,35 @@ mod tests {
 
     #[test]
     fn a_chunk_counts_once_while_it_lives() {
-        let memory = Ledger::new(1000);
-        let chunk = Arc::new(Chunk::new(vec![0; 100], &memory));
+        let ledger = Ledger::new(1000);
+        let chunk = Arc::new(Chunk::new(vec![0; 100], &ledger));
         let shared = chunk.clone();
-        assert_eq!(memory.used(), 100);
+        assert_eq!(ledger.used(), 100);
         drop(chunk);
-        assert_eq!(memory.used(), 100);
+        assert_eq!(ledger.used(), 100);
         drop(shared);
-        assert_eq!(memory.used(), 0);
+        assert_eq!(ledger.used(), 0);
     }
 
     #[test]
-    fn the_largest_queues_stop_first_and_nothing_grows_past_the_budget() {
-        let memory = Ledger::new(1000);
-        memory.queue_busy();
-        memory.queue_busy();
-        memory.add(700);
-        assert!(memory.admits(600, 50, 0), "no pressure below 3/4");
-        memory.add(100); // 800 used: pressure
-        assert!(!memory.admits(600, 50, 0), "over its fair share of 500");
-        assert!(memory.admits(100, 50, 0), "a small queue still grows");
-        assert!(!memory.admits(100, 50, 300), "new memory past the budget");
-        memory.add(300);
-        assert!(!memory.admits(0, 1, 0), "at the budget nobody grows");
-        assert!(memory.over(600));
-        assert!(!memory.over(100));
+    fn the_largest_holders_stop_first_and_nothing_grows_past_the_budget() {
+        let ledger = Ledger::new(1200);
+        ledger.holding(0, 1);
+        ledger.holding(0, 1);
+        // Two holders: a share is 1,200 / 3 = 400.
+        ledger.add(800);
+        assert_eq!(ledger.admits(600, 50, 0), Ok(()), "no pressure at 3/4");
+        ledger.add(150); // 950 used: pressed
+        assert_eq!(ledger.admits(600, 50, 0), Err(Refused::OverShare));
+        assert_eq!(ledger.admits(100, 50, 0), Ok(()), "a small holder grows");
+        assert_eq!(
+            ledger.admits(100, 50, 400),
+            Err(Refused::Budget),
+            "new memory past the budget, for anyone"
+        );
+        assert!(ledger.over_share(401));
+        assert!(!ledger.over_share(400));
+        ledger.holding(1, 0);
+        assert_eq!(ledger.share(), 600, "one holder fewer, a bigger share");
     }
 }

@@ -62,6 +62,9 @@ enum Halt {
     /// The cluster's way out is saturated: wait until the backplane has
     /// taken more of what this node's publishers sent (`Cluster::room`).
     Uplink,
+    /// The client's unfinished input could not be held (the memory budget
+    /// is spent): its refusal is queued, the session ends.
+    Close,
 }
 
 impl Session {
@@ -105,6 +108,7 @@ impl Session {
         let mut state = self.state.lock();
         if state.busy {
             backlog(&mut state, arrival);
+            self.charge_input(&mut state);
             return None;
         }
         // A refusal is answered at once (the listener does not wait on it),
@@ -115,10 +119,18 @@ impl Session {
         };
         if let Some(token) = check {
             backlog(&mut state, arrival);
+            self.charge_input(&mut state);
             state.busy = true;
             return Some(self.settle(Halt::Wait(Pending::auth(token, true))));
         }
-        let halt = self.run(&mut state, arrival)?;
+        let halt = self.run(&mut state, arrival);
+        self.charge_input(&mut state);
+        let halt = halt?;
+        if let Halt::Close = halt {
+            drop(state);
+            self.close();
+            return None;
+        }
         state.busy = true;
         Some(self.settle(halt))
     }
@@ -227,14 +239,19 @@ impl Session {
     /// the halt and the input after it.
     fn run_stream<'d>(&self, state: &mut State, data: &'d [u8]) -> Option<(Halt, &'d [u8])> {
         let mut framer = std::mem::take(&mut state.framer);
+        // The unfinished line grows only with the ledger's leave.
+        let others = state.input_held();
+        let mut room = |needed: usize| self.output.set_input(others + needed).is_ok();
         let mut cx = Context::new(&self.shared, self.id, &self.output, state);
         let mut halt = None;
         let limit = self.shared.limits.max_message_bytes;
-        let rest = framer.feed(limit, data, |frame| match self.run_frame(&mut cx, frame) {
-            None => ControlFlow::Continue(()),
-            Some(h) => {
-                halt = Some(h);
-                ControlFlow::Break(())
+        let rest = framer.feed(limit, data, &mut room, |frame| {
+            match self.run_frame(&mut cx, frame) {
+                None => ControlFlow::Continue(()),
+                Some(h) => {
+                    halt = Some(h);
+                    ControlFlow::Break(())
+                }
             }
         });
         cx.flush();
@@ -252,10 +269,20 @@ impl Session {
 
     /// One request: carried out, answered with its refusal, or halting.
     fn run_frame(&self, cx: &mut Context<'_>, frame: Frame<'_>) -> Option<Halt> {
+        let no_room = matches!(frame, Frame::NoRoom(_));
         match cmd::execute(cx, frame) {
             Ok(Step::Wait(pending)) => return Some(Halt::Wait(pending)),
             Ok(Step::Done) => {}
             Err(refusal) => cx.refuse(&refusal),
+        }
+        if no_room {
+            self.shared.ledger.count_closed_for_input();
+            tracing::warn!(
+                session = %self.id,
+                peer = %self.output.peer(),
+                "closing a connection: its unfinished line needs more memory than --max-memory has left"
+            );
+            return Some(Halt::Close);
         }
         // Replies count against the queue: stop reading a client that does
         // not read them. (A flood of publishes queues nothing of its own.)
@@ -302,6 +329,10 @@ impl Session {
                     }
                     Halt::Full => session.under_limit().await,
                     Halt::Uplink => session.uplink_room().await,
+                    Halt::Close => {
+                        session.close();
+                        return;
+                    }
                 }
                 if session.is_closed() {
                     return;
@@ -334,6 +365,12 @@ impl Session {
     /// or something halts it again.
     fn resume(&self) -> Option<Halt> {
         let mut state = self.state.lock();
+        let halt = self.resume_locked(&mut state);
+        self.charge_input(&mut state);
+        halt
+    }
+
+    fn resume_locked(&self, state: &mut State) -> Option<Halt> {
         loop {
             if self.output.over_limit() {
                 return Some(Halt::Full);
@@ -341,7 +378,7 @@ impl Session {
             let next = state.backlog.as_mut().and_then(|b| b.arrivals.pop_front());
             let halt = match next {
                 Some(Backlogged::Bytes(bytes)) => {
-                    match self.run_stream(&mut state, &bytes) {
+                    match self.run_stream(state, &bytes) {
                         Some((halt, rest)) => {
                             if !rest.is_empty() {
                                 // Back in front of whatever came after it.
@@ -353,8 +390,8 @@ impl Session {
                         None => None,
                     }
                 }
-                Some(Backlogged::Message(message)) => self.run_message(&mut state, &message),
-                Some(Backlogged::Refusal(error)) => self.run(&mut state, Arrival::Refusal(&error)),
+                Some(Backlogged::Message(message)) => self.run_message(state, &message),
+                Some(Backlogged::Refusal(error)) => self.run(state, Arrival::Refusal(&error)),
                 None => {
                     state.backlog = None;
                     state.busy = false;
@@ -378,8 +415,39 @@ impl Session {
         .await
     }
 
-    pub(crate) fn drain(&self, out: &mut dyn ExtendSlice) -> bool {
-        self.output.drain_into(out)
+    pub(crate) fn drain(&self, out: &mut dyn ExtendSlice, pieces: bool) -> bool {
+        self.output.drain_into(out, pieces)
+    }
+
+    /// What the listener holds for this session's input now (a WebSocket
+    /// message still arriving). `false` if the ledger has no room for that
+    /// much: the listener then ends the connection.
+    pub(crate) fn hold(&self, bytes: usize) -> bool {
+        let mut state = self.state.lock();
+        let before = state.listener_held;
+        state.listener_held = bytes;
+        let others = state.input_held() - bytes + state.framer.held();
+        if bytes <= before || self.output.set_input(others + bytes).is_ok() {
+            self.charge_input(&mut state);
+            return true;
+        }
+        state.listener_held = before;
+        self.shared.ledger.count_closed_for_input();
+        tracing::warn!(
+            session = %self.id,
+            peer = %self.output.peer(),
+            bytes,
+            "refused a listener's buffer for a connection: more memory than --max-memory has left"
+        );
+        false
+    }
+
+    /// Charges what the session holds for its input now (its unfinished
+    /// line, its backlog, its listener's buffers). Input already taken is
+    /// charged whatever the ledger says: it is held.
+    fn charge_input(&self, state: &mut State) {
+        let held = state.input_held() + state.framer.held();
+        self.output.force_input(held);
     }
 
     /// Ends the session: subscriptions go at once, queued output stays
@@ -436,12 +504,12 @@ mod tests {
     #[test]
     fn a_session_and_its_output_stay_small() {
         // Every connection holds one of each, each in an `Arc` (16 bytes
-        // more): 136 + 16 fits glibc's 160-byte chunk, 144 + 16 its
-        // 176-byte one (a byte more costs 16).
+        // more): 136 + 16 fits glibc's 160-byte chunk, 152 + 16 its
+        // 176-byte one (8 bytes more cost 16).
         let session = std::mem::size_of::<super::Session>();
         let output = std::mem::size_of::<super::Output>();
         assert!(session <= 136, "Session: {session} bytes");
-        assert!(output <= 144, "Output: {output} bytes");
+        assert!(output <= 152, "Output: {output} bytes");
     }
 
     #[tokio::test]
@@ -522,7 +590,7 @@ mod tests {
                 let mut total = 0;
                 while total < 501 {
                     let mut out = Vec::new();
-                    session.drain(&mut out);
+                    session.drain(&mut out, false);
                     total += out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

@@ -118,6 +118,7 @@ impl Shared {
             messages_delivered: stats.messages_out.load(Ordering::Relaxed),
             messages_dropped: stats.dropped.load(Ordering::Relaxed),
             slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
+            closed_for_memory: self.ledger.closed_for_input(),
             queue_bytes: self.ledger.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
@@ -185,6 +186,7 @@ impl Shared {
             "messages_out": figures.messages_delivered,
             "dropped": figures.messages_dropped,
             "slow_consumers_disconnected": figures.slow_consumers_disconnected,
+            "closed_for_memory": figures.closed_for_memory,
             "queue_bytes": figures.queue_bytes,
         });
         if let (Some(cluster), Some(map)) = (self.cluster.get(), who.as_object_mut()) {
@@ -237,10 +239,11 @@ impl Shared {
                 for set in &removed {
                     protocol::notice(&mut out, "revoked", set, NOTICE);
                 }
-                // A notice like any other line: queued in order after the
-                // deliveries already queued, dropped if the client is not
-                // reading at all.
-                output.push_notice(&out);
+                // Queued in order after the deliveries already queued, and
+                // never dropped, like a reply: the client must learn of it
+                // (an SSE stream ends on it), and there is at most one per
+                // subscription the session held.
+                output.push_reply(out);
             }
             tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
         }

@@ -51,6 +51,8 @@ pub(crate) struct State {
     /// session that only subscribes (most of them) never holds one, and
     /// inline it would be half of every session's size.
     pub(crate) batch: Option<Box<Batch>>,
+    /// What the listener says it holds for this session's input.
+    pub(crate) listener_held: usize,
 }
 
 /// Input waiting for a halt to end, in the order it arrived.
@@ -84,6 +86,7 @@ impl State {
             commands_seen: false,
             connect_token: None,
             batch: None,
+            listener_held: 0,
         };
         if let (Some(auth), Some(token)) = (shared.auth.get(), connect_token) {
             if is_server_token(&auth.server_token, &token) {
@@ -94,6 +97,21 @@ impl State {
             }
         }
         state
+    }
+
+    /// Input held besides the unfinished line: the backlog and what the
+    /// listener holds.
+    pub(crate) fn input_held(&self) -> usize {
+        let backlog = self.backlog.as_ref().map_or(0, |b| {
+            b.arrivals
+                .iter()
+                .map(|a| match a {
+                    Backlogged::Bytes(bytes) | Backlogged::Message(bytes) => bytes.capacity(),
+                    Backlogged::Refusal(error) => error.capacity(),
+                })
+                .sum()
+        });
+        backlog + self.listener_held
     }
 
     /// The backlog, made if need be.

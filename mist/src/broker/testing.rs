@@ -82,7 +82,7 @@ impl Client {
         let mut out = Vec::new();
         loop {
             let before = out.len();
-            if !self.session.drain(&mut out) || out.len() == before {
+            if !self.session.drain(&mut out, false) || out.len() == before {
                 break;
             }
         }

@@ -256,6 +256,15 @@ pub(crate) fn execute(cx: &mut Context<'_>, frame: Frame<'_>) -> Result<Step, Re
                 ProtocolError::TooLarge { size, limit },
             ));
         }
+        Frame::NoRoom(size) => {
+            return Err(Refusal::new(
+                "",
+                ErrorKind::OVERLOADED,
+                format!(
+                    "the broker has no memory left for a line this long ({size} bytes so far): closing the connection"
+                ),
+            ))
+        }
     };
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(Step::Done); // a blank line from a person typing into netcat

@@ -200,7 +200,7 @@ async fn a_publish_forwards_its_data_raw_and_its_tags_without_whitespace() {
         .feed(b"{\"command\":\"publish\",\"tags\":[\"a\", \"b\"],\"data\":\"x\\ny\\u0021\"}\n")
         .is_none());
     let mut out = Vec::new();
-    subscriber.session.drain(&mut out);
+    subscriber.session.drain(&mut out, false);
     assert_eq!(
         String::from_utf8(out).unwrap_or_default(),
         "{\"command\":\"publish\",\"tags\":[\"a\",\"b\"],\"data\":\"x\\ny\\u0021\"}\n"
