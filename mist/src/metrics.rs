@@ -42,6 +42,8 @@ pub struct Figures {
     /// Connections closed because their unfinished input could not be
     /// held within `--max-memory`.
     pub closed_for_memory: u64,
+    /// Tasks alive on the host's runtime (the built-in plugins' included).
+    pub tasks: u64,
     /// Bytes waiting in all queues together.
     pub queue_bytes: u64,
     /// Failed `auth` commands and refused connect-time tokens.
@@ -230,6 +232,13 @@ impl Collector for Snapshot {
             "Connections closed because their unfinished input could not be held within --max-memory",
             None,
             f.closed_for_memory,
+        )?;
+        gauge(
+            e,
+            "tokio_tasks",
+            "Tasks alive on the host's runtime, built-in plugins' included",
+            None,
+            f.tasks,
         )?;
         gauge(
             e,

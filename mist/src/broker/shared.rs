@@ -119,6 +119,9 @@ impl Shared {
             messages_dropped: stats.dropped.load(Ordering::Relaxed),
             slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
             closed_for_memory: self.ledger.closed_for_input(),
+            // The host's runtime, which the built-in plugins share.
+            tasks: tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_alive_tasks() as u64),
             queue_bytes: self.ledger.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
@@ -187,6 +190,7 @@ impl Shared {
             "dropped": figures.messages_dropped,
             "slow_consumers_disconnected": figures.slow_consumers_disconnected,
             "closed_for_memory": figures.closed_for_memory,
+            "tasks": figures.tasks,
             "queue_bytes": figures.queue_bytes,
         });
         if let (Some(cluster), Some(map)) = (self.cluster.get(), who.as_object_mut()) {
