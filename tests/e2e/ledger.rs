@@ -433,9 +433,7 @@ async fn half_sent_big_messages_over_websocket_and_http_are_charged() {
         let addr = if websocket { &ws_addr } else { &http_addr };
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         if websocket {
-            let upgrade = format!(
-                "GET / HTTP/1.1\r\nHost: mist\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            );
+            let upgrade = "GET / HTTP/1.1\r\nHost: mist\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
             stream.write_all(upgrade.as_bytes()).await.expect("upgrade");
             let mut reader = BufReader::new(stream);
             loop {
