@@ -30,7 +30,7 @@
 use std::cell::UnsafeCell;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -220,6 +220,7 @@ pub(crate) fn park<C: Parkable>(conn: C) -> Option<C> {
     let parking = parts.berth.parking.clone();
     let parked = Arc::new(Parked {
         state: AtomicU8::new(PARKING),
+        generation: parking.generations.fetch_add(1, Ordering::Relaxed),
         conn: UnsafeCell::new(None),
     });
     let Some(slot) = parking.insert(&parked) else {
@@ -300,6 +301,10 @@ const WOKEN: u8 = 2;
 /// A parked connection, and the waker of everything it waits for.
 pub(crate) struct Parked<C: Parkable> {
     state: AtomicU8,
+    /// Tells this connection's poller events from those of its slot's
+    /// earlier occupants (see [`token`]). Beside `state`, in what would be
+    /// padding.
+    generation: u32,
     /// Owned by `park` while [`PARKING`], by the wake that ends
     /// [`PARKED`] after.
     conn: UnsafeCell<Option<Asleep<C>>>,
@@ -312,7 +317,13 @@ unsafe impl<C: Parkable> Sync for Parked<C> {}
 impl<C: Parkable> Parked<C> {
     /// Its socket's token in the poller, parked in `slot`.
     fn token(&self, slot: u32) -> Token {
-        Token(slot as usize)
+        token(slot, self.generation)
+    }
+
+    /// Whether it is parked still: not woken, not parking.
+    #[cfg(test)]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.state.load(Ordering::Acquire) == PARKED
     }
 }
 
@@ -343,6 +354,23 @@ impl<C: Parkable> Wake for Parked<C> {
     }
 }
 
+/// A parked socket's token in the poller: its slot in the low 32 bits,
+/// above them the generation of the connection parked there.
+///
+/// A socket stays in the poller from its connection's wake until the
+/// connection's new task takes it out, and an event may already be on its
+/// way to the poller's thread: by then the slot may hold another
+/// connection. Its token names the earlier generation, so the event is
+/// dropped ([`Parking::event`]) instead of waking that one for nothing and
+/// counting a quick wake of it, which could keep an idle connection in a
+/// task (and its timer). The generations of a slot's occupants differ
+/// unless 2^32 connections parked in between. (Where `usize` has 32 bits
+/// the generation is cut off, and such an event wakes the slot's
+/// connection, which reads nothing and parks again.)
+fn token(slot: u32, generation: u32) -> Token {
+    Token(((u64::from(generation) << 32) | u64::from(slot)) as usize)
+}
+
 /// A plain listener's parked connections.
 pub(crate) struct Parking<C: Parkable> {
     /// Where a woken connection's task runs.
@@ -351,6 +379,8 @@ pub(crate) struct Parking<C: Parkable> {
     stop: OnceLock<watch::Receiver<bool>>,
     /// The clock of [`Wakes`].
     base: Instant,
+    /// The generation of the next connection to park (see [`token`]).
+    generations: AtomicU32,
     parked: Mutex<Registry<C>>,
     sockets: Sockets,
 }
@@ -364,7 +394,8 @@ struct Sockets {
     stop: mio::Waker,
 }
 
-/// The poller's own token, for [`Sockets::stop`]; slots are `u32`.
+/// The poller's own token, for [`Sockets::stop`]: no slot's (slots are
+/// far fewer than 2^32).
 const STOP: Token = Token(usize::MAX);
 
 struct Registry<C: Parkable> {
@@ -387,6 +418,7 @@ impl<C: Parkable> Parking<C> {
             runtime,
             stop: OnceLock::new(),
             base: Instant::now(),
+            generations: AtomicU32::new(0),
             parked: Mutex::new(Registry {
                 stopped: false,
                 slots: Vec::new(),
@@ -402,13 +434,16 @@ impl<C: Parkable> Parking<C> {
     }
 
     /// What the poller's thread does with an event for `token`: wakes the
-    /// connection parked in its slot, if any. (A socket's event may come
-    /// after its connection woke for something else and another took the
-    /// slot: that one then wakes for nothing, reads nothing and parks
-    /// again.)
+    /// connection parked under it, if it still is (see [`token`]).
     pub(crate) fn event(&self, token: Token) {
-        let parked = lock(&self.parked).slots.get(token.0).cloned().flatten();
-        if let Some(parked) = parked {
+        // The low 32 bits.
+        let slot = token.0 as u32;
+        let parked = lock(&self.parked)
+            .slots
+            .get(slot as usize)
+            .cloned()
+            .flatten();
+        if let Some(parked) = parked.filter(|parked| parked.token(slot) == token) {
             parked.wake_by_ref();
         }
     }
@@ -469,6 +504,19 @@ impl<C: Parkable> Parking<C> {
     #[cfg(test)]
     pub(crate) fn parked(&self) -> usize {
         lock(&self.parked).slots.iter().flatten().count()
+    }
+
+    /// The parked connections, with their sockets' tokens in the poller.
+    #[cfg(test)]
+    pub(crate) fn parked_now(&self) -> Vec<(Token, Arc<Parked<C>>)> {
+        let registry = lock(&self.parked);
+        (0..)
+            .zip(&registry.slots)
+            .filter_map(|(slot, parked)| {
+                let parked = parked.as_ref()?;
+                Some((parked.token(slot), parked.clone()))
+            })
+            .collect()
     }
 
     /// The poller's file descriptor, for tests that look into it.

@@ -356,6 +356,36 @@ async fn a_parked_socket_waits_in_the_listeners_poller_not_tokios() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_poller_event_does_not_wake_the_next_connection_in_its_slot() {
+    let setup = listen();
+    let (mut first, first_session) = setup.parked_client().await;
+    let [(stale, _)] = setup.parking.parked_now()[..] else {
+        panic!("one parked")
+    };
+    // The broker ends the first session: the connection wakes, leaves its
+    // slot, and closes.
+    first_session.end();
+    eof(&mut first).await;
+    until("unparked", || setup.parking.parked() == 0).await;
+    // The next connection to park takes the slot.
+    let (_second, _) = setup.parked_client().await;
+    let [(current, ref second)] = setup.parking.parked_now()[..] else {
+        panic!("one parked")
+    };
+    assert_eq!(stale.0 as u32, current.0 as u32, "the slot is not reused");
+    // An event for the first connection's socket, which reached the
+    // poller's thread after the slot changed hands, as it does with it.
+    setup.parking.event(stale);
+    // The second connection did not wake (a wake would have counted as a
+    // quick one: a `Parked` is woken once, and one woken stays so).
+    assert!(second.is_parked(), "woken by another socket's event");
+    // Its own socket's events still wake it.
+    setup.parking.event(current);
+    assert!(!second.is_parked(), "not woken by its own socket's event");
+    until("parked again", || setup.parking.parked() == 1).await;
+}
+
 #[test]
 fn a_parked_connection_stays_small() {
     // What an idle plain connection holds besides the session's own
