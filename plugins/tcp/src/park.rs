@@ -390,8 +390,20 @@ pub(crate) struct Parking<C: Parkable> {
 struct Sockets {
     /// Where sockets are registered, by token.
     registry: mio::Registry,
-    /// Ends the thread.
-    stop: mio::Waker,
+    /// Ends the thread. Shared with it: the thread keeps the waker's
+    /// descriptor open until it has seen the wake, because closing it
+    /// would take its pending event out of the poller.
+    stop: Arc<mio::Waker>,
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        // The thread holds no strong reference to the parking; without
+        // this, the parking of a listener that failed to start (its port
+        // in use) would leave it waiting for ever, its epoll instance with
+        // it. It has stopped already if the listener stopped.
+        let _ = self.stop.wake();
+    }
 }
 
 /// The poller's own token, for [`Sockets::stop`]: no slot's (slots are
@@ -412,7 +424,7 @@ impl<C: Parkable> Parking<C> {
         let poll = mio::Poll::new()?;
         let sockets = Sockets {
             registry: poll.registry().try_clone()?,
-            stop: mio::Waker::new(poll.registry(), STOP)?,
+            stop: Arc::new(mio::Waker::new(poll.registry(), STOP)?),
         };
         let parking = Arc::new(Parking {
             runtime,
@@ -426,10 +438,10 @@ impl<C: Parkable> Parking<C> {
             }),
             sockets,
         });
-        let weak = Arc::downgrade(&parking);
+        let (weak, stop) = (Arc::downgrade(&parking), parking.sockets.stop.clone());
         std::thread::Builder::new()
             .name("mist-tcp-parked".into())
-            .spawn(move || watch(poll, weak))?;
+            .spawn(move || watch(poll, weak, stop))?;
         Ok(parking)
     }
 
@@ -528,8 +540,9 @@ impl<C: Parkable> Parking<C> {
 }
 
 /// The poller's thread: wakes the connection of each socket that turns
-/// readable (or hangs up, or fails), until the listener stops.
-fn watch<C: Parkable>(mut poll: mio::Poll, parking: Weak<Parking<C>>) {
+/// readable (or hangs up, or fails), until the listener stops or its
+/// parking is dropped (see [`Sockets::stop`] for `_stop`).
+fn watch<C: Parkable>(mut poll: mio::Poll, parking: Weak<Parking<C>>, _stop: Arc<mio::Waker>) {
     let mut events = mio::Events::with_capacity(1024);
     loop {
         if let Err(e) = poll.poll(&mut events, None) {

@@ -153,10 +153,15 @@ struct Setup {
     parking: Arc<Parking<Conn>>,
 }
 
+impl FakeBroker {
+    fn broker(&self) -> Broker {
+        Broker::from_abi(BrokerApi_TO::from_ptr(RArc::new(self.clone()), TD_Opaque))
+    }
+}
+
 fn listen() -> Setup {
     let fake = FakeBroker::default();
-    let broker = Broker::from_abi(BrokerApi_TO::from_ptr(RArc::new(fake.clone()), TD_Opaque));
-    let (listener, parking) = plain::start("tcp://127.0.0.1:0", broker).unwrap();
+    let (listener, parking) = plain::start("tcp://127.0.0.1:0", fake.broker()).unwrap();
     Setup {
         fake,
         listener,
@@ -384,6 +389,71 @@ async fn a_stale_poller_event_does_not_wake_the_next_connection_in_its_slot() {
     setup.parking.event(current);
     assert!(!second.is_parked(), "not woken by its own socket's event");
     until("parked again", || setup.parking.parked() == 1).await;
+}
+
+/// How many threads of this process are named `name`.
+#[cfg(target_os = "linux")]
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_listener_on_a_port_in_use_leaves_no_poller_behind() {
+    // Threads and descriptors are the process's, and other tests start
+    // listeners meanwhile: the test runs again in a process of its own,
+    // alone, and that run is the one that counts.
+    const ALONE: &str = "MIST_TCP_TEST_ALONE";
+    if std::env::var_os(ALONE).is_none() {
+        let name = concat!(
+            module_path!(),
+            "::a_listener_on_a_port_in_use_leaves_no_poller_behind"
+        );
+        let name = name.split_once("::").unwrap().1;
+        let run = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success() && out.contains("1 passed"),
+            "{out}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _runtime = runtime.enter();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp://{}", taken.local_addr().unwrap());
+    let before = epolls().len();
+    assert_eq!(threads_named("mist-tcp-parked"), 0);
+    let Err(refused) = plain::start(&uri, FakeBroker::default().broker()) else {
+        panic!("started on a port in use");
+    };
+    assert!(refused.to_string().contains("cannot listen"), "{refused}");
+    // The poller's thread ends, and its epoll instance is closed.
+    let deadline = std::time::Instant::now() + WAIT;
+    while threads_named("mist-tcp-parked") > 0 || epolls().len() > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} poller thread(s), {} epoll instance(s) more than before",
+            threads_named("mist-tcp-parked"),
+            epolls().len() - before
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]
