@@ -78,6 +78,7 @@ pub(crate) struct Parts<C: Parkable> {
     pub(crate) session: Session,
     /// Its place in the parking.
     pub(crate) berth: Berth<C>,
+    /// The rest of it ([`Parkable::Rest`]).
     pub(crate) rest: C::Rest,
 }
 
