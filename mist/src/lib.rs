@@ -23,7 +23,8 @@
 //! # Layout
 //!
 //! - [`cli`], [`config`], [`logging`]: the command-line flags, the
-//!   configuration file and the log.
+//!   configuration file and the log; [`units`]: sizes and durations as
+//!   text, which flags and file read alike.
 //! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
 //! - [`metrics`], [`health`]: `/metrics` and `/readyz`, as the HTTP listener
 //!   serves them through the broker handle.
@@ -47,3 +48,4 @@ pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod tags;
+pub mod units;
