@@ -10,7 +10,7 @@ use mist_e2e::browser::{Chromium, PageServer};
 use mist_e2e::client::delivery;
 use mist_e2e::tls::{
     client_config, connect, der_of, line_client, openssl, openssl_fingerprint, openssl_spki_hash,
-    served_certificate, Ca, Pki,
+    served_certificate, served_certificate_with, Ca, Pki,
 };
 use mist_e2e::web::await_figure;
 use mist_e2e::{artifacts, Client, MistServer, TIMEOUT};
@@ -495,6 +495,52 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
         .await
         .expect("the old certificate is still served");
     assert_eq!(leaf, der_of(&second.cert));
+}
+
+#[tokio::test]
+async fn sighup_keeps_a_self_signed_certificate_with_or_without_a_client_ca() {
+    let pki = Pki::new();
+    let client = pki.ca.client(pki.dir.path(), "client");
+    let (client_cert, client_key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let client_ca = pki.ca.cert.display().to_string();
+    let alone: &[&str] = &["--listeners", "tls://127.0.0.1:0", "--tls-self-signed"];
+    let with_ca: &[&str] = &[
+        "--listeners",
+        "tls://127.0.0.1:0",
+        "--tls-self-signed",
+        "--tls-client-ca",
+        &client_ca,
+    ];
+    let presenting: &[&str] = &["-cert", &client_cert, "-key", &client_key];
+    for (args, flags) in [(alone, &[][..]), (with_ca, presenting)] {
+        let server = MistServer::start_with(args, 1);
+        server.wait_for_log("SHA-256 fingerprint");
+        let fingerprint_of = |pem: &[u8]| openssl_fingerprint(pem);
+        let first = fingerprint_of(&served_certificate_with(&server.addr("tls"), flags));
+        assert!(server.log().contains(&first), "{args:?}: {}", server.log());
+        for reload in 1..=2 {
+            hangup(&server);
+            let deadline = Instant::now() + TIMEOUT;
+            while server.log().matches("TLS certificate reloaded").count() < reload {
+                assert!(Instant::now() < deadline, "{args:?}: no reload logged");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let served = fingerprint_of(&served_certificate_with(&server.addr("tls"), flags));
+            assert_eq!(
+                served, first,
+                "{args:?}: the certificate changed at reload {reload}"
+            );
+        }
+        let log = server.log();
+        assert_eq!(
+            log.matches("SHA-256 fingerprint").count(),
+            1,
+            "{args:?}: one certificate was ever generated:\n{log}"
+        );
+    }
 }
 
 fn hangup(server: &MistServer) {

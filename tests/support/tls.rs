@@ -219,7 +219,15 @@ pub fn openssl_spki_hash(cert: &Path) -> String {
 
 /// The certificate `addr` serves, as PEM, as `openssl s_client` sees it.
 pub fn served_certificate(addr: &str) -> Vec<u8> {
-    let out = openssl(&["s_client", "-connect", addr, "-showcerts"], b"");
+    served_certificate_with(addr, &[])
+}
+
+/// [`served_certificate`], with more `openssl s_client` flags (`-cert`,
+/// `-key` for a server that wants a client certificate).
+pub fn served_certificate_with(addr: &str, flags: &[&str]) -> Vec<u8> {
+    let mut args = vec!["s_client", "-connect", addr, "-showcerts"];
+    args.extend_from_slice(flags);
+    let out = openssl(&args, b"");
     let text = String::from_utf8_lossy(&out.stdout);
     let begin = text
         .find("-----BEGIN CERTIFICATE-----")
