@@ -40,8 +40,6 @@ pub mod builtin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

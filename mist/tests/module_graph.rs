@@ -479,6 +479,20 @@ fn the_library_modules_import_one_another_without_a_circle() {
 }
 
 #[test]
+fn the_library_carries_no_fuzz_harness() {
+    // The harness is the crate mist-fuzzing (tests/fuzzing): a module of
+    // the library would be built into every mist and be part of its API.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let fuzz: Vec<String> = Crate::read(&src)
+        .code
+        .keys()
+        .map(name)
+        .filter(|m| m.contains("fuzz"))
+        .collect();
+    assert!(fuzz.is_empty(), "fuzzing modules in the library: {fuzz:?}");
+}
+
+#[test]
 fn the_reader_sees_imports_of_every_form() {
     let source = r#"
         //! Names `crate::ignored` in a comment.
