@@ -3,9 +3,9 @@
 //!
 //! With a CA file, the server's certificate is accepted when it chains to a
 //! certificate in the file (a private CA), or when it *is* one of them
-//! (pinning: a self-signed certificate, or a leaf whose CA is not given). The second is what `curl --cacert`, `openssl s_client
-//! -CAfile` and Python's `ssl` do with a self-signed certificate made the
-//! usual way (`openssl req -x509 ...`, which marks it `CA:TRUE`), and what
+//! (pinning: a self-signed certificate, or a leaf whose CA is not given).
+//! The second is what `curl --cacert`, `openssl s_client -CAfile` and
+//! Python's `ssl` do with a self-signed certificate made the usual way (`openssl req -x509 ...`, which marks it `CA:TRUE`), and what
 //! webpki alone refuses as "a CA certificate used as an end entity" (and
 //! a leaf without its CA as "unknown issuer"; curl accepts that too). A
 //! pinned certificate must still be in its validity period and carry the
@@ -46,13 +46,11 @@ pub(crate) fn config(
             let pinned = read_ca_file(path)?;
             let mut roots = RootCertStore::empty();
             for cert in &pinned {
-                roots.add(cert.clone()).map_err(|e| Error::Certificate {
+                roots.add(cert.clone()).map_err(|_| Error::Certificate {
                     path: path.to_owned(),
-                    reason: format!(
-                        "holds a certificate that cannot be used ({}): give the PEM certificate \
-                         of the CA that issued the server's, or the server's own",
-                        words(&e, None)
-                    ),
+                    reason: "holds a certificate that cannot be read as X.509: give the PEM \
+                             certificate of the CA that issued the server's, or the server's own"
+                        .to_owned(),
                 })?;
             }
             (roots, pinned)
@@ -117,7 +115,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
 
 /// webpki's verification, and pinning: a server certificate that is
 /// byte for byte one of the CA file's is accepted though it is marked as a
-/// CA.
+/// CA, or its issuer is not given.
 #[derive(Debug)]
 struct Verifier {
     webpki: Arc<WebPkiServerVerifier>,
