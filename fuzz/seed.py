@@ -25,7 +25,7 @@ def line(obj):
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-# --- line_protocol: [flags, seed, data...] (see mist/src/fuzzing/line.rs) ---
+# --- line_protocol: [flags, seed, data...] (see tests/fuzzing/src/line.rs) ---
 
 PROFILE = {"tiny": 0, "small": 1, "roomy": 2, "default": 3}
 ADMIN_MODE = 4

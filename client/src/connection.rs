@@ -66,10 +66,17 @@ struct Pending {
     queue: VecDeque<(Answer, Vec<Reply>)>,
     /// Set when the connection ends: nothing queued after it would be answered.
     closed: bool,
+    /// Why TLS ended the connection, in words: every later call gets it
+    /// rather than a bare [`Error::Closed`]. (A TLS 1.3 server refuses a
+    /// client after the handshake, so a first request can find the
+    /// connection already closed by that refusal.)
+    tls_refusal: Option<String>,
 }
 
 /// What the reading and writing tasks and the callers share.
 pub(crate) struct Shared {
+    /// What was dialled, for messages.
+    target: String,
     pending: Mutex<Pending>,
     /// Deliveries dropped because the caller was not reading them.
     pub dropped: AtomicU64,
@@ -89,6 +96,26 @@ impl Shared {
         pending.closed = true;
         for (answer, _) in pending.queue.drain(..) {
             let _ = answer.send(Err(why()));
+        }
+    }
+
+    /// Fails every request, waiting and later, with TLS's `reason`.
+    fn fail_tls(&self, reason: String) {
+        self.pending().tls_refusal = Some(reason.clone());
+        self.fail(|| Error::Tls {
+            target: self.target.clone(),
+            reason: reason.clone(),
+        });
+    }
+
+    /// What a request finds once the connection is closed.
+    fn later_error(&self, pending: &Pending) -> Error {
+        match &pending.tls_refusal {
+            Some(reason) => Error::Tls {
+                target: self.target.clone(),
+                reason: reason.clone(),
+            },
+            None => Error::Closed,
         }
     }
 }
@@ -115,21 +142,27 @@ pub(crate) struct Parts {
     pub tasks: [tokio::task::AbortHandle; 2],
 }
 
-/// Starts a line-protocol connection over `stream`. Deliveries beyond
-/// `capacity` unread are dropped; a line longer than `max_line` bytes ends
-/// the connection.
-pub(crate) fn tcp(stream: LineStream, capacity: usize, max_line: usize) -> Parts {
+/// Starts a line-protocol connection to `target` over `stream`.
+/// Deliveries beyond `capacity` unread are dropped; a line longer than
+/// `max_line` bytes ends the connection.
+pub(crate) fn tcp(target: &str, stream: LineStream, capacity: usize, max_line: usize) -> Parts {
     let (read, write) = tokio::io::split(stream);
-    lines(read, write, capacity, max_line)
+    lines(target, read, write, capacity, max_line)
 }
 
 /// As [`tcp`], over any byte stream's two halves.
-pub(crate) fn lines<R, W>(read: R, write: W, capacity: usize, max_line: usize) -> Parts
+pub(crate) fn lines<R, W>(
+    target: &str,
+    read: R,
+    write: W,
+    capacity: usize,
+    max_line: usize,
+) -> Parts
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let channels = Channels::new(capacity);
+    let channels = Channels::new(target, capacity);
     let router = channels.router();
     let reader = tokio::spawn(read_lines(read, max_line, router));
     let write: ByteSink = Box::new(write);
@@ -137,9 +170,9 @@ where
 }
 
 /// As [`tcp`], for a WebSocket (whose message size tungstenite bounds).
-pub(crate) fn ws(socket: WsStream, capacity: usize, max_line: usize) -> Parts {
+pub(crate) fn ws(target: &str, socket: WsStream, capacity: usize, max_line: usize) -> Parts {
     let (write, read) = socket.split();
-    let channels = Channels::new(capacity);
+    let channels = Channels::new(target, capacity);
     let router = channels.router();
     let reader = tokio::spawn(read_ws(read, max_line, router));
     channels.start(Sink::Ws(write), reader.abort_handle())
@@ -153,9 +186,10 @@ struct Channels {
 }
 
 impl Channels {
-    fn new(capacity: usize) -> Channels {
+    fn new(target: &str, capacity: usize) -> Channels {
         Channels {
             shared: Arc::new(Shared {
+                target: target.to_owned(),
                 pending: Mutex::new(Pending::default()),
                 dropped: AtomicU64::new(0),
                 notices_dropped: AtomicU64::new(0),
@@ -199,12 +233,16 @@ async fn write(mut sink: Sink, mut queue: mpsc::Receiver<Request>, shared: Arc<S
         {
             let mut pending = shared.pending();
             if pending.closed {
-                let _ = answer.send(Err(Error::Closed));
+                let _ = answer.send(Err(shared.later_error(&pending)));
                 continue;
             }
             pending.queue.push_back((answer, Vec::new()));
         }
         if let Err(error) = send(&mut sink, line.as_deref()).await {
+            if let Some(reason) = tls_refusal(&error) {
+                shared.fail_tls(reason);
+                break;
+            }
             // The request just queued is the newest: it gets the reason.
             let mine = shared.pending().queue.pop_back();
             if let Some((answer, _)) = mine {
@@ -240,6 +278,15 @@ async fn send(sink: &mut Sink, line: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
+/// TLS's reason, in words, when a write or read failed because TLS ended
+/// the connection (an alert from the server).
+fn tls_refusal(error: &Error) -> Option<String> {
+    match error {
+        Error::Io(io) => crate::tls::rustls_error(io).map(|tls| crate::tls::words(tls, None)),
+        _ => None,
+    }
+}
+
 /// Reads newline-terminated lines of at most `max_line` bytes: a longer
 /// line fails the connection instead of growing the buffer.
 async fn read_lines<R: AsyncRead + Unpin>(read: R, max_line: usize, mut router: Router) {
@@ -257,6 +304,12 @@ async fn read_lines<R: AsyncRead + Unpin>(read: R, max_line: usize, mut router: 
                     .fail(|| Error::LineTooLong { limit: max_line });
             }
             Some(Err(LinesCodecError::Io(error))) => {
+                // Over TLS 1.3 a server that refuses this client (it wants a
+                // client certificate) says so after the handshake, with the
+                // first read.
+                if let Some(tls) = crate::tls::rustls_error(&error) {
+                    return router.shared.fail_tls(crate::tls::words(tls, None));
+                }
                 let error = error.to_string();
                 return router.shared.fail(|| Error::Protocol(error.clone()));
             }
@@ -283,6 +336,12 @@ async fn read_ws(mut read: SplitStream<WsStream>, max_line: usize, mut router: R
                 return router
                     .shared
                     .fail(|| Error::LineTooLong { limit: max_line });
+            }
+            Err(WsError::Io(error)) => {
+                if let Some(tls) = crate::tls::rustls_error(&error) {
+                    return router.shared.fail_tls(crate::tls::words(tls, None));
+                }
+                break;
             }
             Err(_) => break,
         }

@@ -27,12 +27,16 @@ pub enum Error {
 
     /// The TLS handshake failed: most often, the server's certificate does
     /// not verify against the trusted roots (the system's, or the CA file
-    /// given). An unverified certificate is never accepted.
+    /// given, whose certificates are also trusted as themselves). An
+    /// unverified certificate is never accepted. Also what every call
+    /// returns once the server has ended the connection with a TLS alert
+    /// (over TLS 1.3, a server that wants a client certificate says so
+    /// after the handshake).
     #[error("TLS with {target} failed: {reason}")]
     Tls {
         /// What was dialled.
         target: String,
-        /// Why.
+        /// Why, in words, with what to do about it.
         reason: String,
     },
 
@@ -63,7 +67,8 @@ pub enum Error {
     },
 
     /// The connection is closed: by the broker, the network, or an earlier
-    /// failure. Every later call returns this too.
+    /// failure. Every later call returns this too (or [`Error::Tls`] when
+    /// a TLS alert closed it).
     #[error("the connection to the broker is closed")]
     Closed,
 

@@ -41,12 +41,17 @@
 //!
 //! Over TLS (`tls://host:port`, `wss://host:port/`) the server's
 //! certificate is verified against the system's roots, or against the CA
-//! file given in [`ConnectOptions::ca_file`]; one that does not verify is
-//! [`Error::Tls`], never accepted.
+//! file given in [`ConnectOptions::ca_file`]: a CA in it that issued the
+//! server's certificate, or the server's certificate itself (pinned; even
+//! one marked `CA:TRUE`, as `openssl req -x509` makes them). One that does
+//! not verify is [`Error::Tls`], whose reason says what to do; never
+//! accepted.
 //!
 //! # Layout
 //! - `lib.rs`: [`Client`], its commands, and the values they return.
 //! - `transport.rs`: opening TCP, TLS and WebSocket streams.
+//! - `tls.rs`: what TLS trusts (a CA file's CAs, and its certificates as
+//!   pins), the verifier, and TLS failures in words.
 //! - `connection.rs`: the wire: the writing and reading tasks, and matching
 //!   answers to requests.
 //! - `error.rs`: [`Error`].
@@ -55,6 +60,7 @@
 
 mod connection;
 mod error;
+mod tls;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -194,8 +200,9 @@ pub fn check_tags<T: AsRef<str>>(tags: &[T]) -> Result<(), Error> {
 pub struct ConnectOptions {
     /// A token to authenticate with.
     pub token: Option<String>,
-    /// Trust the certificates in this PEM file (a private CA, or a
-    /// self-signed certificate) instead of the system's roots.
+    /// Trust the certificates in this PEM file instead of the system's
+    /// roots: as CAs (a private CA), and each as itself (the server's own
+    /// certificate, pinned, self-signed or not).
     pub ca_file: Option<PathBuf>,
 }
 
@@ -298,7 +305,12 @@ impl Client {
             return Self::connect_ws(target, token, ca_file).await;
         }
         let stream = transport::line_stream(target, ca_file).await?;
-        let client = Client::new(connection::tcp(stream, DELIVERY_BUFFER, MAX_LINE_BYTES));
+        let client = Client::new(connection::tcp(
+            target,
+            stream,
+            DELIVERY_BUFFER,
+            MAX_LINE_BYTES,
+        ));
         if let Some(token) = token {
             let line = serde_json::json!({"command": "auth", "data": token}).to_string();
             match client.request(Some(&line)).await {
@@ -328,6 +340,7 @@ impl Client {
             .max_frame_size(Some(MAX_LINE_BYTES));
         let socket = transport::websocket(url, request, config, ca_file).await?;
         Ok(Client::new(connection::ws(
+            url,
             socket,
             DELIVERY_BUFFER,
             MAX_LINE_BYTES,

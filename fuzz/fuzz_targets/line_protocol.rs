@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mist::fuzzing::line_protocol(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mist_fuzzing::line_protocol(data));

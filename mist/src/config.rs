@@ -11,6 +11,7 @@ use mist_sdk::tls::TlsParams;
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
 use crate::logging::LogFormat;
+use crate::units::{parse_duration, parse_size};
 
 /// The listeners started when none are given.
 pub const DEFAULT_LISTENERS: &[&str] = &[
@@ -217,22 +218,6 @@ impl Value {
             }
         }
     }
-}
-
-/// `1048576`, `64KiB`, `1MiB`, `1.5GB`, ...: a number of bytes, with an
-/// optional unit (decimal `kB`/`MB`/`GB` or binary `KiB`/`MiB`/`GiB`).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("{text:?} is not a size such as 1048576 or 64MiB ({e})"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?} is too large"))
-}
-
-/// `500ms`, `10s`, `1m`, `1h 30m`: a duration with a unit.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration such as 500ms or 10s ({e})"))
 }
 
 /// `listeners` as a list, or as one comma-separated string.
@@ -681,14 +666,6 @@ mod tests {
             1 << 20
         );
 
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert!(parse_size("lots").is_err());
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(
-            parse_duration("10").is_err(),
-            "a flag's duration needs its unit"
-        );
         let bad = write(dir.path(), "bad-limits.yaml", "header-timeout: soon\n");
         a.config = Some(bad);
         let error = ServerConfig::resolve(&a)

@@ -23,7 +23,8 @@
 //! # Layout
 //!
 //! - [`cli`], [`config`], [`logging`]: the command-line flags, the
-//!   configuration file and the log.
+//!   configuration file and the log; [`units`]: sizes and durations as
+//!   text, which flags and file read alike.
 //! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
 //! - [`metrics`], [`health`]: `/metrics` and `/readyz`, as the HTTP listener
 //!   serves them through the broker handle.
@@ -39,11 +40,10 @@ pub mod builtin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod tags;
+pub mod units;

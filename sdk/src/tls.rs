@@ -244,10 +244,29 @@ fn without_query(uri: &str) -> &str {
 }
 
 /// Where a listener's certificate comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Source {
+    /// Files, read again at each reload.
     Files { cert: PathBuf, key: PathBuf },
-    SelfSigned,
+    /// Generated once, at start: kept across reloads (whatever else a
+    /// reload re-reads, such as the client CA), since clients pin it by the
+    /// fingerprint logged then.
+    SelfSigned(Generated),
+}
+
+/// A generated certificate and its key.
+struct Generated {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for Generated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fingerprint = self.chain.first().map(|der| fingerprint(der));
+        f.debug_struct("Generated")
+            .field("fingerprint", &fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The server side of TLS for one listener: its configuration, swapped
@@ -297,11 +316,14 @@ impl TlsAcceptor {
                     missing: "cert",
                 })
             }
-            (None, None) if params.self_signed => Source::SelfSigned,
+            (None, None) if params.self_signed => {
+                let (chain, key) = self_signed(&shown)?;
+                Source::SelfSigned(Generated { chain, key })
+            }
             (None, None) => return Err(TlsError::NoCertificate { uri: shown }),
         };
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let config = build(&shown, &source, params.client_ca.as_deref(), &alpn)?;
+        let config = build(&source, params.client_ca.as_deref(), &alpn)?;
         Ok(TlsAcceptor {
             uri: shown,
             source,
@@ -313,19 +335,13 @@ impl TlsAcceptor {
 
     /// Reads the certificate, key and client CA files again; connections
     /// accepted from now on use them, open ones are not touched. On error
-    /// the old configuration stays. A self-signed certificate is kept.
+    /// the old configuration stays. A self-signed certificate is kept, with
+    /// or without a client CA (which is re-read).
     pub fn reload(&self) -> Result<(), TlsError> {
-        if let Source::SelfSigned = self.source {
-            if self.client_ca.is_none() {
-                return Ok(());
-            }
+        if matches!(self.source, Source::SelfSigned(_)) && self.client_ca.is_none() {
+            return Ok(()); // nothing to read again
         }
-        let config = build(
-            &self.uri,
-            &self.source,
-            self.client_ca.as_deref(),
-            &self.alpn,
-        )?;
+        let config = build(&self.source, self.client_ca.as_deref(), &self.alpn)?;
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -352,17 +368,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn build(
-    uri: &str,
     source: &Source,
     client_ca: Option<&Path>,
     alpn: &[Vec<u8>],
 ) -> Result<ServerConfig, TlsError> {
     let (chain, key, files) = match source {
         Source::Files { cert, key } => (read_chain(cert)?, read_key(key)?, Some((cert, key))),
-        Source::SelfSigned => {
-            let (chain, key) = self_signed(uri)?;
-            (chain, key, None)
-        }
+        Source::SelfSigned(generated) => (generated.chain.clone(), generated.key.clone_key(), None),
     };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

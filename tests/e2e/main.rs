@@ -17,6 +17,7 @@ mod listeners;
 mod ops;
 mod plugins;
 mod startup;
+mod stores;
 mod tcp;
 mod tls;
 mod ws;

@@ -129,6 +129,63 @@ fn refused(body: &str) -> String {
     log
 }
 
+#[tokio::test]
+async fn a_bare_library_name_is_the_file_next_to_its_plugins_file_and_no_other() {
+    // mist's working directory holds plugins.toml (read by default), naming
+    // its library bare, next to it: the tcp plugin's library.
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::copy(artifacts().library("mist_tcp"), site.join("libplugin.so")).unwrap();
+    plugins_file(&site, "[[plugin]]\npath = \"libplugin.so\"\n");
+    // A different library of the same name where the system's loader
+    // looks for bare names.
+    let decoy = dir.path().join("decoy");
+    std::fs::create_dir(&decoy).unwrap();
+    std::fs::copy(
+        artifacts().library("mist_fixture_faulty"),
+        decoy.join("libplugin.so"),
+    )
+    .unwrap();
+    let decoy_path = decoy.display().to_string();
+    let server = MistServer::start_in(
+        &site,
+        &["--listeners", "tcp://127.0.0.1:0", "--log-level", "DEBUG"],
+        1,
+        &[("LD_LIBRARY_PATH", decoy_path.as_str())],
+    );
+    let library = site.join("libplugin.so");
+    server.wait_for_log(&format!("loaded plugin {}", library.display()));
+    server.wait_for_log("now served by this plugin instead of the built-in one");
+    assert!(
+        !server.log().contains("faulty"),
+        "the decoy was loaded:\n{}",
+        server.log()
+    );
+    let mut c = [
+        Client::connect(&server.tcp()).await,
+        Client::connect(&server.tcp()).await,
+    ];
+    c[0].subscribe(&["next-to-it"]).await;
+    c[1].publish(&["next-to-it"], "loaded").await;
+    assert_eq!(c[0].sync().await, [delivery(&["next-to-it"], "loaded")]);
+
+    // A bare name with nothing next to it is a start-up error naming the
+    // file where it was looked for, whatever the search path holds.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    plugins_file(&empty, "[[plugin]]\npath = \"libplugin.so\"\n");
+    let (status, log) = MistServer::run_to_exit_in(&empty, &["--listeners", "tcp://127.0.0.1:0"]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "plugin library {}: no such file",
+            empty.join("libplugin.so").display()
+        )),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_missing_library_is_refused_by_name() {
     let log = refused("[[plugin]]\npath = \"/nonexistent/libnothing.so\"\n");

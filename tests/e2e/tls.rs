@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use mist_e2e::browser::{Chromium, PageServer};
 use mist_e2e::client::delivery;
 use mist_e2e::tls::{
-    client_config, connect, der_of, line_client, openssl, openssl_fingerprint, openssl_spki_hash,
-    served_certificate, Ca, Pki,
+    client_config, connect, der_of, line_client, openssl, openssl_fingerprint, openssl_says_ca,
+    openssl_self_signed, openssl_spki_hash, served_certificate, served_certificate_with, Ca, Pki,
 };
 use mist_e2e::web::await_figure;
 use mist_e2e::{artifacts, Client, MistServer, TIMEOUT};
@@ -315,6 +315,95 @@ async fn the_cli_connects_over_tls_and_wss_and_refuses_what_does_not_verify() {
     );
 }
 
+/// `mist ping` failing with exit 1 and a message in words (no Rust enum);
+/// the message.
+async fn refused_ping(args: &[&str]) -> String {
+    let out = mist(args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    for enum_like in [
+        "Other(",
+        "OtherError",
+        "CaUsedAsEndEntity",
+        "AlertReceived",
+        "CertificateRequired",
+    ] {
+        assert!(!stderr.contains(enum_like), "{args:?}: {stderr}");
+    }
+    stderr
+}
+
+#[tokio::test]
+async fn the_cli_trusts_the_openssl_self_signed_certificate_given_with_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    // The certificate of the issue, made by the command people use.
+    let made = openssl_self_signed(dir.path(), "cert", "DNS:localhost,IP:127.0.0.1");
+    assert!(openssl_says_ca(&made.cert), "openssl marks it CA:TRUE");
+    let (cert, key) = (
+        made.cert.display().to_string(),
+        made.key.display().to_string(),
+    );
+    let server = MistServer::start_with(
+        &[
+            "--listeners",
+            "tcp://127.0.0.1:0,tls://127.0.0.1:0,wss://127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        3,
+    );
+    let port = |scheme: &str| server.addr(scheme).rsplit_once(':').unwrap().1.to_owned();
+    let tls = format!("tls://localhost:{}", port("tls"));
+    let wss = format!("wss://localhost:{}/", port("wss"));
+    for host in [&tls, &wss] {
+        let out = mist(&["ping", "--host", host, "--ca", &cert]).await;
+        assert!(out.status.success(), "{host}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "pong\n");
+    }
+
+    // Another self-signed certificate is not this one; a plain port is not
+    // TLS. Both say what to do.
+    let other = openssl_self_signed(dir.path(), "other", "DNS:localhost,IP:127.0.0.1");
+    let other = other.cert.display().to_string();
+    for host in [&tls, &wss] {
+        let stderr = refused_ping(&["ping", "--host", host, "--ca", &other]).await;
+        assert!(
+            stderr.contains("other.pem") && stderr.contains("--ca FILE"),
+            "{host}: {stderr}"
+        );
+    }
+    let plain = format!("tls://{}", server.addr("tcp"));
+    let stderr = refused_ping(&["ping", "--host", &plain, "--ca", &cert]).await;
+    assert!(stderr.contains("is a TLS listener"), "{stderr}");
+
+    // A server that wants a client certificate, which the CLI has none of.
+    let strict = MistServer::start_with(
+        &[
+            "--listeners",
+            "tls://127.0.0.1:0,wss://127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &cert,
+        ],
+        2,
+    );
+    for host in [
+        format!("tls://{}", strict.addr("tls")),
+        format!("wss://{}/", strict.addr("wss")),
+    ] {
+        let stderr = refused_ping(&["ping", "--host", &host, "--ca", &cert]).await;
+        assert!(
+            stderr.contains("requires a client certificate"),
+            "{host}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_start_without_a_usable_certificate_fails_naming_the_file() {
     let pki = Pki::new();
@@ -495,6 +584,52 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
         .await
         .expect("the old certificate is still served");
     assert_eq!(leaf, der_of(&second.cert));
+}
+
+#[tokio::test]
+async fn sighup_keeps_a_self_signed_certificate_with_or_without_a_client_ca() {
+    let pki = Pki::new();
+    let client = pki.ca.client(pki.dir.path(), "client");
+    let (client_cert, client_key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let client_ca = pki.ca.cert.display().to_string();
+    let alone: &[&str] = &["--listeners", "tls://127.0.0.1:0", "--tls-self-signed"];
+    let with_ca: &[&str] = &[
+        "--listeners",
+        "tls://127.0.0.1:0",
+        "--tls-self-signed",
+        "--tls-client-ca",
+        &client_ca,
+    ];
+    let presenting: &[&str] = &["-cert", &client_cert, "-key", &client_key];
+    for (args, flags) in [(alone, &[][..]), (with_ca, presenting)] {
+        let server = MistServer::start_with(args, 1);
+        server.wait_for_log("SHA-256 fingerprint");
+        let fingerprint_of = |pem: &[u8]| openssl_fingerprint(pem);
+        let first = fingerprint_of(&served_certificate_with(&server.addr("tls"), flags));
+        assert!(server.log().contains(&first), "{args:?}: {}", server.log());
+        for reload in 1..=2 {
+            hangup(&server);
+            let deadline = Instant::now() + TIMEOUT;
+            while server.log().matches("TLS certificate reloaded").count() < reload {
+                assert!(Instant::now() < deadline, "{args:?}: no reload logged");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let served = fingerprint_of(&served_certificate_with(&server.addr("tls"), flags));
+            assert_eq!(
+                served, first,
+                "{args:?}: the certificate changed at reload {reload}"
+            );
+        }
+        let log = server.log();
+        assert_eq!(
+            log.matches("SHA-256 fingerprint").count(),
+            1,
+            "{args:?}: one certificate was ever generated:\n{log}"
+        );
+    }
 }
 
 fn hangup(server: &MistServer) {

@@ -190,6 +190,18 @@ impl DevTools {
         }
     }
 
+    /// The parameters of every `method` event seen so far (a domain's
+    /// events arrive once it is enabled with [`DevTools::call`]).
+    pub fn events(&self, method: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| event["method"] == method)
+            .map(|event| event["params"].clone())
+            .collect()
+    }
+
     /// Console errors, failed loads and uncaught exceptions seen so far.
     pub fn errors(&self) -> Vec<String> {
         self.events

@@ -168,6 +168,15 @@ impl Postgres {
 
     /// Runs one SQL statement in the `postgres` database.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs one SQL statement in `database` (a name, or a URI of
+    /// [`Postgres::database`]); what it prints, one row a line.
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        let database = database
+            .rsplit_once("?db=")
+            .map_or(database, |(_, name)| name);
         let output = Command::new(self.bin.join("psql"))
             .env("PGPASSWORD", PASSWORD)
             .args([
@@ -176,7 +185,7 @@ impl Postgres {
                 "-U",
                 USER,
                 "-d",
-                "postgres",
+                database,
                 "-tA",
                 "-c",
                 sql,

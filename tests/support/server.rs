@@ -83,7 +83,21 @@ impl MistServer {
 
     /// As [`MistServer::start_with`], with `env` added to its environment.
     pub fn start_with_env(args: &[&str], listeners: usize, env: &[(&str, &str)]) -> MistServer {
-        let mut server = Self::spawn(args, env);
+        Self::started(Self::spawn(args, env, None), listeners)
+    }
+
+    /// As [`MistServer::start_with_env`], run in the working directory `dir`.
+    pub fn start_in(
+        dir: &Path,
+        args: &[&str],
+        listeners: usize,
+        env: &[(&str, &str)],
+    ) -> MistServer {
+        Self::started(Self::spawn(args, env, Some(dir)), listeners)
+    }
+
+    /// `server`, once it logs `listeners` listening lines.
+    fn started(mut server: MistServer, listeners: usize) -> MistServer {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let found = server
@@ -122,13 +136,23 @@ impl MistServer {
 
     /// As [`MistServer::run_to_exit`], with `env` added to its environment.
     pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-        let mut server = Self::spawn(args, env);
+        let mut server = Self::spawn(args, env, None);
         let status = server.wait_exit();
         (status, server.log())
     }
 
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> MistServer {
+    /// As [`MistServer::run_to_exit`], run in the working directory `dir`.
+    pub fn run_to_exit_in(dir: &Path, args: &[&str]) -> (ExitStatus, String) {
+        let mut server = Self::spawn(args, &[], Some(dir));
+        let status = server.wait_exit();
+        (status, server.log())
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], dir: Option<&Path>) -> MistServer {
         let mut command = Command::new(artifacts().mist());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         command
             .arg("--server")
             .args(args)

@@ -219,11 +219,118 @@ pub fn openssl_spki_hash(cert: &Path) -> String {
 
 /// The certificate `addr` serves, as PEM, as `openssl s_client` sees it.
 pub fn served_certificate(addr: &str) -> Vec<u8> {
-    let out = openssl(&["s_client", "-connect", addr, "-showcerts"], b"");
+    served_certificate_with(addr, &[])
+}
+
+/// [`served_certificate`], with more `openssl s_client` flags (`-cert`,
+/// `-key` for a server that wants a client certificate).
+pub fn served_certificate_with(addr: &str, flags: &[&str]) -> Vec<u8> {
+    let mut args = vec!["s_client", "-connect", addr, "-showcerts"];
+    args.extend_from_slice(flags);
+    let out = openssl(&args, b"");
     let text = String::from_utf8_lossy(&out.stdout);
     let begin = text
         .find("-----BEGIN CERTIFICATE-----")
         .unwrap_or_else(|| panic!("no certificate from {addr}: {out:?}"));
     let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin + 25;
     text[begin..end].as_bytes().to_vec()
+}
+
+/// A self-signed certificate and key made the way people make them, by
+/// the real `openssl`: `openssl req -x509 -newkey rsa:2048 -nodes -keyout
+/// dir/name.key -out dir/name.pem -subj /CN=localhost -addext
+/// subjectAltName=...`, with `names` (`DNS:localhost,IP:127.0.0.1`) as the
+/// subject alternative names. OpenSSL marks it `CA:TRUE`.
+pub fn openssl_self_signed(dir: &Path, name: &str, names: &str) -> CertFiles {
+    let files = CertFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let (cert, key) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    let san = format!("subjectAltName={names}");
+    let out = openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            &san,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "openssl req -x509: {out:?}");
+    files
+}
+
+/// A server certificate for `names` issued by `ca` (an [`openssl_self_signed`]
+/// certificate) with `openssl x509 -req`, as a small private CA would.
+pub fn openssl_issue(ca: &CertFiles, dir: &Path, name: &str, names: &str) -> CertFiles {
+    let files = CertFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let (cert, key) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    let csr = dir.join(format!("{name}.csr")).display().to_string();
+    let out = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "openssl req -new: {out:?}");
+    let extensions = dir.join(format!("{name}.ext"));
+    std::fs::write(&extensions, format!("subjectAltName={names}\n")).unwrap();
+    let out = openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca.cert.display().to_string(),
+            "-CAkey",
+            &ca.key.display().to_string(),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            &cert,
+            "-extfile",
+            &extensions.display().to_string(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "openssl x509 -req: {out:?}");
+    files
+}
+
+/// Whether openssl reads `cert` as a CA certificate (`CA:TRUE`).
+pub fn openssl_says_ca(cert: &Path) -> bool {
+    let pem = std::fs::read(cert).unwrap();
+    let out = openssl(&["x509", "-noout", "-ext", "basicConstraints"], &pem);
+    String::from_utf8_lossy(&out.stdout).contains("CA:TRUE")
 }

@@ -25,7 +25,8 @@ pub struct PluginsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginEntry {
-    /// The shared library; a relative path is relative to the file.
+    /// The shared library; a relative path is relative to the file's
+    /// directory. Absolute once read.
     pub path: PathBuf,
     /// Whether a failure to load it stops the start (otherwise it is
     /// skipped with an error in the log).
@@ -62,7 +63,11 @@ pub enum PluginsFileError {
 }
 
 impl PluginsFile {
-    /// Reads `path`, resolving library paths relative to its directory.
+    /// Reads `path`, resolving library paths relative to its directory,
+    /// always into absolute paths: a bare `libx.so` handed to the dynamic
+    /// loader would be looked up on the system's library search path
+    /// (`LD_LIBRARY_PATH`, `/usr/lib`, ...), where a different library of
+    /// the same name can be waiting.
     pub fn read(path: &Path) -> Result<Self, PluginsFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| PluginsFileError::Read {
             path: path.to_owned(),
@@ -73,7 +78,12 @@ impl PluginsFile {
                 path: path.to_owned(),
                 source,
             })?;
-        let base = path.parent().unwrap_or(Path::new(""));
+        // `plugins.toml` (in the working directory) has the parent "".
+        let file_path = std::path::absolute(path).map_err(|source| PluginsFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = file_path.parent().unwrap_or(Path::new("/"));
         for entry in &mut file.plugins {
             if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
@@ -110,6 +120,49 @@ mod tests {
         assert_eq!(file.plugins[0].settings_json(), r#"{"a":1}"#);
         assert_eq!(file.plugins[1].path, PathBuf::from("/abs/liby.so"));
         assert!(file.plugins[1].required);
+    }
+
+    #[test]
+    fn a_bare_name_in_a_file_of_the_working_directory_becomes_an_absolute_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("plugins.toml"),
+            "[[plugin]]\npath = \"libx.so\"\n",
+        )
+        .expect("write");
+        let cwd = std::env::current_dir().expect("cwd");
+        // The relative name of the file, as mist finds it by default.
+        let relative = pathdiff(dir.path(), &cwd).join("plugins.toml");
+        assert!(relative.is_relative());
+        let file = PluginsFile::read(&relative).expect("read");
+        assert!(
+            file.plugins[0].path.is_absolute(),
+            "{:?}",
+            file.plugins[0].path
+        );
+        assert!(
+            file.plugins[0].path.ends_with("libx.so")
+                && file.plugins[0].path.components().count() > 1,
+            "{:?}",
+            file.plugins[0].path
+        );
+    }
+
+    /// `to` relative to `from` (`../..` as needed).
+    fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+        let common = to
+            .components()
+            .zip(from.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut out = PathBuf::new();
+        for _ in from.components().skip(common) {
+            out.push("..");
+        }
+        for part in to.components().skip(common) {
+            out.push(part);
+        }
+        out
     }
 
     #[test]

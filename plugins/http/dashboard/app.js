@@ -227,10 +227,13 @@
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = token ? `?x-auth-token=${encodeURIComponent(token)}` : "";
-    socket = new WebSocket(`${scheme}//${location.host}/subscribe/websocket${query}`);
+    // No token in the URL: proxies and access logs keep URLs. It goes in
+    // the connection's first message, the protocol's own `auth` command
+    // (a browser cannot set a header on a WebSocket).
+    socket = new WebSocket(`${scheme}//${location.host}/subscribe/websocket`);
     $("ws-state").textContent = "connecting";
     socket.onopen = () => {
+      if (token) socket.send(JSON.stringify({ command: "auth", data: token }));
       $("ws-state").textContent = "open";
       $("ws-state").className = "badge ok";
       for (const tags of subscribed) socket.send(JSON.stringify({ command: "subscribe", tags }));

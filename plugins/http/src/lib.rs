@@ -358,8 +358,8 @@ fn no_room() -> Response<Body> {
 /// The request line for a publish body: its fields as they are, with
 /// `"command":"publish"` first (a `command` field of its own is allowed and
 /// means nothing, SPEC §4). Values are copied raw, never re-encoded: a
-/// large body costs one scan. Public for the fuzz target that feeds it
-/// arbitrary bodies (`mist::fuzzing`); not part of the plugin's interface.
+/// large body costs one scan. Public for the fuzz harness that feeds it
+/// arbitrary bodies (`mist-fuzzing`); not part of the plugin's interface.
 #[doc(hidden)]
 pub fn publish_line(body: &[u8]) -> Result<String, String> {
     let fields: BTreeMap<String, &RawValue> = match serde_json::from_slice(body) {

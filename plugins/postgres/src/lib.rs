@@ -1,12 +1,19 @@
 //! Mist's PostgreSQL authenticator: `postgres://user:pass@host:port?db=NAME`
-//! (a `/NAME` path works too). Tokens and their tags live in two tables,
-//! created if missing:
+//! (a `/NAME` path works too). Tokens are kept as their SHA-256 digest (the
+//! digest the cluster sends when a token changes), never in clear, in two
+//! tables created if missing:
 //!
 //! ```sql
-//! mist_tokens     (token TEXT PRIMARY KEY)
-//! mist_token_tags (token TEXT REFERENCES mist_tokens ON DELETE CASCADE,
-//!                  tag TEXT, PRIMARY KEY (token, tag))
+//! mist_token_digests     (digest BYTEA PRIMARY KEY)      -- SHA-256 of the token
+//! mist_token_digest_tags (digest BYTEA REFERENCES mist_token_digests ON DELETE CASCADE,
+//!                         tag TEXT, PRIMARY KEY (digest, tag))
 //! ```
+//!
+//! Whoever reads the tables or a dump learns no token. The clear-text tables
+//! of an older Mist (`mist_tokens`, `mist_token_tags`) are migrated when the
+//! store is opened, once, in one transaction: their rows are copied as
+//! digests (PostgreSQL's `sha256()`, PostgreSQL 11 or later) and the tables
+//! dropped, with a log line saying how many tokens moved.
 //!
 //! Queries go through a small pool of connections (sqlx), with parameters
 //! only. A broken connection is noticed before use and replaced, so the
@@ -29,6 +36,7 @@ use std::time::Duration;
 
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::{async_trait, Authenticator, Host, Plugin, SdkError};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
@@ -112,15 +120,42 @@ fn options(uri: &str) -> Result<(PgConnectOptions, String), SdkError> {
 }
 
 const SCHEMA: &[&str] = &[
-    // Two brokers starting at once must not race each other's CREATEs.
+    // Two brokers starting at once must not race each other's CREATEs (or
+    // migrations).
     "SELECT pg_advisory_xact_lock(7405321)",
-    "CREATE TABLE IF NOT EXISTS mist_tokens (token TEXT PRIMARY KEY)",
-    "CREATE TABLE IF NOT EXISTS mist_token_tags (
-        token TEXT NOT NULL REFERENCES mist_tokens (token) ON DELETE CASCADE,
+    "CREATE TABLE IF NOT EXISTS mist_token_digests (
+        digest BYTEA PRIMARY KEY CHECK (octet_length(digest) = 32)
+    )",
+    "CREATE TABLE IF NOT EXISTS mist_token_digest_tags (
+        digest BYTEA NOT NULL REFERENCES mist_token_digests (digest) ON DELETE CASCADE,
         tag TEXT NOT NULL,
-        PRIMARY KEY (token, tag)
+        PRIMARY KEY (digest, tag)
     )",
 ];
+
+/// Whether the clear-text tables of an older Mist are there.
+const HAS_CLEAR_TEXT: &str = "SELECT EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'mist_tokens'
+        AND column_name = 'token'
+) AS found";
+
+/// Their rows as digests, then the tables gone (tags first: they refer to
+/// the tokens).
+const MIGRATE_TOKENS: &str = "INSERT INTO mist_token_digests (digest)
+    SELECT sha256(convert_to(token, 'UTF8')) FROM mist_tokens ON CONFLICT DO NOTHING";
+const HAS_CLEAR_TEXT_TAGS: &str = "SELECT to_regclass('mist_token_tags') IS NOT NULL AS found";
+const MIGRATE_TAGS: &str = "INSERT INTO mist_token_digest_tags (digest, tag)
+    SELECT sha256(convert_to(token, 'UTF8')), tag FROM mist_token_tags ON CONFLICT DO NOTHING";
+const DROP_CLEAR_TEXT: &[&str] = &[
+    "DROP TABLE IF EXISTS mist_token_tags",
+    "DROP TABLE mist_tokens",
+];
+
+/// The SHA-256 of `token`: how the tables know it.
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
 
 impl Store {
     /// Connects to the database of `uri` and creates the tables if missing.
@@ -145,8 +180,49 @@ impl Store {
                 .await
                 .map_err(|e| store.error(e))?;
         }
+        let migrated = store.migrate(&mut tx).await?;
         tx.commit().await.map_err(|e| store.error(e))?;
+        if let Some(count) = migrated {
+            tracing::warn!(
+                "PostgreSQL at {}: {count} clear-text token(s) migrated to SHA-256 digests \
+                 (mist_token_digests); the tables mist_tokens and mist_token_tags are dropped \
+                 (backups taken before this still hold the tokens)",
+                store.place
+            );
+        }
         Ok(store)
+    }
+
+    /// Moves the clear-text tables of an older Mist into the digest tables,
+    /// in `tx`; how many tokens, or `None` when there were no such tables.
+    async fn migrate(&self, tx: &mut sqlx::PgConnection) -> Result<Option<u64>, SdkError> {
+        let found: bool = sqlx::query(HAS_CLEAR_TEXT)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get("found"))
+            .map_err(|e| self.error(e))?;
+        if !found {
+            return Ok(None);
+        }
+        let count = sqlx::query(MIGRATE_TOKENS)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected();
+        // The tags table may have been dropped by hand.
+        let tags: bool = sqlx::query(HAS_CLEAR_TEXT_TAGS)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get("found"))
+            .map_err(|e| self.error(e))?;
+        let statements = tags.then_some(MIGRATE_TAGS).into_iter();
+        for statement in statements.chain(DROP_CLEAR_TEXT.iter().copied()) {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(Some(count))
     }
 
     /// A database error as the broker should see it. Messages name the
@@ -166,13 +242,13 @@ impl Store {
     async fn insert_tags(
         &self,
         tx: &mut sqlx::PgConnection,
-        token: &str,
+        digest: &[u8],
         tags: &[String],
     ) -> Result<(), SdkError> {
         sqlx::query(
-            "INSERT INTO mist_token_tags (token, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO mist_token_digest_tags (digest, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
         )
-        .bind(token)
+        .bind(digest)
         .bind(tags)
         .execute(tx)
         .await
@@ -180,10 +256,11 @@ impl Store {
         .map_err(|e| self.error(e))
     }
 
-    /// Locks `token`'s row in `tx`; `NOT_FOUND` when it is not registered.
-    async fn lock_token(&self, tx: &mut sqlx::PgConnection, token: &str) -> Result<(), SdkError> {
-        let found = sqlx::query("SELECT 1 FROM mist_tokens WHERE token = $1 FOR UPDATE")
-            .bind(token)
+    /// Locks the row of the token whose digest is `digest` in `tx`;
+    /// `NOT_FOUND` when it is not registered.
+    async fn lock_token(&self, tx: &mut sqlx::PgConnection, digest: &[u8]) -> Result<(), SdkError> {
+        let found = sqlx::query("SELECT 1 FROM mist_token_digests WHERE digest = $1 FOR UPDATE")
+            .bind(digest)
             .fetch_optional(tx)
             .await
             .map_err(|e| self.error(e))?;
@@ -197,11 +274,11 @@ fn no_such_token() -> SdkError {
 }
 
 /// PostgreSQL's text cannot hold a NUL character; say so rather than fail
-/// with an encoding error.
-fn storable(token: &str, tags: &[String]) -> Result<(), SdkError> {
-    if token.contains('\0') || tags.iter().any(|t| t.contains('\0')) {
+/// with an encoding error. (A token can: only its digest is stored.)
+fn storable(tags: &[String]) -> Result<(), SdkError> {
+    if tags.iter().any(|t| t.contains('\0')) {
         return Err(SdkError::invalid_input(
-            "PostgreSQL cannot store a NUL character in a token or tag",
+            "PostgreSQL cannot store a NUL character in a tag",
         ));
     }
     Ok(())
@@ -210,25 +287,26 @@ fn storable(token: &str, tags: &[String]) -> Result<(), SdkError> {
 #[async_trait]
 impl Authenticator for Store {
     async fn add_token(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        storable(token, tags)?;
+        storable(tags)?;
+        let digest = digest(token);
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        let inserted =
-            sqlx::query("INSERT INTO mist_tokens (token) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(token)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error(e))?;
+        let inserted = sqlx::query(
+            "INSERT INTO mist_token_digests (digest) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(&digest)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
         if inserted.rows_affected() == 0 {
             return Err(SdkError::already_exists("the token is already registered"));
         }
-        self.insert_tags(&mut tx, token, tags).await?;
+        self.insert_tags(&mut tx, &digest, tags).await?;
         tx.commit().await.map_err(|e| self.error(e))
     }
 
     async fn remove_token(&self, token: &str) -> Result<(), SdkError> {
-        storable(token, &[])?;
-        let removed = sqlx::query("DELETE FROM mist_tokens WHERE token = $1")
-            .bind(token)
+        let removed = sqlx::query("DELETE FROM mist_token_digests WHERE digest = $1")
+            .bind(digest(token))
             .execute(&self.pool)
             .await
             .map_err(|e| self.error(e))?;
@@ -239,19 +317,21 @@ impl Authenticator for Store {
     }
 
     async fn add_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        storable(token, tags)?;
+        storable(tags)?;
+        let digest = digest(token);
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        self.lock_token(&mut tx, token).await?;
-        self.insert_tags(&mut tx, token, tags).await?;
+        self.lock_token(&mut tx, &digest).await?;
+        self.insert_tags(&mut tx, &digest, tags).await?;
         tx.commit().await.map_err(|e| self.error(e))
     }
 
     async fn remove_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        storable(token, tags)?;
+        storable(tags)?;
+        let digest = digest(token);
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        self.lock_token(&mut tx, token).await?;
-        sqlx::query("DELETE FROM mist_token_tags WHERE token = $1 AND tag = ANY($2)")
-            .bind(token)
+        self.lock_token(&mut tx, &digest).await?;
+        sqlx::query("DELETE FROM mist_token_digest_tags WHERE digest = $1 AND tag = ANY($2)")
+            .bind(&digest)
             .bind(tags)
             .execute(&mut *tx)
             .await
@@ -260,13 +340,12 @@ impl Authenticator for Store {
     }
 
     async fn tags(&self, token: &str) -> Result<Vec<String>, SdkError> {
-        storable(token, &[])?;
         let row = sqlx::query(
             "SELECT array_remove(array_agg(g.tag ORDER BY g.tag), NULL) AS tags
-             FROM mist_tokens t LEFT JOIN mist_token_tags g ON g.token = t.token
-             WHERE t.token = $1 GROUP BY t.token",
+             FROM mist_token_digests t LEFT JOIN mist_token_digest_tags g ON g.digest = t.digest
+             WHERE t.digest = $1 GROUP BY t.digest",
         )
-        .bind(token)
+        .bind(digest(token))
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.error(e))?
@@ -275,15 +354,16 @@ impl Authenticator for Store {
     }
 
     async fn may_use(&self, token: &str, tags: &[String]) -> Result<bool, SdkError> {
-        if storable(token, tags).is_err() {
-            return Ok(false); // nothing with a NUL is ever stored
+        if storable(tags).is_err() {
+            return Ok(false); // no tag with a NUL is ever stored
         }
         let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM mist_tokens WHERE token = $1)
-                AND (SELECT count(*) FROM mist_token_tags WHERE token = $1 AND tag = ANY($2))
+            "SELECT EXISTS (SELECT 1 FROM mist_token_digests WHERE digest = $1)
+                AND (SELECT count(*) FROM mist_token_digest_tags
+                     WHERE digest = $1 AND tag = ANY($2))
                     = (SELECT count(DISTINCT t) FROM unnest($2::text[]) AS t) AS allowed",
         )
-        .bind(token)
+        .bind(digest(token))
         .bind(tags)
         .fetch_one(&self.pool)
         .await

@@ -1,8 +1,14 @@
 //! Mist's file authenticator: `scribble://?db=/dir`, after the scribble
 //! database the original Mist used. Tokens live under `DIR/tokens/`, one
-//! JSON document per token (`{"token":"…","tags":[…]}`), so they survive a
-//! restart and can be read by a person.
+//! JSON document per token, so they survive a restart and can be read by a
+//! person.
 //!
+//! - **No token is kept**: a document holds the SHA-256 of its token (hex,
+//!   the digest the cluster sends when a token changes) and its tags,
+//!   `{"sha256":"…","tags":[…]}`, and is found by that digest: whoever reads
+//!   the directory or a backup of it learns no token. A store written by an
+//!   older Mist (`{"token":"…","tags":[…]}`) is migrated when it is opened,
+//!   once, document by document, with a log line saying how many.
 //! - **Atomic**: a document is written to a temporary file (its name starts
 //!   with `.`), fsynced, renamed over the old one, and the directory is
 //!   fsynced; a crash leaves the old document or the new one, never half of
@@ -10,9 +16,8 @@
 //! - **Token names are not file names**: a document's file name is the
 //!   SHA-256 of its token in hex, so any string is stored safely (no path
 //!   traversal, no length limit, no clash between tokens that differ only in
-//!   characters a file system folds), and a listing of the directory does
-//!   not show the tokens. The token inside the document is checked on every
-//!   read.
+//!   characters a file system folds). The digest inside the document is
+//!   checked against the name on every read.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -78,11 +83,39 @@ fn db_dir(uri: &str) -> Result<PathBuf, SdkError> {
     Ok(PathBuf::from(db))
 }
 
-/// One token's document.
+/// One token's document: its digest, never the token.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Document {
+    /// The SHA-256 of the token, lowercase hex (the file's name too).
+    sha256: String,
+    tags: BTreeSet<String>,
+}
+
+/// A document as an older Mist wrote it, with the token in clear.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearText {
     token: String,
     tags: BTreeSet<String>,
+}
+
+/// What a file holds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Digest(Document),
+    ClearText(ClearText),
+}
+
+/// The SHA-256 of `token`, lowercase hex.
+fn digest(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
 }
 
 /// The store: a directory of documents.
@@ -124,6 +157,14 @@ impl Store {
             .and_then(|mut f| f.write_all(b"{}"))
             .and_then(|()| fs::remove_file(&probe))
             .map_err(|e| fail("cannot write to", e))?;
+        let migrated = files.migrate()?;
+        if migrated > 0 {
+            tracing::warn!(
+                "scribble store {}: {migrated} clear-text token(s) migrated to SHA-256 digests; \
+                 the files hold no token any more (backups taken before this still do)",
+                dir.display()
+            );
+        }
         Ok(Store {
             files: Arc::new(files),
             write: tokio::sync::Mutex::new(()),
@@ -150,14 +191,43 @@ impl Store {
 }
 
 impl Files {
-    fn path_of(&self, token: &str) -> PathBuf {
-        let digest = Sha256::digest(token.as_bytes());
-        let mut name = String::with_capacity(69);
-        for byte in digest {
-            name.push_str(&format!("{byte:02x}"));
+    /// The file of the token whose digest is `sha256`.
+    fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.json"))
+    }
+
+    /// Rewrites every clear-text document as a digest one; how many there
+    /// were. A document that cannot be read is left as it is, with a
+    /// warning naming it (reading its token later reports it damaged).
+    fn migrate(&self) -> Result<usize, SdkError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| self.unavailable(e))?;
+        let mut migrated = 0;
+        for entry in entries {
+            let path = entry.map_err(|e| self.unavailable(e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')) {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(|e| self.unavailable(e))?;
+            match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(Stored::Digest(_)) => {}
+                Ok(Stored::ClearText(old)) => {
+                    let sha256 = digest(&old.token);
+                    self.write(&sha256, &old.tags)?;
+                    if path != self.path_of(&sha256) {
+                        fs::remove_file(&path)
+                            .and_then(|()| self.sync_dir())
+                            .map_err(|e| self.unavailable(e))?;
+                    }
+                    migrated += 1;
+                }
+                Err(e) => tracing::warn!(
+                    "scribble store: {} is not a token document ({e}); left as it is",
+                    path.display()
+                ),
+            }
         }
-        name.push_str(".json");
-        self.dir.join(name)
+        Ok(migrated)
     }
 
     fn temp_path(&self, name: &str) -> PathBuf {
@@ -170,24 +240,31 @@ impl Files {
         SdkError::unavailable(format!("the token store at {}: {e}", self.dir.display()))
     }
 
-    /// The tags of `token`, or `None` when it is not registered.
-    fn read(&self, token: &str) -> Result<Option<BTreeSet<String>>, SdkError> {
-        let bytes = match fs::read(self.path_of(token)) {
+    /// The tags of the token whose digest is `sha256`, or `None` when it is
+    /// not registered.
+    fn read(&self, sha256: &str) -> Result<Option<BTreeSet<String>>, SdkError> {
+        let bytes = match fs::read(self.path_of(sha256)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.unavailable(e)),
         };
-        let document: Document = serde_json::from_slice(&bytes)
-            .map_err(|e| self.unavailable(format!("a damaged document: {e}")))?;
-        // Distinct tokens never share a file; if a file ever held another
-        // token, it is not this one's.
-        Ok((document.token == token).then_some(document.tags))
+        let stored: Stored = serde_json::from_slice(&bytes)
+            .map_err(|e| self.unavailable(format!("a damaged document ({sha256}.json): {e}")))?;
+        // A file that holds another digest (copied or renamed by hand) is
+        // not this token's. A clear-text document appears only if an older
+        // Mist wrote it after the migration; it is read as it is.
+        let (held, tags) = match stored {
+            Stored::Digest(document) => (document.sha256, document.tags),
+            Stored::ClearText(old) => (digest(&old.token), old.tags),
+        };
+        Ok((held == sha256).then_some(tags))
     }
 
-    /// Writes `token`'s document atomically.
-    fn write(&self, token: &str, tags: &BTreeSet<String>) -> Result<(), SdkError> {
+    /// Writes the document of the token whose digest is `sha256`,
+    /// atomically.
+    fn write(&self, sha256: &str, tags: &BTreeSet<String>) -> Result<(), SdkError> {
         let document = Document {
-            token: token.to_owned(),
+            sha256: sha256.to_owned(),
             tags: tags.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&document).map_err(|e| self.unavailable(e))?;
@@ -197,7 +274,7 @@ impl Files {
                 file.write_all(&bytes)?;
                 file.sync_all()
             })
-            .and_then(|()| fs::rename(&temp, self.path_of(token)))
+            .and_then(|()| fs::rename(&temp, self.path_of(sha256)))
             .and_then(|()| self.sync_dir());
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
@@ -220,24 +297,24 @@ fn no_such_token() -> SdkError {
 #[async_trait]
 impl Authenticator for Store {
     async fn add_token(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        let token = token.to_owned();
+        let sha256 = digest(token);
         let tags: BTreeSet<String> = tags.iter().cloned().collect();
         self.run(true, move |store| {
-            if store.path_of(&token).exists() {
+            if store.path_of(&sha256).exists() {
                 return Err(SdkError::already_exists("the token is already registered"));
             }
-            store.write(&token, &tags)
+            store.write(&sha256, &tags)
         })
         .await
     }
 
     async fn remove_token(&self, token: &str) -> Result<(), SdkError> {
-        let token = token.to_owned();
+        let sha256 = digest(token);
         self.run(true, move |store| {
-            if store.read(&token)?.is_none() {
+            if store.read(&sha256)?.is_none() {
                 return Err(no_such_token());
             }
-            fs::remove_file(store.path_of(&token))
+            fs::remove_file(store.path_of(&sha256))
                 .and_then(|()| store.sync_dir())
                 .map_err(|e| store.unavailable(e))
         })
@@ -245,38 +322,38 @@ impl Authenticator for Store {
     }
 
     async fn add_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        let token = token.to_owned();
+        let sha256 = digest(token);
         let tags = tags.to_vec();
         self.run(true, move |store| {
-            let mut held = store.read(&token)?.ok_or_else(no_such_token)?;
+            let mut held = store.read(&sha256)?.ok_or_else(no_such_token)?;
             held.extend(tags);
-            store.write(&token, &held)
+            store.write(&sha256, &held)
         })
         .await
     }
 
     async fn remove_tags(&self, token: &str, tags: &[String]) -> Result<(), SdkError> {
-        let token = token.to_owned();
+        let sha256 = digest(token);
         let tags = tags.to_vec();
         self.run(true, move |store| {
-            let mut held = store.read(&token)?.ok_or_else(no_such_token)?;
+            let mut held = store.read(&sha256)?.ok_or_else(no_such_token)?;
             for tag in &tags {
                 held.remove(tag);
             }
-            store.write(&token, &held)
+            store.write(&sha256, &held)
         })
         .await
     }
 
     async fn tags(&self, token: &str) -> Result<Vec<String>, SdkError> {
-        let token = token.to_owned();
-        let held = self.run(false, move |files| files.read(&token)).await?;
+        let sha256 = digest(token);
+        let held = self.run(false, move |files| files.read(&sha256)).await?;
         Ok(held.ok_or_else(no_such_token)?.into_iter().collect())
     }
 
     async fn may_use(&self, token: &str, tags: &[String]) -> Result<bool, SdkError> {
-        let token = token.to_owned();
-        let held = self.run(false, move |files| files.read(&token)).await?;
+        let sha256 = digest(token);
+        let held = self.run(false, move |files| files.read(&sha256)).await?;
         Ok(held.is_some_and(|held| tags.iter().all(|t| held.contains(t))))
     }
 
@@ -368,10 +445,64 @@ mod tests {
             mist_sdk::ErrorKind::NOT_FOUND
         );
         let document: serde_json::Value =
-            serde_json::from_slice(&fs::read(store.files.path_of("t")).unwrap()).unwrap();
+            serde_json::from_slice(&fs::read(store.files.path_of(&digest("t"))).unwrap()).unwrap();
         assert_eq!(
             document,
-            serde_json::json!({"token": "t", "tags": ["b", "c"]})
+            serde_json::json!({"sha256": digest("t"), "tags": ["b", "c"]})
+        );
+    }
+
+    #[tokio::test]
+    async fn no_file_holds_a_token_and_a_clear_text_store_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        fs::create_dir_all(&tokens).unwrap();
+        // Two documents as an older Mist wrote them; one under a name that
+        // is not its digest.
+        fs::write(
+            tokens.join(format!("{}.json", digest("old-secret-1"))),
+            br#"{"token": "old-secret-1", "tags": ["a", "b"]}"#,
+        )
+        .unwrap();
+        fs::write(
+            tokens.join("renamed.json"),
+            br#"{"token": "old-secret-2", "tags": []}"#,
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tags("old-secret-1").await.unwrap(), ["a", "b"]);
+        assert!(store.may_use("old-secret-2", &[]).await.unwrap());
+        assert!(!tokens.join("renamed.json").exists());
+        assert_eq!(store.files.migrate().unwrap(), 0, "migrated once");
+
+        store
+            .add_token("new-secret-3", &tags(&["c"]))
+            .await
+            .unwrap();
+        store.add_tags("old-secret-1", &tags(&["d"])).await.unwrap();
+        for entry in fs::read_dir(&tokens).unwrap() {
+            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+            assert!(!text.contains("secret"), "a token in {text}");
+            assert!(!text.contains("\"token\""), "{text}");
+        }
+        assert_eq!(fs::read_dir(&tokens).unwrap().count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_document_under_another_digest_is_not_that_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_token("mine", &tags(&["a"])).await.unwrap();
+        // Copied by hand over another token's name.
+        fs::copy(
+            store.files.path_of(&digest("mine")),
+            store.files.path_of(&digest("yours")),
+        )
+        .unwrap();
+        assert!(!store.may_use("yours", &[]).await.unwrap());
+        assert_eq!(
+            store.tags("yours").await.unwrap_err().kind,
+            mist_sdk::ErrorKind::NOT_FOUND
         );
     }
 

@@ -1,9 +1,11 @@
 //! The dashboard at `GET /dashboard`, in headless Chromium: it loads with
 //! no console error, its charts move when traffic flows, and its console's
-//! publish reaches a TCP subscriber (and a TCP publish reaches its console).
+//! publish reaches a TCP subscriber (and a TCP publish reaches its console);
+//! no request it makes carries the token in its URL.
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use mist_e2e::browser::BROWSER_TIMEOUT;
 use mist_e2e::client::delivery;
 use mist_e2e::devtools::DevTools;
@@ -165,4 +167,81 @@ async fn the_dashboard_shows_live_figures_and_its_console_publishes() {
         "the page logged errors: {errors:#?}\nChromium's log:\n{}",
         browser.log()
     );
+}
+
+#[tokio::test]
+async fn no_request_of_the_dashboard_carries_the_token_in_its_url() {
+    let server = server_with_all_listeners(&["--authenticator", "memory://", "--token", ADMIN]);
+    let addr = server.addr("http");
+    let browser = DevTools::launch().await;
+    // Every request and WebSocket the page opens, as Chromium reports them.
+    browser.call("Network.enable", json!({})).await;
+    // What a browser sends once a person has typed the token at its
+    // prompt: a Basic `Authorization` header, the address as it was typed.
+    // (Credentials typed into the address would be part of every URL the
+    // page's relative links resolve to, the browser's doing.)
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("operator:{ADMIN}"));
+    browser
+        .call(
+            "Network.setExtraHTTPHeaders",
+            json!({"headers": {"Authorization": format!("Basic {basic}")}}),
+        )
+        .await;
+    let page = format!("http://{addr}/dashboard");
+    browser.navigate(&page).await;
+    browser
+        .wait_for(
+            "document.getElementById('ws-state').textContent === 'open' \
+             && window.mist && window.mist.history.time.length >= 2",
+            "the console's WebSocket opens and the metrics are polled",
+            BROWSER_TIMEOUT,
+        )
+        .await;
+
+    // The console is authenticated all the same: under an authenticator,
+    // only the server token may publish these tags.
+    let mut subscriber = Client::connect(&server.tcp()).await;
+    subscriber
+        .send(json!({"command": "auth", "data": ADMIN}))
+        .await;
+    subscriber.subscribe(&["no-url"]).await;
+    browser
+        .eval(
+            "document.getElementById('publish-tags').value = 'no-url';
+             document.getElementById('publish-data').value = 'authenticated';
+             document.querySelector('#publish-form button').click(); true",
+        )
+        .await;
+    assert_eq!(
+        subscriber.recv().await,
+        delivery(&["no-url"], "authenticated")
+    );
+
+    let sockets: Vec<String> = browser
+        .events("Network.webSocketCreated")
+        .iter()
+        .filter_map(|e| e["url"].as_str().map(str::to_owned))
+        .collect();
+    let requests: Vec<String> = browser
+        .events("Network.requestWillBeSent")
+        .iter()
+        .filter_map(|e| e["request"]["url"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        sockets
+            .iter()
+            .any(|url| url.contains("/subscribe/websocket")),
+        "the console's WebSocket was seen: {sockets:?}"
+    );
+    for path in ["/metrics", "/readyz", "/dashboard/app.js"] {
+        assert!(
+            requests.iter().any(|url| url.contains(path)),
+            "{path} was seen: {requests:?}"
+        );
+    }
+    for url in sockets.iter().chain(&requests) {
+        assert!(!url.contains(ADMIN), "the token is in the URL {url}");
+    }
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
 }

@@ -22,10 +22,10 @@ use mist_sdk::{ErrorKind, SdkError, SessionInfo};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::check::Expect;
-use super::client::{drive, settle, Client};
-use super::fixtures::{self, ADMIN, STRANGER, USER, USER_TAGS};
-use crate::broker::{Broker, Limits};
+use crate::check::Expect;
+use crate::client::{drive, settle, Client};
+use crate::fixtures::{self, ADMIN, STRANGER, USER, USER_TAGS};
+use mist::broker::{Broker, Limits};
 
 const WATCHED: &[&[&str]] = &[&["a"]];
 const WATCH: &[u8] = b"{\"command\":\"subscribe\",\"tags\":[\"a\"]}\n";

@@ -17,7 +17,7 @@ use mist_sdk::abi::{BrokerBox, OutputWakerApi, OutputWakerApi_TO, SessionBox};
 use mist_sdk::{SdkError, SessionInfo};
 use serde_json::{Map, Value};
 
-use super::check::{self, Expect};
+use crate::check::{self, Expect};
 
 /// Rounds of poll-and-drain one future may take: far more than any input
 /// of the fuzzer's sizes needs, few enough to fail fast on a livelock.

@@ -30,9 +30,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::check::{self, Expect};
-use super::client::{drive, settle, Client};
-use crate::broker::{Broker, Limits};
+use crate::check::{self, Expect};
+use crate::client::{drive, settle, Client};
+use mist::broker::{Broker, Limits};
 
 /// A masked close frame, status 1000, that ends every input.
 const CLOSE: &[u8] = &[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];

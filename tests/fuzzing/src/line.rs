@@ -26,10 +26,10 @@ use abi_stable::std_types::{RNone, RString, RVec};
 use mist_sdk::{ErrorKind, SessionInfo};
 use serde_json::Value;
 
-use super::check::Expect;
-use super::client::{drive, settle, Client};
-use super::fixtures::{self, ADMIN, STRANGER, USER};
-use crate::broker::{Broker, Limits};
+use crate::check::Expect;
+use crate::client::{drive, settle, Client};
+use crate::fixtures::{self, ADMIN, STRANGER, USER};
+use mist::broker::{Broker, Limits};
 
 /// The watching client's subscriptions.
 const WATCHED: &[&[&str]] = &[&["a"], &["b", "c"]];

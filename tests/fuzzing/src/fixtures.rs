@@ -14,7 +14,7 @@ use mist_sdk::abi::{
 };
 use mist_sdk::{Authenticator, Message, SdkError};
 
-use crate::broker::{Broker, CommandRoute};
+use mist::broker::{Broker, CommandRoute};
 
 /// The server token of a fuzzed broker in admin mode.
 pub(crate) const ADMIN: &str = "admin-token";

@@ -29,7 +29,7 @@ fn count_panics() {
 /// Files committed for `target`, in a stable order.
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("../../fuzz/corpus")
         .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -63,15 +63,15 @@ fn replay(target: &str, run: fn(&[u8]), at_least: usize) {
 
 #[test]
 fn line_protocol_corpus() {
-    replay("line_protocol", mist::fuzzing::line_protocol, 50);
+    replay("line_protocol", mist_fuzzing::line_protocol, 50);
 }
 
 #[test]
 fn http_publish_body_corpus() {
-    replay("http_publish_body", mist::fuzzing::http_publish_body, 30);
+    replay("http_publish_body", mist_fuzzing::http_publish_body, 30);
 }
 
 #[test]
 fn websocket_frames_corpus() {
-    replay("websocket_frames", mist::fuzzing::websocket_frames, 20);
+    replay("websocket_frames", mist_fuzzing::websocket_frames, 20);
 }
