@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use mist_sdk::Access;
 use parking_lot::Mutex;
@@ -26,7 +27,7 @@ use smallvec::SmallVec;
 use subtle::ConstantTimeEq;
 
 use super::protocol;
-use super::router::SessionId;
+use super::router::{Router, SessionId};
 use super::Shared;
 
 /// A token's identity for indexing and for cluster events: its SHA-256.
@@ -57,16 +58,100 @@ impl fmt::Debug for Token {
 #[derive(Debug, Clone)]
 pub(crate) struct Standing {
     pub(crate) access: Access,
-    /// The registered token of an `Access::TOKEN` session (boxed: most
-    /// sessions have none, and it is 56 bytes).
-    pub(crate) token: Option<Box<Token>>,
+    /// The token of an `Access::TOKEN` session, or why an anonymous
+    /// session's token was refused (boxed: most sessions have none).
+    pub(crate) credential: Option<Box<Credential>>,
 }
 
 impl Standing {
     pub(crate) fn new(access: Access) -> Standing {
         Standing {
             access,
-            token: None,
+            credential: None,
+        }
+    }
+
+    /// The registered token of a session that has one.
+    pub(crate) fn registered(&self) -> Option<&Token> {
+        match self.credential.as_deref() {
+            Some(Credential::Registered { token, .. }) => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Whether the session authenticated with a signed token (a JWT),
+    /// which a later `auth` may replace.
+    pub(crate) fn is_signed(&self) -> bool {
+        matches!(self.credential.as_deref(), Some(Credential::Signed { .. }))
+    }
+
+    /// When the session's grant ends, if it does.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        match self.credential.as_deref() {
+            Some(Credential::Registered { until, .. } | Credential::Signed { until, .. }) => *until,
+            _ => None,
+        }
+    }
+
+    /// Whether the session's grant has ended.
+    pub(crate) fn expired(&self) -> bool {
+        self.until().is_some_and(|until| Instant::now() >= until)
+    }
+}
+
+/// What a session authenticated with.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    /// A token registered in the store: its tags are looked up in the
+    /// store at each command, so an admin's change applies at once.
+    Registered {
+        token: Token,
+        until: Option<Instant>,
+    },
+    /// A token that carries its grant (a JWT, from an authenticator that
+    /// keeps no tokens): checked once; its tags hold until `until`.
+    Signed {
+        /// Sorted, each once.
+        tags: Box<[String]>,
+        until: Option<Instant>,
+    },
+    /// An anonymous session's token given at connect, refused: why, for
+    /// the errors its commands get.
+    Refused(Box<str>),
+}
+
+impl Credential {
+    /// What `grant` of an authenticator gives, `until` the monotonic
+    /// instant it ends. `token` is kept only for a store that keeps tokens.
+    pub(crate) fn new(
+        keeps_tokens: bool,
+        token: String,
+        grant: mist_sdk::Grant,
+        until: Option<Instant>,
+    ) -> Credential {
+        if keeps_tokens {
+            return Credential::Registered {
+                token: Token::new(token),
+                until,
+            };
+        }
+        let mut tags: Vec<String> = grant.tags.into_iter().map(|t| t.into_string()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        Credential::Signed {
+            tags: tags.into_boxed_slice(),
+            until,
+        }
+    }
+
+    /// For a signed token: whether it holds every one of `tags`.
+    pub(crate) fn holds<S: AsRef<str>>(&self, tags: &[S]) -> bool {
+        match self {
+            Credential::Signed { tags: held, .. } => tags.iter().all(|t| {
+                held.binary_search_by(|h| h.as_str().cmp(t.as_ref()))
+                    .is_ok()
+            }),
+            _ => false,
         }
     }
 }
@@ -144,6 +229,11 @@ pub(crate) enum Revoked<'a> {
 
 const NOTICE: &str =
     "subscription revoked: the token no longer holds every tag of this subscription";
+/// When a connection's token expires.
+pub(crate) const EXPIRED_NOTICE: &str = "subscription revoked: the token expired";
+/// When a connection's new token (a refresh) holds fewer tags.
+pub(crate) const REFRESH_NOTICE: &str =
+    "subscription revoked: the new token does not hold every tag of this subscription";
 
 impl Shared {
     /// Takes from every open session of `key` each subscription that holds
@@ -162,22 +252,12 @@ impl Shared {
         let mut count = 0;
         let mut router = self.router.write();
         for session in sessions {
-            let removed = router.prune(session, keep);
-            if removed.is_empty() {
+            let removed = prune_with_notice(&mut router, session, keep, NOTICE);
+            if removed == 0 {
                 continue;
             }
-            count += removed.len();
-            if let Some(output) = router.output(session) {
-                let mut out = Vec::new();
-                for set in &removed {
-                    protocol::notice(&mut out, "revoked", set, NOTICE);
-                }
-                // A notice like any other line: queued in order after the
-                // deliveries already queued, dropped if the client is not
-                // reading at all.
-                output.push_notice(&out);
-            }
-            tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
+            count += removed;
+            tracing::info!(session = %session, subscriptions = removed, "revoked subscriptions of a session whose token lost tags");
         }
         count
     }
@@ -200,4 +280,29 @@ impl Shared {
         };
         self.revoke(key, Revoked::AllowedNow(&allowed));
     }
+}
+
+/// Takes from `session` every subscription `keep` refuses, and queues a
+/// `revoked` notice saying `why` for each. Returns how many went.
+pub(crate) fn prune_with_notice(
+    router: &mut Router,
+    session: SessionId,
+    keep: impl Fn(&[String]) -> bool,
+    why: &str,
+) -> usize {
+    let removed = router.prune(session, keep);
+    if removed.is_empty() {
+        return 0;
+    }
+    if let Some(output) = router.output(session) {
+        let mut out = Vec::new();
+        for set in &removed {
+            protocol::notice(&mut out, "revoked", set, why);
+        }
+        // A notice like any other line: queued in order after the
+        // deliveries already queued, dropped if the client is not reading
+        // at all.
+        output.push_notice(&out);
+    }
+    removed.len()
 }

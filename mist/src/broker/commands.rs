@@ -10,7 +10,9 @@
 use mist_sdk::{Access, ErrorKind, Message};
 use parking_lot::RwLockReadGuard;
 
-use super::access::{is_server_token, Standing, Token};
+use super::access::{
+    is_server_token, prune_with_notice, Credential, Standing, Token, REFRESH_NOTICE,
+};
 use super::batch::Batch;
 use super::command::{AdminOp, Command, Refusal};
 use super::framing::Frame;
@@ -105,11 +107,18 @@ pub(crate) enum Applied {
 /// May this session use tags?
 enum Gate {
     Free,
+    /// A registered token: ask the store.
     Check(Token),
+    /// A signed token: its grant says, at once.
+    Signed,
+    /// No valid token.
     Denied,
+    /// A token that expired.
+    Expired,
 }
 
 pub(crate) const NOT_AUTHENTICATED: &str = "not authenticated: send auth with a valid token first";
+pub(crate) const EXPIRED: &str = "token expired: send auth with a new token";
 
 impl<'s> Context<'s> {
     pub(crate) fn new(
@@ -153,13 +162,44 @@ impl<'s> Context<'s> {
     }
 
     fn gate(&self) -> Gate {
-        match self.state.standing.access {
+        let standing = &self.state.standing;
+        match standing.access {
             Access::OPEN | Access::ADMIN => Gate::Free,
-            Access::TOKEN => match &self.state.standing.token {
-                Some(token) => Gate::Check(Token::clone(token)),
-                None => Gate::Denied,
+            Access::TOKEN if standing.expired() => Gate::Expired,
+            Access::TOKEN => match standing.credential.as_deref() {
+                Some(Credential::Registered { token, .. }) => Gate::Check(Token::clone(token)),
+                Some(Credential::Signed { .. }) => Gate::Signed,
+                _ => Gate::Denied,
             },
             _ => Gate::Denied,
+        }
+    }
+
+    /// The refusal of a command the gate did not let through.
+    fn shut(&self, command: &str, gate: &Gate) -> Refusal {
+        if matches!(gate, Gate::Expired) {
+            return Refusal::new(command, ErrorKind::UNAUTHENTICATED, EXPIRED);
+        }
+        match self.state.standing.credential.as_deref() {
+            // A token given at connect and refused: say why.
+            Some(Credential::Refused(why)) => Refusal::new(
+                command,
+                ErrorKind::UNAUTHENTICATED,
+                format!("not authenticated: the token given at connect was refused ({why})"),
+            ),
+            _ => not_authenticated(command),
+        }
+    }
+
+    /// For a signed token: `Ok` if it holds every one of `tags`.
+    fn signed_holds<S: AsRef<str>>(&self, command: &str, tags: &[S]) -> Result<(), Refusal> {
+        match self.state.standing.credential.as_deref() {
+            Some(credential) if credential.holds(tags) => Ok(()),
+            _ => Err(Refusal::new(
+                command,
+                ErrorKind::PERMISSION_DENIED,
+                super::steps::PERMISSION_DENIED,
+            )),
         }
     }
 
@@ -265,7 +305,12 @@ fn publish(
                 },
             }))
         }
-        Gate::Denied => Err(not_authenticated("publish")),
+        Gate::Signed => {
+            let parsed = tags.parse().map_err(|e| Refusal::protocol("publish", e))?;
+            cx.signed_holds("publish", &parsed)?;
+            cx.publish_now(tags, raw_data)
+        }
+        gate @ (Gate::Denied | Gate::Expired) => Err(cx.shut("publish", &gate)),
     }
 }
 
@@ -279,7 +324,14 @@ fn subscribe(cx: &mut Context<'_>, tags: Vec<String>) -> Result<Step, Refusal> {
             token,
             op: Checked::Subscribe(tags),
         })),
-        Gate::Denied => Err(not_authenticated("subscribe")),
+        Gate::Signed => {
+            cx.signed_holds("subscribe", &tags)?;
+            Ok(match add_subscription(cx, &tags)? {
+                Some(confirmation) => Step::Wait(Pending::Confirm(confirmation)),
+                None => Step::Done,
+            })
+        }
+        gate @ (Gate::Denied | Gate::Expired) => Err(cx.shut("subscribe", &gate)),
     }
 }
 
@@ -290,7 +342,18 @@ fn add_subscription(
     tags: &[String],
 ) -> Result<Option<Confirmation>, Refusal> {
     let limit = cx.shared.limits.max_subscriptions;
-    let added = cx.shared.router.write().subscribe(cx.id, tags, limit);
+    let mut router = cx.shared.router.write();
+    // Under the lock the expiry timer takes: a grant that ended before
+    // the subscription could land refuses it.
+    if cx.state.standing.expired() {
+        return Err(Refusal::new(
+            "subscribe",
+            ErrorKind::UNAUTHENTICATED,
+            EXPIRED,
+        ));
+    }
+    let added = router.subscribe(cx.id, tags, limit);
+    drop(router);
     match added {
         Ok(added) => Ok(added.confirmation),
         Err(SubscribeError::Gone) => Ok(None),
@@ -305,7 +368,7 @@ fn add_subscription(
 /// session receives. Unsubscribing from a set not held is not an error.
 fn unsubscribe(cx: &mut Context<'_>, tags: &[std::borrow::Cow<'_, str>]) -> Result<Step, Refusal> {
     if matches!(cx.gate(), Gate::Denied) {
-        return Err(not_authenticated("unsubscribe"));
+        return Err(cx.shut("unsubscribe", &Gate::Denied));
     }
     cx.shared.router.write().unsubscribe(cx.id, tags);
     Ok(Step::Done)
@@ -313,7 +376,7 @@ fn unsubscribe(cx: &mut Context<'_>, tags: &[std::borrow::Cow<'_, str>]) -> Resu
 
 fn list(cx: &mut Context<'_>) -> Result<Step, Refusal> {
     if matches!(cx.gate(), Gate::Denied) {
-        return Err(not_authenticated("list"));
+        return Err(cx.shut("list", &Gate::Denied));
     }
     let subscriptions = cx.shared.router.read().subscriptions(cx.id);
     let data = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
@@ -329,7 +392,9 @@ fn auth(
     let Some(auth) = cx.shared.auth.get() else {
         return Ok(Step::Done); // without an authenticator, auth is accepted and ignored
     };
-    if !first {
+    // A connection of a signed token (a JWT) may replace it: a refresh.
+    let refresh = !first && cx.state.standing.is_signed();
+    if !first && !refresh {
         return Err(Refusal::invalid(
             "auth",
             "auth must be the first command of a connection",
@@ -338,6 +403,12 @@ fn auth(
     let token = protocol::data_string(data)
         .map_err(|_| Refusal::invalid("auth", "auth needs the token as a string in data"))?;
     if is_server_token(&auth.server_token, &token) {
+        if refresh {
+            return Err(Refusal::invalid(
+                "auth",
+                "a connection authenticated with a JWT may auth again only with another JWT",
+            ));
+        }
         cx.state.standing = Standing::new(Access::ADMIN);
         return Ok(Step::Done);
     }
@@ -370,6 +441,16 @@ fn admin(cx: &mut Context<'_>, op: AdminOp, request: &Request<'_>) -> Result<Ste
             command,
             ErrorKind::PERMISSION_DENIED,
             "admin commands need admin mode: auth with the server token first",
+        ));
+    }
+    if !auth.keeps_tokens {
+        return Err(Refusal::new(
+            command,
+            ErrorKind::UNSUPPORTED,
+            format!(
+                "{command} is not available: the {} authenticator keeps no tokens (each token is signed and checked on its own)",
+                auth.plugin
+            ),
         ));
     }
     let token = match protocol::data_string(request.data) {
@@ -423,13 +504,9 @@ fn custom(cx: &mut Context<'_>, command: &str, request: &Request<'_>) -> Result<
 pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Refusal> {
     match effect {
         Effect::Nothing => {}
-        Effect::Authenticated(token) => {
-            cx.shared.tokens.enter(&token, cx.id);
-            cx.state.standing = Standing {
-                access: Access::TOKEN,
-                token: Some(Box::new(token)),
-            };
-            cx.state.commands_seen = true;
+        Effect::Authenticated(credential) => authenticated(cx, credential),
+        Effect::ConnectRefused(why) => {
+            cx.state.standing.credential = Some(Box::new(Credential::Refused(why.into())));
         }
         Effect::Granted { token, op, epoch } => return grant(cx, token, op, epoch),
         Effect::Reply(lines) => {
@@ -439,6 +516,42 @@ pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Applied, Ref
         Effect::Refused(refusal) => return Err(refusal),
     }
     Ok(Applied::Done)
+}
+
+/// The session is authenticated with `credential`: a first token, or a
+/// signed token replacing one (a refresh), which takes away the
+/// subscriptions outside its tags and keeps the rest, without a gap.
+fn authenticated(cx: &mut Context<'_>, credential: Credential) {
+    let refresh = cx.state.standing.is_signed();
+    if let Credential::Registered { token, .. } = &credential {
+        cx.shared.tokens.enter(token, cx.id);
+    }
+    {
+        // One lock for the pruning and the new deadline: the expiry timer
+        // sees the old grant or the new one, never a mix.
+        let mut router = cx.shared.router.write();
+        if refresh {
+            let removed = prune_with_notice(
+                &mut router,
+                cx.id,
+                |set| credential.holds(set),
+                REFRESH_NOTICE,
+            );
+            if removed > 0 {
+                tracing::debug!(session = %cx.id, subscriptions = removed, "a refreshed token holds fewer tags");
+            }
+        }
+        let until = match &credential {
+            Credential::Registered { until, .. } | Credential::Signed { until, .. } => *until,
+            Credential::Refused(_) => None,
+        };
+        cx.shared.expiry.set(&mut router, cx.id, until);
+    }
+    cx.state.standing = Standing {
+        access: Access::TOKEN,
+        credential: Some(Box::new(credential)),
+    };
+    cx.state.commands_seen = true;
 }
 
 /// Applies a checked command, unless a revocation happened since its
@@ -453,6 +566,13 @@ fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<
             if cx.shared.tokens.epoch() != epoch {
                 drop(router);
                 return recheck(Checked::Subscribe(tags));
+            }
+            if cx.state.standing.expired() {
+                return Err(Refusal::new(
+                    "subscribe",
+                    ErrorKind::UNAUTHENTICATED,
+                    EXPIRED,
+                ));
             }
             match router.subscribe(cx.id, &tags, limit) {
                 Ok(Added {
@@ -469,6 +589,9 @@ fn grant(cx: &mut Context<'_>, token: Token, op: Checked, epoch: u64) -> Result<
         Checked::Publish { tags, raw_data } => {
             if cx.shared.tokens.epoch() != epoch {
                 return recheck(Checked::Publish { tags, raw_data });
+            }
+            if cx.state.standing.expired() {
+                return Err(Refusal::new("publish", ErrorKind::UNAUTHENTICATED, EXPIRED));
             }
             let (id, shared) = (cx.id, cx.shared);
             let router = cx.routing.get_or_insert_with(|| shared.router.read());

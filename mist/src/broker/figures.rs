@@ -27,6 +27,13 @@ pub struct Figures {
     pub queue_bytes: u64,
     /// Failed `auth` commands and refused connect-time tokens.
     pub auth_failures: u64,
+    /// Tokens the authenticator accepted.
+    pub tokens_accepted: u64,
+    /// Tokens it refused, by reason (`expired`, `bad_signature`, ...;
+    /// every reason present, at zero when none was refused for it).
+    pub tokens_refused: BTreeMap<String, u64>,
+    /// Connections whose token expired while they were open.
+    pub tokens_expired: u64,
     /// Errors and panics returned by plugin calls, by plugin name.
     pub plugin_errors: BTreeMap<String, u64>,
     /// Time from a publish being read to its deliveries being queued.

@@ -13,12 +13,14 @@
 //! budget; the queue wakes that subscriber's listener to drain and write
 //! it. Nothing on this path waits for a slow subscriber: its queue drops
 //! instead. `access` keeps the sessions of each token, for revocation;
+//! `expiry` takes the subscriptions of a session whose token expired;
 //! `handle` is the face plugins see; `figures` the counters metrics read.
 
 mod access;
 mod batch;
 mod command;
 mod commands;
+mod expiry;
 mod figures;
 mod framing;
 mod handle;
@@ -149,6 +151,8 @@ pub(crate) struct Shared {
     /// This node's cluster, set once at start-up (`--cluster`). The router
     /// holds it too, for the subscription and publish paths.
     pub(crate) cluster: OnceLock<Cluster>,
+    /// The deadlines of sessions whose token expires.
+    pub(crate) expiry: expiry::Expiry,
 }
 
 #[derive(Default)]
@@ -158,7 +162,26 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
+    /// Tokens the authenticator accepted (`auth`, at connect, refreshes).
+    pub(crate) tokens_accepted: AtomicU64,
+    /// Tokens it refused, by [`mist_sdk::Rejection`] (the last slot: a
+    /// reason this version does not know).
+    pub(crate) tokens_refused: [AtomicU64; REJECTIONS + 1],
+    /// Sessions whose token expired while they were open.
+    pub(crate) tokens_expired: AtomicU64,
     pub(crate) publish_latency: figures::Histogram,
+}
+
+/// The refusal reasons this version counts apart.
+pub(crate) const REJECTIONS: usize = mist_sdk::Rejection::ALL.len();
+
+impl Counters {
+    /// Counts a token the authenticator refused for `rejection`.
+    pub(crate) fn token_refused(&self, rejection: mist_sdk::Rejection) {
+        let slot = usize::from(rejection.0).min(REJECTIONS);
+        self.tokens_refused[slot].fetch_add(1, Ordering::Relaxed);
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Admin mode: the store of registered tokens and the server's own token.
@@ -167,6 +190,10 @@ pub(crate) struct Auth {
     pub(crate) server_token: String,
     /// The plugin that provides the store, for its error count.
     pub(crate) plugin: Arc<str>,
+    /// `false` for an authenticator that keeps no tokens (JWT): grants
+    /// are kept by the sessions, refreshed by a later `auth`, and the
+    /// registry commands are refused.
+    pub(crate) keeps_tokens: bool,
 }
 
 /// Where a custom command goes.
@@ -215,6 +242,7 @@ impl Broker {
                 plugin_errors: Mutex::new(BTreeMap::new()),
                 health: Arc::default(),
                 cluster: OnceLock::new(),
+                expiry: expiry::Expiry::default(),
             }),
         }
     }
@@ -227,14 +255,27 @@ impl Broker {
         server_token: String,
         plugin: &str,
     ) -> Result<(), BrokerError> {
+        let keeps_tokens = store.keeps_tokens();
         self.shared
             .auth
             .set(Auth {
                 store,
                 server_token,
                 plugin: plugin.into(),
+                keeps_tokens,
             })
-            .map_err(|_| BrokerError::AuthenticatorSet)
+            .map_err(|_| BrokerError::AuthenticatorSet)?;
+        // Tokens may expire from now on: one task takes the subscriptions
+        // of every session whose token did. (Without a runtime, as when
+        // fuzzing, expiry is enforced at each command only.)
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let waker = self.shared.expiry.waker();
+                runtime.spawn(expiry::run(Arc::downgrade(&self.shared), waker));
+            }
+            Err(_) => tracing::debug!("no runtime: token expiry is checked at each command only"),
+        }
+        Ok(())
     }
 
     /// What the cluster calls back into: messages from other nodes, and
@@ -348,6 +389,15 @@ impl Shared {
             slow_consumers_disconnected: stats.slow_consumers.load(Ordering::Relaxed),
             queue_bytes: self.memory.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
+            tokens_accepted: stats.tokens_accepted.load(Ordering::Relaxed),
+            tokens_refused: mist_sdk::Rejection::ALL
+                .iter()
+                .map(|r| r.name())
+                .chain(["other"])
+                .zip(&stats.tokens_refused)
+                .map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed)))
+                .collect(),
+            tokens_expired: stats.tokens_expired.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
             publish_latency: stats.publish_latency.snapshot(),
             cluster: self.cluster.get().map(Cluster::figures),

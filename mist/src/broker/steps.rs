@@ -15,7 +15,7 @@ use abi_stable::std_types::{RArc, RErr, ROk, RString, RVec};
 use mist_sdk::abi::{CommandContext, ReplierApi, ReplierApi_TO};
 use mist_sdk::{Access, ErrorKind, Message, SdkError};
 
-use super::access::{Revoked, Standing, Token};
+use super::access::{Credential, Revoked, Standing, Token};
 use super::command::{AdminOp, Refusal};
 use super::output::Output;
 use super::protocol;
@@ -80,8 +80,12 @@ impl Checked {
 /// What a finished step asks of its session.
 pub(crate) enum Effect {
     Nothing,
-    /// The session is now authenticated with this registered token.
-    Authenticated(Token),
+    /// The session is now authenticated with this credential (a first
+    /// token, or on a session of a signed token, its replacement).
+    Authenticated(Credential),
+    /// A token given at connect was refused: the session stays anonymous,
+    /// and its commands' errors say why.
+    ConnectRefused(String),
     /// `op` is allowed; `epoch` is the revocation epoch its check began at.
     Granted {
         token: Token,
@@ -131,26 +135,20 @@ impl Pending {
         };
         let store = &auth.store;
         match self {
-            Pending::ConnectToken(token) => match store.tags(token.as_str().into()).await {
-                ROk(_) => Effect::Authenticated(Token::new(token)),
-                RErr(e) if e.kind == ErrorKind::NOT_FOUND => {
-                    shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            Pending::ConnectToken(token) => match authenticate(shared, token).await {
+                Ok(credential) => Effect::Authenticated(credential),
+                Err(TokenCheck::Refused(why)) => {
                     tracing::debug!(session = %session, "token given at connect refused: session is anonymous");
-                    Effect::Nothing
+                    Effect::ConnectRefused(why)
                 }
-                RErr(e) => Effect::Refused(shared.store_failed("auth", &e)),
+                Err(TokenCheck::Failed(refusal)) => Effect::Refused(refusal),
             },
-            Pending::Auth(token) => match store.tags(token.as_str().into()).await {
-                ROk(_) => Effect::Authenticated(Token::new(token)),
-                RErr(e) if e.kind == ErrorKind::NOT_FOUND => {
-                    shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    Effect::Refused(Refusal::new(
-                        "auth",
-                        ErrorKind::UNAUTHENTICATED,
-                        "invalid token",
-                    ))
+            Pending::Auth(token) => match authenticate(shared, token).await {
+                Ok(credential) => Effect::Authenticated(credential),
+                Err(TokenCheck::Refused(why)) => {
+                    Effect::Refused(Refusal::new("auth", ErrorKind::UNAUTHENTICATED, why))
                 }
-                RErr(e) => Effect::Refused(shared.store_failed("auth", &e)),
+                Err(TokenCheck::Failed(refusal)) => Effect::Refused(refusal),
             },
             Pending::Check { token, op } => {
                 let epoch = shared.tokens.epoch();
@@ -171,6 +169,52 @@ impl Pending {
             Pending::Custom(_) | Pending::Confirm(_) => Effect::Nothing,
         }
     }
+}
+
+/// Why a token did not authenticate.
+enum TokenCheck {
+    /// The authenticator refused it; the words for the client.
+    Refused(String),
+    /// The store failed.
+    Failed(Refusal),
+}
+
+/// Asks the authenticator about `token`, counts the answer, and turns a
+/// grant into the session's credential (its end a monotonic instant).
+async fn authenticate(shared: &Shared, token: String) -> Result<Credential, TokenCheck> {
+    let Some(auth) = shared.auth.get() else {
+        return Err(TokenCheck::Refused("no authenticator".into()));
+    };
+    let grant = match auth.store.authenticate(token.as_str().into()).await {
+        ROk(grant) => grant,
+        RErr(e)
+            if e.error.kind == ErrorKind::UNAUTHENTICATED
+                || e.error.kind == ErrorKind::NOT_FOUND =>
+        {
+            shared.stats.token_refused(e.rejection);
+            tracing::debug!(reason = e.rejection.name(), "token refused");
+            return Err(TokenCheck::Refused(e.error.message.into_string()));
+        }
+        RErr(e) => return Err(TokenCheck::Failed(shared.store_failed("auth", &e.error))),
+    };
+    let until = match grant.expires_at_ms.into_option() {
+        None => None,
+        Some(ms) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            if ms <= now {
+                // Accepted, but over already (the store's clock is ours).
+                shared.stats.token_refused(mist_sdk::Rejection::EXPIRED);
+                return Err(TokenCheck::Refused("token expired".into()));
+            }
+            let left = std::time::Duration::from_millis(ms - now);
+            // A grant too far ahead for the clock's arithmetic never ends.
+            std::time::Instant::now().checked_add(left)
+        }
+    };
+    shared.stats.tokens_accepted.fetch_add(1, Ordering::Relaxed);
+    Ok(Credential::new(auth.keeps_tokens, token, grant, until))
 }
 
 async fn admin(shared: &Shared, op: AdminOp, token: String, tags: Vec<String>) -> Effect {
@@ -230,11 +274,17 @@ async fn call_plugin(
     standing: Standing,
 ) -> Effect {
     let mut allowed_tags = RVec::new();
-    if let (Access::TOKEN, Some(token), Some(auth)) =
-        (standing.access, &standing.token, shared.auth.get())
-    {
-        if let ROk(tags) = auth.store.tags(token.secret.as_str().into()).await {
-            allowed_tags = tags;
+    if standing.access == Access::TOKEN {
+        match (standing.credential.as_deref(), shared.auth.get()) {
+            (Some(Credential::Registered { token, .. }), Some(auth)) => {
+                if let ROk(tags) = auth.store.tags(token.secret.as_str().into()).await {
+                    allowed_tags = tags;
+                }
+            }
+            (Some(Credential::Signed { tags, .. }), _) if !standing.expired() => {
+                allowed_tags = tags.iter().map(|t| RString::from(t.as_str())).collect();
+            }
+            _ => {}
         }
     }
     let command = request.command.to_string();
