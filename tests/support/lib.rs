@@ -10,6 +10,7 @@ pub mod backplane;
 pub mod browser;
 pub mod client;
 pub mod devtools;
+pub mod jwt;
 pub mod nats;
 pub mod postgres;
 pub mod prometheus;
