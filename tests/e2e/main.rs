@@ -13,6 +13,7 @@ mod cluster;
 mod example_plugin;
 mod http;
 mod jwt;
+mod ledger;
 mod listeners;
 mod ops;
 mod plugins;

@@ -9,24 +9,26 @@
 //!
 //! A deadline is a monotonic [`Instant`]: the time the authenticator gave
 //! is turned into one when the token is accepted, so the clock being set
-//! back cannot lengthen a grant. The timer removes subscriptions under the
-//! router's write lock, and a subscribe checks the deadline under that same
-//! lock (`commands`), so a subscription can never land after the expiry
-//! that should have removed it. A refresh (a later `auth` with a new token)
-//! replaces the session's deadline under that lock too; an entry in the
-//! heap whose generation is no longer the session's is ignored when it
-//! comes up.
+//! back cannot lengthen a grant. The task (`shared`, `Shared::expire_due`)
+//! removes subscriptions under the router's write lock, and a subscribe
+//! checks the deadline under that same lock (`cmd/subscribe.rs`), so a
+//! subscription can never land after the expiry that should have removed
+//! it. A refresh (a later `auth` with a new token, `cmd/auth.rs`) replaces
+//! the session's deadline under that lock too; an entry in the heap whose
+//! generation is no longer the session's is ignored when it comes up.
+//!
+//! This file keeps only the deadlines; it knows nothing of sessions'
+//! subscriptions.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::access::{prune_with_notice, EXPIRED_NOTICE};
-use super::router::{Router, SessionId};
-use super::Shared;
+use super::id::SessionId;
+use super::router::Router;
 
 /// Every session's deadline.
 #[derive(Default)]
@@ -105,7 +107,7 @@ impl Expiry {
     }
 
     /// The earliest deadline, stale or not.
-    fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         self.deadlines
             .lock()
             .heap
@@ -114,7 +116,7 @@ impl Expiry {
     }
 
     /// Takes the sessions whose deadline is at or before `now`.
-    fn take_due(&self, now: Instant) -> Vec<SessionId> {
+    pub(crate) fn take_due(&self, now: Instant) -> Vec<SessionId> {
         let mut deadlines = self.deadlines.lock();
         let mut due = Vec::new();
         while let Some(&Reverse((at, generation, id))) = deadlines.heap.peek() {
@@ -139,207 +141,36 @@ impl Expiry {
     }
 }
 
-/// The task that expires grants, for as long as the broker exists.
-/// `wake` is the broker's [`Expiry::waker`]: a `set` that comes before
-/// this task waits leaves a permit, so no earlier deadline is missed.
-pub(crate) async fn run(shared: Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
-    loop {
-        let next = match shared.upgrade() {
-            Some(shared) => shared.expiry.next(),
-            None => return,
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {}
-                    () = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.expire_due();
-    }
-}
-
-impl Shared {
-    /// Takes every subscription of each session whose grant has ended.
-    pub(crate) fn expire_due(&self) {
-        let mut router = self.router.write();
-        let now = Instant::now();
-        let due = self.expiry.take_due(now);
-        for session in due {
-            if !router.is_open(session) {
-                continue;
-            }
-            let removed = prune_with_notice(&mut router, session, |_| false, EXPIRED_NOTICE);
-            self.stats
-                .tokens_expired
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(session = %session, subscriptions = removed, "a session's token expired: its subscriptions were revoked");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use serde_json::{json, Value};
+    use super::super::id::SessionId;
+    use super::super::router::Router;
+    use super::Expiry;
 
-    use super::super::testing::{signed_broker, Client, ADMIN};
-    use super::super::Limits;
-
-    fn subscribe(tags: &[&str]) -> Value {
-        json!({"command": "subscribe", "tags": tags})
-    }
-
-    fn auth(token: &str) -> Value {
-        json!({"command": "auth", "data": token})
-    }
-
-    /// Reads what arrives until `n` lines have, for at most 5 s.
-    async fn lines(client: &Client, n: usize) -> Vec<Value> {
-        let mut all = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while all.len() < n {
-            assert!(std::time::Instant::now() < deadline, "only {all:?}");
-            all.extend(client.received());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        all
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_expiring_token_loses_every_subscription_with_a_notice() {
-        let (shared, store) = signed_broker(Limits::default());
-        store.grant("jwt", &["a", "b"], Some(Duration::from_millis(300)));
-        let user = Client::open(&shared, None);
-        assert!(user
-            .request(&[auth("jwt"), subscribe(&["a"]), subscribe(&["a", "b"])])
-            .await
-            .is_empty());
-        let started = std::time::Instant::now();
-        let notices = lines(&user, 2).await;
-        assert!(started.elapsed() < Duration::from_secs(2));
-        for (notice, tags) in notices.iter().zip([json!(["a"]), json!(["a", "b"])]) {
-            assert_eq!(
-                notice,
-                &json!({"command": "revoked", "tags": tags, "error": "subscription revoked: the token expired"})
-            );
-        }
-        assert_eq!(shared.router.read().subscription_count(), 0);
-        let replies = user
-            .request(&[
-                subscribe(&["a"]),
-                json!({"command": "publish", "tags": ["a"], "data": "x"}),
-            ])
-            .await;
-        let errors: Vec<&str> = replies.iter().filter_map(|r| r["error"].as_str()).collect();
-        assert_eq!(errors, [super::super::commands::EXPIRED; 2]);
-        assert_eq!(user.subscriptions().await, json!([]));
-        assert_eq!(shared.figures().tokens_expired, 1);
-        assert_eq!(shared.expiry.pending().0, 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_refresh_narrows_the_tags_and_keeps_the_rest() {
-        let (shared, store) = signed_broker(Limits::default());
-        store.grant("wide", &["a", "b"], Some(Duration::from_millis(400)));
-        store.grant("narrow", &["b"], None);
-        let admin = Client::open(&shared, Some(ADMIN));
-        let user = Client::open(&shared, None);
-        assert!(user
-            .request(&[
-                auth("wide"),
-                subscribe(&["a"]),
-                subscribe(&["b"]),
-                subscribe(&["a", "b"])
-            ])
-            .await
-            .is_empty());
-        let replies = user.request(&[auth("narrow")]).await;
-        assert_eq!(replies.len(), 2, "{replies:?}");
-        assert_eq!(replies[0]["tags"], json!(["a"]));
-        assert_eq!(replies[1]["tags"], json!(["a", "b"]));
-        assert!(replies[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("new token")));
-        assert_eq!(user.subscriptions().await, json!([["b"]]));
-        admin
-            .request(&[json!({"command": "publish", "tags": ["b"], "data": "still"})])
-            .await;
-        assert_eq!(
-            user.received(),
-            [json!({"command": "publish", "tags": ["b"], "data": "still"})]
+    #[test]
+    fn only_a_sessions_current_deadline_comes_due() {
+        let expiry = Expiry::default();
+        let mut router = Router::new();
+        let (a, b, c) = (
+            SessionId::from_u64(1),
+            SessionId::from_u64(2),
+            SessionId::from_u64(3),
         );
-        let denied = user.request(&[subscribe(&["a"])]).await;
-        assert!(denied[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("permission denied")));
-        // The first token's deadline no longer counts.
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        shared.expire_due();
-        assert!(user.received().is_empty());
-        assert_eq!(user.subscriptions().await, json!([["b"]]));
-        assert_eq!(shared.figures().tokens_accepted, 2);
-    }
-
-    #[tokio::test]
-    async fn what_a_store_without_tokens_refuses() {
-        let (shared, store) = signed_broker(Limits::default());
-        store.grant("jwt", &["a"], None);
-        let admin = Client::open(&shared, Some(ADMIN));
-        for op in ["register", "unregister", "set", "unset", "tags"] {
-            let replies = admin
-                .request(&[json!({"command": op, "tags": ["a"], "data": "jwt"})])
-                .await;
-            let error = replies[0]["error"].as_str().unwrap_or_default();
-            assert!(
-                error.contains("test-jwt authenticator keeps no tokens"),
-                "{op}: {replies:?}"
-            );
-        }
-        // The server token cannot follow a JWT; a bad one is refused with
-        // its reason, and counted by it.
-        let user = Client::open(&shared, None);
-        user.request(&[auth("jwt")]).await;
-        let replies = user.request(&[auth(ADMIN), auth("forged")]).await;
-        assert!(replies[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("only with another JWT")));
-        assert_eq!(replies[1]["error"], "bad signature: made up");
-        assert_eq!(shared.figures().tokens_refused["bad_signature"], 1);
-        // An anonymous connection's first command stays the only auth.
-        let anonymous = Client::open(&shared, None);
-        let replies = anonymous
-            .request(&[json!({"command": "list"}), auth("jwt")])
-            .await;
-        assert!(replies[1]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("must be the first")));
-        // A refused connect token's reason reaches the commands' errors.
-        let refused = Client::open(&shared, Some("forged"));
-        let replies = refused.request(&[subscribe(&["a"])]).await;
-        assert_eq!(
-            replies[0]["error"],
-            "not authenticated: the token given at connect was refused (bad signature: made up)"
-        );
-    }
-
-    #[tokio::test]
-    async fn closed_sessions_leave_no_deadline_behind() {
-        let (shared, store) = signed_broker(Limits::default());
-        store.grant("jwt", &["a"], Some(Duration::from_secs(3600)));
-        for _ in 0..500 {
-            let client = Client::open(&shared, Some("jwt"));
-            client.request(&[]).await;
-            client.session.close();
-        }
-        let (current, heap) = shared.expiry.pending();
-        assert_eq!(current, 0);
-        assert!(heap <= 65, "{heap} heap entries");
+        let now = Instant::now();
+        expiry.set(&mut router, a, Some(now + Duration::from_secs(1)));
+        expiry.set(&mut router, b, Some(now + Duration::from_secs(2)));
+        expiry.set(&mut router, c, Some(now + Duration::from_secs(3)));
+        // `a` refreshed to later, `b` to a grant that never ends, `c` closed.
+        expiry.set(&mut router, a, Some(now + Duration::from_secs(4)));
+        expiry.set(&mut router, b, None);
+        expiry.forget(c);
+        assert_eq!(expiry.next(), Some(now + Duration::from_secs(1)), "stale");
+        assert!(expiry.take_due(now + Duration::from_secs(3)).is_empty());
+        assert_eq!(expiry.pending(), (1, 1));
+        assert_eq!(expiry.take_due(now + Duration::from_secs(4)), [a]);
+        assert_eq!(expiry.pending(), (0, 0));
+        assert_eq!(expiry.next(), None);
     }
 }

@@ -571,6 +571,12 @@ mod tests {
         fn execute(&self, _request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {
             async { ROk(()) }.into_ffi()
         }
+        fn drain_stream(&self, out: &mut RVec<u8>) -> bool {
+            self.drain(out)
+        }
+        fn hold(&self, _bytes: u64) -> bool {
+            true
+        }
     }
 
     impl BrokerApi for FakeBroker {

@@ -1,0 +1,76 @@
+//! `publish`: delivered to every other session holding a subscription
+//! whose tags are all among the message's (SPEC §1), through the open
+//! [`Delivery`](super::super::delivery::Delivery). A registered token's
+//! publish first asks the store whether the token holds every tag; a
+//! signed token's (a JWT's) is checked against its grant at once.
+
+use super::{expired, Checked, Context, Pending, Permission, Refusal, Step};
+use crate::broker::access::Token;
+use crate::broker::protocol::{ProtocolError, RawTags, TagSet};
+
+/// A publish with its raw tags and data (a JSON string token, or why the
+/// data is unusable).
+pub(super) fn run(
+    cx: &mut Context<'_>,
+    tags: RawTags<'_>,
+    data: Result<&str, ProtocolError>,
+) -> Result<Step, Refusal> {
+    let raw_data = data.map_err(|e| Refusal::protocol("publish", e))?;
+    match cx.permission("publish")? {
+        Permission::Free => {
+            let id = cx.id;
+            cx.delivery()
+                .publish(id, tags, raw_data)
+                .map_err(|e| Refusal::protocol("publish", e))?;
+            Ok(Step::Done)
+        }
+        Permission::Signed => {
+            let parsed = TagSet::parse(tags, cx.shared.limits.max_tags)
+                .map_err(|e| Refusal::protocol("publish", e))?;
+            cx.signed_holds("publish", &parsed)?;
+            // Then published as a free session's, from its raw tags: a run
+            // of publishes with the same tags is still matched once.
+            let id = cx.id;
+            cx.delivery()
+                .publish(id, tags, raw_data)
+                .map_err(|e| Refusal::protocol("publish", e))?;
+            Ok(Step::Done)
+        }
+        Permission::Store(token) => {
+            let tags = TagSet::parse(tags, cx.shared.limits.max_tags)
+                .map_err(|e| Refusal::protocol("publish", e))?;
+            Ok(Step::Wait(Pending::Check {
+                token,
+                op: Checked::Publish {
+                    tags: tags.into_owned(),
+                    raw_data: raw_data.to_string(),
+                },
+            }))
+        }
+    }
+}
+
+/// The store allowed the publish: delivered now, unless a revocation
+/// happened since the check began (then it is checked again), or the
+/// session's token expired meanwhile.
+pub(super) fn granted(
+    cx: &mut Context<'_>,
+    token: Token,
+    tags: TagSet<'static>,
+    raw_data: String,
+    epoch: u64,
+) -> Result<Step, Refusal> {
+    if cx.shared.tokens.epoch() != epoch {
+        return Ok(Step::Wait(Pending::Check {
+            token,
+            op: Checked::Publish { tags, raw_data },
+        }));
+    }
+    if cx.state.standing.expired() {
+        return Err(expired("publish"));
+    }
+    let id = cx.id;
+    cx.delivery().publish_checked(id, &tags, &raw_data);
+    cx.flush();
+    Ok(Step::Done)
+}
