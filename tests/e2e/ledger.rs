@@ -401,3 +401,114 @@ async fn cycle(i: usize, tcp: &str, ws: &str, http: &str) {
         }
     }
 }
+
+/// Attack 2 over WebSocket and HTTP, where the listener (not the broker)
+/// holds a message while it arrives: 100 WebSockets each send half of a
+/// 1 MB text frame, and 100 HTTP publishes half of a 1 MB body, under a
+/// 32 MiB budget. What the listeners hold is charged: those that cannot
+/// be held are closed (1013 "try again later", or `503`), memory stays
+/// within the budget, and the rest are answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_big_messages_over_websocket_and_http_are_charged() {
+    let server = web::server_with_all_listeners(&["--max-memory", "32MiB"]);
+    let pid = server.pid();
+    let watchdog = Watchdog::start(&server).await;
+    let data = "w".repeat(999_900);
+    // WebSocket: a ping whose data makes it 1 MB, in one masked frame.
+    let message = format!("{{\"command\":\"ping\",\"data\":\"{data}\"}}");
+    let frame = masked_frame(message.as_bytes());
+    let (ws_first, ws_second) = frame.split_at(frame.len() / 2);
+    // HTTP: a publish body of 1 MB.
+    let body = format!("{{\"tags\":[\"nobody\"],\"data\":\"{data}\"}}");
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: mist\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (body_first, body_second) = body.as_bytes().split_at(body.len() / 2);
+    let ws_addr = server.addr("ws");
+    let http_addr = server.addr("http");
+    let mut sockets = Vec::new();
+    for i in 0..200 {
+        let websocket = i % 2 == 0;
+        let addr = if websocket { &ws_addr } else { &http_addr };
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        if websocket {
+            let upgrade = "GET / HTTP/1.1\r\nHost: mist\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+            stream.write_all(upgrade.as_bytes()).await.expect("upgrade");
+            let mut reader = BufReader::new(stream);
+            loop {
+                let mut line = String::new();
+                tokio::time::timeout(TIMEOUT, reader.read_line(&mut line))
+                    .await
+                    .expect("handshake in time")
+                    .expect("read");
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            stream = reader.into_inner();
+            stream.write_all(ws_first).await.expect("first half");
+        } else {
+            stream.write_all(head.as_bytes()).await.expect("head");
+            stream.write_all(body_first).await.expect("first half");
+        }
+        sockets.push((websocket, stream));
+    }
+    let who = until_who(&server, TIMEOUT, |w| {
+        figure(w, "closed_for_memory") > 0 || figure(w, "queue_bytes") > 16 << 20
+    })
+    .await;
+    eprintln!("figure: 100 half-sent 1 MB WebSocket frames and 100 half-sent 1 MB HTTP bodies, 32 MiB budget, half sent: RSS {} MiB, {who}", rss_mib(pid));
+    let (mut answered, mut closed) = (0, 0);
+    for (websocket, mut stream) in sockets {
+        let rest = if websocket { ws_second } else { body_second };
+        let _ = stream.write_all(rest).await;
+        // Read until the answer tells: a pong or a `204`, or an error, a
+        // `503`, a close.
+        let mut reply = Vec::new();
+        let answer = loop {
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            if text.contains("\"pong\"") || text.contains(" 204 ") {
+                break true;
+            }
+            if text.contains("error") || text.contains(" 503 ") {
+                break false;
+            }
+            let mut buffer = [0u8; 4096];
+            let read = tokio::time::timeout(
+                TIMEOUT,
+                tokio::io::AsyncReadExt::read(&mut stream, &mut buffer),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no answer in time: {text:?}"));
+            match read {
+                Ok(0) | Err(_) => break false, // closed
+                Ok(n) => reply.extend_from_slice(&buffer[..n]),
+            }
+        };
+        if answer {
+            answered += 1;
+        } else {
+            closed += 1;
+        }
+    }
+    let peak = peak_rss_mib(pid);
+    let slowest = watchdog.finish().await;
+    let who = until_who(&server, TIMEOUT, |w| figure(w, "queue_bytes") == 0).await;
+    eprintln!("figure: 100 + 100 half-sent 1 MB messages, 32 MiB budget: {answered} answered, {closed} closed, peak RSS {peak} MiB, slowest ping {slowest} ms, {who}");
+    assert_eq!(answered + closed, 200);
+    assert!(figure(&who, "closed_for_memory") > 0, "{who}");
+    assert!(answered > 0, "some are answered");
+    assert!(peak <= 32 + SLACK_MIB, "peak RSS {peak} MiB");
+    assert!(slowest < 1000, "a newcomer's ping took {slowest} ms");
+}
+
+/// A client's masked text frame carrying `payload`, with a 64-bit length.
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&KEY);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    frame
+}
