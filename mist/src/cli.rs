@@ -162,17 +162,17 @@ pub struct TlsArgs {
 #[derive(Debug, Default, Args)]
 pub struct LimitArgs {
     /// Longest accepted line, WebSocket message or HTTP body [default: 1MiB].
-    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_message_bytes: Option<usize>,
 
     /// Bytes one client may have waiting (deliveries and replies) before its
     /// newest deliveries are dropped [default: 64MiB].
-    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_queue_bytes: Option<usize>,
 
     /// Bytes waiting for all clients together; over it the largest queues
     /// drop first [default: a quarter of the machine's memory].
-    #[arg(long, value_parser = crate::config::parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_memory: Option<usize>,
 
     /// Tags in one message or one subscription [default: 1024].
@@ -188,23 +188,23 @@ pub struct LimitArgs {
     pub max_connections: Option<usize>,
 
     /// Disconnect a subscriber whose queue has been full this long [default: 30s].
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub slow_consumer_timeout: Option<Duration>,
 
     /// Close an HTTP connection whose request header has not arrived in time [default: 10s].
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub header_timeout: Option<Duration>,
 
     /// Close a WebSocket or TLS handshake not finished in time [default: 10s].
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub handshake_timeout: Option<Duration>,
 
     /// Answer an HTTP request the broker has not answered in time with 504,
     /// token check included [default: 30s].
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub request_timeout: Option<Duration>,
 
     /// On SIGINT/SIGTERM, how long to go on writing what is queued [default: 5s].
-    #[arg(long, value_parser = crate::config::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Option<Duration>,
 }

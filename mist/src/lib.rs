@@ -22,8 +22,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`], [`config`], [`logging`]: the command-line flags, the
-//!   configuration file and the log.
+//! - [`cli`], [`config`], [`logging`], [`units`]: the command-line flags,
+//!   the configuration file, the log, and the sizes and durations both read.
 //! - [`server`]: start-up and shutdown: plugins, authenticator, listeners.
 //! - [`metrics`], [`health`]: `/metrics` and `/readyz`, as the HTTP listener
 //!   serves them through the broker handle.
@@ -47,3 +47,4 @@ pub mod metrics;
 pub mod plugins;
 pub mod server;
 pub mod tags;
+pub mod units;
