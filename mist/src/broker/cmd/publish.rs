@@ -17,37 +17,31 @@ pub(super) fn run(
 ) -> Result<Step, Refusal> {
     let raw_data = data.map_err(|e| Refusal::protocol("publish", e))?;
     match cx.permission("publish")? {
-        Permission::Free => {
-            let id = cx.id;
-            cx.delivery()
-                .publish(id, tags, raw_data)
-                .map_err(|e| Refusal::protocol("publish", e))?;
-            Ok(Step::Done)
-        }
+        Permission::Free => {}
         Permission::Signed => {
             let parsed = TagSet::parse(tags, cx.shared.limits.max_tags)
                 .map_err(|e| Refusal::protocol("publish", e))?;
             cx.signed_holds("publish", &parsed)?;
-            // Then published as a free session's, from its raw tags: a run
-            // of publishes with the same tags is still matched once.
-            let id = cx.id;
-            cx.delivery()
-                .publish(id, tags, raw_data)
-                .map_err(|e| Refusal::protocol("publish", e))?;
-            Ok(Step::Done)
+            // Then published as a free session's, from its raw tags: a
+            // run of publishes with the same tags is still matched once.
         }
         Permission::Store(token) => {
             let tags = TagSet::parse(tags, cx.shared.limits.max_tags)
                 .map_err(|e| Refusal::protocol("publish", e))?;
-            Ok(Step::Wait(Pending::Check {
+            return Ok(Step::Wait(Pending::Check {
                 token,
                 op: Checked::Publish {
                     tags: tags.into_owned(),
                     raw_data: raw_data.to_string(),
                 },
-            }))
+            }));
         }
     }
+    let id = cx.id;
+    cx.delivery()
+        .publish(id, tags, raw_data)
+        .map_err(|e| Refusal::protocol("publish", e))?;
+    Ok(Step::Done)
 }
 
 /// The store allowed the publish: delivered now, unless a revocation
