@@ -179,6 +179,18 @@ struct Run {
 }
 
 impl Batch {
+    /// The bytes its buffers hold. A session keeps its batch for the next
+    /// feed only while this is small: a publisher that went quiet after a
+    /// burst goes back to its idle footprint.
+    pub(crate) fn footprint(&self) -> usize {
+        self.buf.capacity()
+            + self.ends.capacity() * std::mem::size_of::<usize>()
+            + self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.targets.capacity() * std::mem::size_of::<u32>()
+            + self.run_tags.capacity()
+            + self.cluster_tags.capacity() * std::mem::size_of::<String>()
+    }
+
     fn publish(
         &mut self,
         router: &Router,

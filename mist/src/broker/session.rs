@@ -514,6 +514,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_publisher_keeps_a_small_batch_and_gives_a_big_one_back() {
+        let shared = open_broker(Limits::default());
+        let subscriber = Client::open(&shared, None);
+        subscriber
+            .request(&[json!({"command": "subscribe", "tags": ["t0"]})])
+            .await;
+        let publisher = Client::open(&shared, None);
+        assert!(publisher
+            .session
+            .feed(b"{\"command\":\"publish\",\"tags\":[\"t0\"],\"data\":\"x\"}\n")
+            .is_none());
+        assert!(publisher.session.state.lock().batch.is_some(), "kept");
+        // A burst over many topics: a run each, thousands of them.
+        let burst: String = (0..5000)
+            .map(|i| format!("{{\"command\":\"publish\",\"tags\":[\"t{i}\"],\"data\":\"x\"}}\n"))
+            .collect();
+        assert!(publisher.session.feed(burst.as_bytes()).is_none());
+        assert!(
+            publisher.session.state.lock().batch.is_none(),
+            "a burst's buffers are given back"
+        );
+        assert_eq!(subscriber.received().len(), 2);
+    }
+
+    #[tokio::test]
     async fn input_after_a_waiting_step_takes_effect_after_it() {
         let (shared, store) = admin_broker(Limits::default());
         store.set("user", &["a"]);

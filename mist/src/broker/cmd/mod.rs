@@ -161,6 +161,9 @@ impl Refusal {
     }
 }
 
+/// A session keeps its publish batch between feeds up to this size.
+const KEEP_BATCH: usize = 64 * 1024;
+
 pub(crate) const NOT_AUTHENTICATED: &str = "not authenticated: send auth with a valid token first";
 
 pub(crate) const EXPIRED: &str = "token expired: send auth with a new token";
@@ -197,7 +200,11 @@ impl<'s> Context<'s> {
     pub(crate) fn flush(&mut self) {
         if let Some(delivery) = self.delivery.take() {
             let (_, batch) = delivery.finish();
-            self.state.batch = Some(batch);
+            // Kept for the next feed unless a burst grew it: an idle
+            // publisher holds little.
+            if batch.footprint() <= KEEP_BATCH {
+                self.state.batch = Some(batch);
+            }
         }
     }
 
