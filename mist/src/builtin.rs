@@ -14,6 +14,7 @@ pub fn modules() -> Vec<ModuleRef> {
         mist_plugin_memory::module(),
         mist_plugin_scribble::module(),
         mist_plugin_postgres::module(),
+        mist_plugin_jwt::module(),
         mist_plugin_redis::module(),
         mist_plugin_nats::module(),
     ]

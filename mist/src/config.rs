@@ -11,7 +11,10 @@ use mist_sdk::tls::TlsParams;
 use crate::broker::Limits;
 use crate::cli::ServerArgs;
 use crate::logging::LogFormat;
-use crate::units::{parse_duration, parse_size};
+
+// Still here, where they were defined first. They live in `units`, which
+// `cli` uses too: `cli` importing from `config` made an import circle.
+pub use crate::units::{parse_duration, parse_size};
 
 /// The listeners started when none are given.
 pub const DEFAULT_LISTENERS: &[&str] = &[

@@ -48,6 +48,13 @@ pub struct Figures {
     pub queue_bytes: u64,
     /// Failed `auth` commands and refused connect-time tokens.
     pub auth_failures: u64,
+    /// Tokens the authenticator accepted.
+    pub tokens_accepted: u64,
+    /// Tokens it refused, by reason (`expired`, `bad_signature`, ...;
+    /// every reason present, at zero when none was refused for it).
+    pub tokens_refused: BTreeMap<String, u64>,
+    /// Connections whose token expired while they were open.
+    pub tokens_expired: u64,
     /// Errors and panics returned by plugin calls, by plugin name.
     pub plugin_errors: BTreeMap<String, u64>,
     /// Time from a publish being read to its deliveries being queued.
@@ -253,6 +260,30 @@ impl Collector for Snapshot {
             "Failed auth commands and refused connect-time tokens",
             None,
             f.auth_failures,
+        )?;
+        counter(
+            e,
+            "tokens_accepted",
+            "Tokens the authenticator accepted (auth, at connect, refreshes)",
+            None,
+            f.tokens_accepted,
+        )?;
+        labelled(
+            e,
+            (
+                "tokens_refused",
+                "Tokens the authenticator refused, by reason",
+                MetricType::Counter,
+            ),
+            "reason",
+            &f.tokens_refused,
+        )?;
+        counter(
+            e,
+            "tokens_expired",
+            "Connections whose token expired while they were open",
+            None,
+            f.tokens_expired,
         )?;
         labelled(
             e,
@@ -545,6 +576,10 @@ mod tests {
         figures.messages_delivered = 22;
         figures.messages_dropped = 1;
         figures.plugin_errors.insert("postgres".into(), 2);
+        figures.tokens_accepted = 9;
+        figures.tokens_refused.insert("expired".into(), 4);
+        figures.tokens_refused.insert("bad_signature".into(), 0);
+        figures.tokens_expired = 6;
         figures.publish_latency.buckets = LATENCY_BUCKETS
             .iter()
             .map(|&b| (b, if b >= 0.001 { 4 } else { 1 }))
@@ -569,6 +604,19 @@ mod tests {
         assert_eq!(sample(&text, "mist_messages_received_total"), Some(11.0));
         assert_eq!(sample(&text, "mist_messages_delivered_total"), Some(22.0));
         assert_eq!(sample(&text, "mist_messages_dropped_total"), Some(1.0));
+        assert_eq!(sample(&text, "mist_tokens_accepted_total"), Some(9.0));
+        assert_eq!(
+            sample(&text, r#"mist_tokens_refused_total{reason="expired"}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"mist_tokens_refused_total{reason="bad_signature"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "mist_tokens_expired_total"), Some(6.0));
         assert_eq!(
             sample(&text, "mist_slow_consumers_disconnected_total"),
             Some(0.0)

@@ -360,6 +360,25 @@ pub trait AuthenticatorApi: Clone + Send + Sync + 'static {
     /// `Ok` when the store can be reached; `UNAVAILABLE` with the reason
     /// when it cannot. Read by the host's readiness check. Since sdk 0.2.
     fn check(&self) -> FfiFuture<RResult<(), SdkError>>;
+
+    /// Checks `token` as a connection presents it and says what it grants:
+    /// its tags and until when. A refused token is an [`AuthError`] whose
+    /// error is of kind `UNAUTHENTICATED` and whose [`Rejection`] says why;
+    /// any other kind means the store failed (`UNAVAILABLE`, ...). The
+    /// host asks it for every `auth` and every token given at connect.
+    /// Since sdk 0.3.
+    fn authenticate(&self, token: RString) -> FfiFuture<RResult<Grant, AuthError>>;
+
+    /// `false` for an authenticator that keeps no tokens (signed tokens,
+    /// each checked on its own): the host then answers the registry
+    /// commands (`register`, `set`, `unset`, `unregister`, `tags`) with an
+    /// error without calling the store, keeps each connection's [`Grant`]
+    /// for its permission checks instead of asking [`may_use`] at every
+    /// command, and lets a connection replace its token with a later
+    /// `auth`. Asked once, when the host opens the store. Since sdk 0.3.
+    ///
+    /// [`may_use`]: AuthenticatorApi::may_use
+    fn keeps_tokens(&self) -> bool;
 }
 
 /// An open token store, owned by the host.
@@ -524,3 +543,94 @@ pub trait BackplaneInboxApi: Clone + Send + Sync + 'static {
 
 /// The host's inbox for one backplane connection.
 pub type BackplaneInboxBox = BackplaneInboxApi_TO<RArc<()>>;
+
+/// What an accepted token grants: returned by
+/// [`AuthenticatorApi::authenticate`]. Since sdk 0.3.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The tags the token holds. A connection may subscribe and publish
+    /// exactly the tag sets whose every tag is among them.
+    pub tags: RVec<RString>,
+    /// The Unix time, in milliseconds, from which the grant no longer
+    /// holds (for a JWT: its `exp` plus the leeway). The host then takes
+    /// every subscription of the connection away, with a `revoked` notice.
+    /// `None`: until the token is revoked in the store.
+    pub expires_at_ms: ROption<u64>,
+}
+
+/// Why an authenticator refused a token: the host answers each with its
+/// own error and counts refusals by it. A number rather than an enum so
+/// that reasons can be added without breaking the ABI; treat unknown
+/// values like [`Rejection::UNKNOWN_TOKEN`]. Since sdk 0.3.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rejection(pub u8);
+
+impl Rejection {
+    /// The store does not know the token (a registry of tokens).
+    pub const UNKNOWN_TOKEN: Rejection = Rejection(0);
+    /// Not a well-formed token (for a JWT: not three base64url parts, a
+    /// header or claims that are not JSON, a claim of the wrong type, a
+    /// required claim missing, too large).
+    pub const MALFORMED: Rejection = Rejection(1);
+    /// The signature does not match.
+    pub const BAD_SIGNATURE: Rejection = Rejection(2);
+    /// The token's algorithm is not allowed: `none`, or one that does not
+    /// belong to the key's type (an HMAC token against an RSA key).
+    pub const ALGORITHM: Rejection = Rejection(3);
+    /// The token names a key (`kid`) the authenticator does not have.
+    pub const UNKNOWN_KEY: Rejection = Rejection(4);
+    /// The token has expired.
+    pub const EXPIRED: Rejection = Rejection(5);
+    /// The token is not valid yet (`nbf`).
+    pub const NOT_YET_VALID: Rejection = Rejection(6);
+    /// The token is meant for another audience (`aud`).
+    pub const WRONG_AUDIENCE: Rejection = Rejection(7);
+    /// The token was issued by another issuer (`iss`).
+    pub const WRONG_ISSUER: Rejection = Rejection(8);
+
+    /// Every reason this version knows, in order.
+    pub const ALL: [Rejection; 9] = [
+        Self::UNKNOWN_TOKEN,
+        Self::MALFORMED,
+        Self::BAD_SIGNATURE,
+        Self::ALGORITHM,
+        Self::UNKNOWN_KEY,
+        Self::EXPIRED,
+        Self::NOT_YET_VALID,
+        Self::WRONG_AUDIENCE,
+        Self::WRONG_ISSUER,
+    ];
+
+    /// A short name for metrics labels and logs (`"expired"`); `"other"`
+    /// for a value this version does not know.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UNKNOWN_TOKEN => "unknown_token",
+            Self::MALFORMED => "malformed",
+            Self::BAD_SIGNATURE => "bad_signature",
+            Self::ALGORITHM => "algorithm",
+            Self::UNKNOWN_KEY => "unknown_key",
+            Self::EXPIRED => "expired",
+            Self::NOT_YET_VALID => "not_yet_valid",
+            Self::WRONG_AUDIENCE => "wrong_audience",
+            Self::WRONG_ISSUER => "wrong_issuer",
+            _ => "other",
+        }
+    }
+}
+
+/// A token that was not accepted: refused (`error.kind` is
+/// `UNAUTHENTICATED`, `rejection` says why), or a store that failed (any
+/// other kind; `rejection` means nothing then). Since sdk 0.3.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct AuthError {
+    /// Why the token was refused.
+    pub rejection: Rejection,
+    /// What went wrong, for people: the client reads it in its error
+    /// reply. Never contains the token or a claim's value.
+    pub error: SdkError,
+}

@@ -143,7 +143,8 @@ pub mod tls;
 mod uri;
 
 pub use abi::{
-    Access, BrokerStats, ListenerLimits, LogLevel, Message, PluginInfo, Readiness, SessionInfo,
+    Access, AuthError, BrokerStats, Grant, ListenerLimits, LogLevel, Message, PluginInfo,
+    Readiness, Rejection, SessionInfo,
 };
 pub use auth::Authenticator;
 pub use backplane::{Backplane, Confirmation, Inbox, Outbox, Outgoing};

@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod example_plugin;
 mod http;
+mod jwt;
 mod ledger;
 mod listeners;
 mod ops;

@@ -11,6 +11,7 @@ pub mod backplane;
 pub mod browser;
 pub mod client;
 pub mod devtools;
+pub mod jwt;
 pub mod nats;
 pub mod postgres;
 pub mod prometheus;

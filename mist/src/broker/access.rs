@@ -14,6 +14,11 @@
 //! check began (else it is checked again), all under the router's write
 //! lock, so a grant can never land after the revocation that should have
 //! removed it.
+//!
+//! A signed token (a JWT, from an authenticator that keeps no tokens) is
+//! not in any store: its grant is kept by its session (`state`'s
+//! `Credential`), it is never revoked by an admin, and it ends at its
+//! expiry (`expiry`) or when a later `auth` replaces it (`cmd/auth.rs`).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -16,13 +16,15 @@
 //!
 //! Around it: `state` (a session's state), `shared` (what every session
 //! shares, and the operations on it), `access` (the sessions of each
-//! token, for revocation), `limits`, `id` (session ids), `cluster` (what
-//! other nodes send in), `figures` (the counters metrics read).
+//! token, for revocation), `expiry` (the deadlines of tokens that expire,
+//! a JWT's `exp`), `limits`, `id` (session ids), `cluster` (what other
+//! nodes send in), `figures` (the counters metrics read).
 
 mod access;
 mod cluster;
 mod cmd;
 mod delivery;
+mod expiry;
 mod figures;
 mod framing;
 mod handle;
@@ -99,6 +101,7 @@ impl Broker {
                 plugin_errors: Mutex::new(BTreeMap::new()),
                 health: Arc::default(),
                 cluster: OnceLock::new(),
+                expiry: expiry::Expiry::default(),
             }),
         }
     }
@@ -111,14 +114,27 @@ impl Broker {
         server_token: String,
         plugin: &str,
     ) -> Result<(), BrokerError> {
+        let keeps_tokens = store.keeps_tokens();
         self.shared
             .auth
             .set(Auth {
                 store,
                 server_token,
                 plugin: plugin.into(),
+                keeps_tokens,
             })
-            .map_err(|_| BrokerError::AuthenticatorSet)
+            .map_err(|_| BrokerError::AuthenticatorSet)?;
+        // Tokens may expire from now on: one task takes the subscriptions
+        // of every session whose token did. (Without a runtime, as when
+        // fuzzing, expiry is enforced at each command only.)
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let wake = self.shared.expiry.waker();
+                runtime.spawn(shared::expire(Arc::downgrade(&self.shared), wake));
+            }
+            Err(_) => tracing::debug!("no runtime: token expiry is checked at each command only"),
+        }
+        Ok(())
     }
 
     /// What the cluster calls back into: messages from other nodes, and

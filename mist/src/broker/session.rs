@@ -458,10 +458,11 @@ impl Session {
         }
         self.shared.router.write().remove_session(self.id);
         self.output.close();
-        let key = self.state.lock().standing.token.as_ref().map(|t| t.key);
+        let key = self.state.lock().standing.registered().map(|t| t.key);
         if let Some(key) = key {
             self.shared.tokens.leave(&key, self.id);
         }
+        self.shared.expiry.forget(self.id);
         tracing::debug!(
             session = %self.id,
             dropped = self.output.dropped(),

@@ -1,16 +1,19 @@
 //! What every session, listener and step shares: the router, the limits,
-//! the ledger, the authenticator, the counters; and the operations on them
-//! that are not one command's (admission, eviction, revocation, figures).
+//! the ledger, the authenticator, the counters, the deadlines of expiring
+//! tokens; and the operations on them that are not one command's
+//! (admission, eviction, revocation, expiry, figures).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 use mist_sdk::abi::{AuthenticatorBox, PluginBox};
 use mist_sdk::{BrokerStats, SdkError};
 use parking_lot::{Mutex, RwLock};
 
 use super::access::{Revoked, TokenKey, Tokens};
+use super::expiry::Expiry;
 use super::figures;
 use super::id::SessionId;
 use super::ledger::Ledger;
@@ -44,6 +47,8 @@ pub(crate) struct Shared {
     /// This node's cluster, set once at start-up (`--cluster`). The router
     /// holds it too, for the subscription and publish paths.
     pub(crate) cluster: OnceLock<Cluster>,
+    /// The deadlines of sessions whose token expires.
+    pub(crate) expiry: Expiry,
 }
 
 #[derive(Default)]
@@ -53,7 +58,26 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
+    /// Tokens the authenticator accepted (`auth`, at connect, refreshes).
+    pub(crate) tokens_accepted: AtomicU64,
+    /// Tokens it refused, by [`mist_sdk::Rejection`] (the last slot: a
+    /// reason this version does not know).
+    pub(crate) tokens_refused: [AtomicU64; REJECTIONS + 1],
+    /// Sessions whose token expired while they were open.
+    pub(crate) tokens_expired: AtomicU64,
     pub(crate) publish_latency: figures::Histogram,
+}
+
+/// The refusal reasons this version counts apart.
+const REJECTIONS: usize = mist_sdk::Rejection::ALL.len();
+
+impl Counters {
+    /// Counts a token the authenticator refused for `rejection`.
+    pub(crate) fn token_refused(&self, rejection: mist_sdk::Rejection) {
+        let slot = usize::from(rejection.0).min(REJECTIONS);
+        self.tokens_refused[slot].fetch_add(1, Ordering::Relaxed);
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Admin mode: the store of registered tokens and the server's own token.
@@ -62,6 +86,10 @@ pub(crate) struct Auth {
     pub(crate) server_token: String,
     /// The plugin that provides the store, for its error count.
     pub(crate) plugin: Arc<str>,
+    /// `false` for an authenticator that keeps no tokens (JWT): grants
+    /// are kept by the sessions, refreshed by a later `auth`, and the
+    /// registry commands are refused.
+    pub(crate) keeps_tokens: bool,
 }
 
 /// Where a custom command goes.
@@ -124,6 +152,15 @@ impl Shared {
                 .map_or(0, |h| h.metrics().num_alive_tasks() as u64),
             queue_bytes: self.ledger.used() as u64,
             auth_failures: stats.auth_failures.load(Ordering::Relaxed),
+            tokens_accepted: stats.tokens_accepted.load(Ordering::Relaxed),
+            tokens_refused: mist_sdk::Rejection::ALL
+                .iter()
+                .map(|r| r.name())
+                .chain(["other"])
+                .zip(&stats.tokens_refused)
+                .map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed)))
+                .collect(),
+            tokens_expired: stats.tokens_expired.load(Ordering::Relaxed),
             plugin_errors: self.plugin_errors.lock().clone(),
             publish_latency: stats.publish_latency.snapshot(),
             cluster: self.cluster.get().map(Cluster::figures),
@@ -215,6 +252,8 @@ impl Shared {
 
 const NOTICE: &str =
     "subscription revoked: the token no longer holds every tag of this subscription";
+/// When a connection's token expires.
+pub(crate) const EXPIRED_NOTICE: &str = "subscription revoked: the token expired";
 
 impl Shared {
     /// Takes from every open session of `key` each subscription that holds
@@ -233,25 +272,28 @@ impl Shared {
         let mut count = 0;
         let mut router = self.router.write();
         for session in sessions {
-            let removed = router.prune(session, keep);
-            if removed.is_empty() {
+            let removed = revoke_from(&mut router, session, keep, NOTICE);
+            if removed == 0 {
                 continue;
             }
-            count += removed.len();
-            if let Some(output) = router.output(session) {
-                let mut out = Vec::new();
-                for set in &removed {
-                    protocol::notice(&mut out, "revoked", set, NOTICE);
-                }
-                // Queued in order after the deliveries already queued, and
-                // never dropped, like a reply: the client must learn of it
-                // (an SSE stream ends on it), and there is at most one per
-                // subscription the session held.
-                output.push_reply(out);
-            }
-            tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
+            count += removed;
+            tracing::info!(session = %session, subscriptions = removed, "revoked subscriptions of a session whose token lost tags");
         }
         count
+    }
+
+    /// Takes every subscription of each session whose grant has ended.
+    pub(crate) fn expire_due(&self) {
+        let mut router = self.router.write();
+        let due = self.expiry.take_due(Instant::now());
+        for session in due {
+            if !router.is_open(session) {
+                continue;
+            }
+            let removed = revoke_from(&mut router, session, |_| false, EXPIRED_NOTICE);
+            self.stats.tokens_expired.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(session = %session, subscriptions = removed, "a session's token expired: its subscriptions were revoked");
+        }
     }
 
     /// Another node says the token with `key` changed: ask the store what
@@ -271,5 +313,59 @@ impl Shared {
             }
         };
         self.revoke(key, Revoked::AllowedNow(&allowed));
+    }
+}
+
+/// Takes from `session` every subscription `keep` refuses, and queues a
+/// `revoked` notice saying `why` for each. Returns how many went. Called
+/// with the router's write lock held, so that no publish matched through a
+/// subscription can be queued after its notice.
+pub(crate) fn revoke_from(
+    router: &mut Router,
+    session: SessionId,
+    keep: impl Fn(&[String]) -> bool,
+    why: &str,
+) -> usize {
+    let removed = router.prune(session, keep);
+    if removed.is_empty() {
+        return 0;
+    }
+    if let Some(output) = router.output(session) {
+        let mut out = Vec::new();
+        for set in &removed {
+            protocol::notice(&mut out, "revoked", set, why);
+        }
+        // Queued in order after the deliveries already queued, and never
+        // dropped, like a reply: the client must learn of it (an SSE stream
+        // ends on it), and there is at most one per subscription the
+        // session held.
+        output.push_reply(out);
+    }
+    removed.len()
+}
+
+/// The task that expires grants, for as long as the broker exists.
+/// `wake` is the broker's [`Expiry::waker`]: a deadline set before this
+/// task waits leaves a permit, so no earlier deadline is missed. One task
+/// serves every session: no session has a timer of its own.
+pub(crate) async fn expire(shared: Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = match shared.upgrade() {
+            Some(shared) => shared.expiry.next(),
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.expire_due();
     }
 }

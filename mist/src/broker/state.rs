@@ -6,8 +6,9 @@
 //! router and the listener's writer reach too, lives apart.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
-use mist_sdk::Access;
+use mist_sdk::{Access, Grant};
 
 use super::access::{is_server_token, Token};
 use super::delivery::Batch;
@@ -18,16 +19,105 @@ use super::shared::Shared;
 #[derive(Debug, Clone)]
 pub(crate) struct Standing {
     pub(crate) access: Access,
-    /// The registered token of an `Access::TOKEN` session (boxed: most
-    /// sessions have none, and it is 56 bytes).
-    pub(crate) token: Option<Box<Token>>,
+    /// The token of an `Access::TOKEN` session, or why an anonymous
+    /// session's token given at connect was refused (boxed: most sessions
+    /// have none, and it is 56 bytes).
+    pub(crate) credential: Option<Box<Credential>>,
 }
 
 impl Standing {
     pub(crate) fn new(access: Access) -> Standing {
         Standing {
             access,
-            token: None,
+            credential: None,
+        }
+    }
+
+    /// The registered token of a session that has one.
+    pub(crate) fn registered(&self) -> Option<&Token> {
+        match self.credential.as_deref() {
+            Some(Credential::Registered { token, .. }) => Some(token),
+            _ => None,
+        }
+    }
+
+    /// Whether the session authenticated with a signed token (a JWT),
+    /// which a later `auth` may replace.
+    pub(crate) fn is_signed(&self) -> bool {
+        matches!(self.credential.as_deref(), Some(Credential::Signed { .. }))
+    }
+
+    /// Whether the session's grant has ended.
+    pub(crate) fn expired(&self) -> bool {
+        self.credential
+            .as_deref()
+            .and_then(Credential::until)
+            .is_some_and(|until| Instant::now() >= until)
+    }
+}
+
+/// What a session authenticated with.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    /// A token registered in the store: its tags are looked up in the
+    /// store at each command, so an admin's change applies at once.
+    Registered {
+        token: Token,
+        until: Option<Instant>,
+    },
+    /// A token that carries its grant (a JWT, from an authenticator that
+    /// keeps no tokens): checked once; its tags hold until `until`.
+    Signed {
+        /// Sorted, each once.
+        tags: Box<[String]>,
+        until: Option<Instant>,
+    },
+    /// An anonymous session's token given at connect, refused: why, for
+    /// the errors its commands get.
+    Refused(Box<str>),
+}
+
+impl Credential {
+    /// What an authenticator's `grant` for `token` gives, `until` the
+    /// monotonic instant it ends. The token is kept only for a store that
+    /// keeps tokens (to ask it again at each command).
+    pub(crate) fn new(
+        keeps_tokens: bool,
+        token: String,
+        grant: Grant,
+        until: Option<Instant>,
+    ) -> Credential {
+        if keeps_tokens {
+            return Credential::Registered {
+                token: Token::new(token),
+                until,
+            };
+        }
+        let mut tags: Vec<String> = grant.tags.into_iter().map(|t| t.into_string()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        Credential::Signed {
+            tags: tags.into_boxed_slice(),
+            until,
+        }
+    }
+
+    /// When the grant ends, if it does.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        match self {
+            Credential::Registered { until, .. } | Credential::Signed { until, .. } => *until,
+            Credential::Refused(_) => None,
+        }
+    }
+
+    /// For a signed token: whether it holds every one of `tags`.
+    pub(crate) fn holds<S: AsRef<str>>(&self, tags: &[S]) -> bool {
+        match self {
+            Credential::Signed { tags: held, .. } => tags.iter().all(|t| {
+                held.binary_search_by(|h| h.as_str().cmp(t.as_ref()))
+                    .is_ok()
+            }),
+            _ => false,
         }
     }
 }

@@ -10,7 +10,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RErr, ROk, RResult, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt};
 use mist_sdk::abi::{AuthenticatorApi, AuthenticatorApi_TO, OutputWakerApi, OutputWakerApi_TO};
-use mist_sdk::{SdkError, SessionInfo};
+use mist_sdk::{AuthError, Grant, Rejection, SdkError, SessionInfo};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -236,5 +236,106 @@ impl AuthenticatorApi for Store {
 
     fn check(&self) -> FfiFuture<RResult<(), SdkError>> {
         Self::done(ROk(()))
+    }
+
+    fn authenticate(&self, token: RString) -> FfiFuture<RResult<Grant, AuthError>> {
+        let result = match self.tokens.lock().get(token.as_str()) {
+            Some(held) => ROk(Grant::new(held.iter().cloned())),
+            None => RErr(AuthError::rejected(
+                Rejection::UNKNOWN_TOKEN,
+                "invalid token",
+            )),
+        };
+        async move { result }.into_ffi()
+    }
+
+    fn keeps_tokens(&self) -> bool {
+        true
+    }
+}
+
+/// A store of signed tokens, as the `jwt` plugin is: it keeps no tokens,
+/// and each token it knows grants tags until a time (Unix ms).
+#[derive(Clone, Default)]
+pub(crate) struct SignedStore {
+    grants: Arc<Mutex<HashMap<String, Granted>>>,
+}
+
+/// A signed token's tags, and when it ends (Unix ms).
+type Granted = (Vec<String>, Option<u64>);
+
+impl SignedStore {
+    /// `token` grants `tags` for `lasts` from now (for ever: `None`).
+    pub(crate) fn grant(&self, token: &str, tags: &[&str], lasts: Option<std::time::Duration>) {
+        let until = lasts.map(|d| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970");
+            (now + d).as_millis() as u64
+        });
+        self.grants.lock().insert(
+            token.into(),
+            (tags.iter().map(|t| t.to_string()).collect(), until),
+        );
+    }
+}
+
+/// A broker in admin mode over a [`SignedStore`].
+pub(crate) fn signed_broker(limits: Limits) -> (Arc<Shared>, SignedStore) {
+    let broker = Broker::new(limits);
+    let store = SignedStore::default();
+    let api = AuthenticatorApi_TO::from_ptr(RArc::new(store.clone()), TD_Opaque);
+    broker
+        .set_authenticator(api, ADMIN.into(), "test-jwt")
+        .expect("first authenticator");
+    (broker.shared, store)
+}
+
+impl AuthenticatorApi for SignedStore {
+    fn add_token(&self, _: RString, _: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
+        unreachable!("the broker never asks a store that keeps no tokens to register one")
+    }
+
+    fn remove_token(&self, _: RString) -> FfiFuture<RResult<(), SdkError>> {
+        unreachable!("the broker never asks a store that keeps no tokens to unregister one")
+    }
+
+    fn add_tags(&self, _: RString, _: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
+        unreachable!("the broker never asks a store that keeps no tokens to set tags")
+    }
+
+    fn remove_tags(&self, _: RString, _: RVec<RString>) -> FfiFuture<RResult<(), SdkError>> {
+        unreachable!("the broker never asks a store that keeps no tokens to unset tags")
+    }
+
+    fn tags(&self, _: RString) -> FfiFuture<RResult<RVec<RString>, SdkError>> {
+        unreachable!("the broker keeps a signed token's grant")
+    }
+
+    fn may_use(&self, _: RString, _: RVec<RString>) -> FfiFuture<RResult<bool, SdkError>> {
+        unreachable!("the broker checks a signed token's grant itself")
+    }
+
+    fn check(&self) -> FfiFuture<RResult<(), SdkError>> {
+        Store::done(ROk(()))
+    }
+
+    fn authenticate(&self, token: RString) -> FfiFuture<RResult<Grant, AuthError>> {
+        let result = match self.grants.lock().get(token.as_str()) {
+            Some((tags, until)) => {
+                let mut grant = Grant::new(tags.iter().cloned());
+                grant.expires_at_ms = (*until).into();
+                ROk(grant)
+            }
+            None => RErr(AuthError::rejected(
+                Rejection::BAD_SIGNATURE,
+                "bad signature: made up",
+            )),
+        };
+        async move { result }.into_ffi()
+    }
+
+    fn keeps_tokens(&self) -> bool {
+        false
     }
 }

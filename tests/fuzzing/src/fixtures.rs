@@ -12,7 +12,7 @@ use mist_sdk::abi::{
     AuthenticatorApi, AuthenticatorApi_TO, AuthenticatorBox, BackplaneBox, BackplaneInboxBox,
     CommandContext, ListenerBox, PluginApi, PluginApi_TO,
 };
-use mist_sdk::{Authenticator, Message, SdkError};
+use mist_sdk::{AuthError, Authenticator, Grant, Message, SdkError};
 
 use mist::broker::{Broker, CommandRoute};
 
@@ -102,6 +102,15 @@ impl AuthenticatorApi for Store {
 
     fn check(&self) -> FfiFuture<RResult<(), SdkError>> {
         ready(Ok(()))
+    }
+
+    fn authenticate(&self, token: RString) -> FfiFuture<RResult<Grant, AuthError>> {
+        let grant: RResult<Grant, AuthError> = poll_ready(self.0.authenticate(&token)).into();
+        async move { grant }.into_ffi()
+    }
+
+    fn keeps_tokens(&self) -> bool {
+        true
     }
 }
 

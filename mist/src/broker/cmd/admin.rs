@@ -1,7 +1,10 @@
 //! The admin commands (SPEC §3): `register`, `unregister`, `set`, `unset`
 //! and `tags`, for a session in admin mode. A change that takes tags away
 //! (`unset`, `unregister`) is revoked on this node before the admin's next
-//! reply, then passed on to the other nodes of a cluster.
+//! reply, then passed on to the other nodes of a cluster. An
+//! authenticator that keeps no tokens (`jwt`: each token is signed and
+//! checked on its own) has no registry: these commands are refused without
+//! calling it.
 
 use abi_stable::std_types::{RErr, ROk, RString, RVec};
 use mist_sdk::{Access, ErrorKind};
@@ -68,6 +71,16 @@ pub(super) fn run(
             command,
             ErrorKind::PERMISSION_DENIED,
             "admin commands need admin mode: auth with the server token first",
+        ));
+    }
+    if !auth.keeps_tokens {
+        return Err(Refusal::new(
+            command,
+            ErrorKind::UNSUPPORTED,
+            format!(
+                "{command} is not available: the {} authenticator keeps no tokens (each token is signed and checked on its own)",
+                auth.plugin
+            ),
         ));
     }
     let token = match protocol::data_string(request.data) {

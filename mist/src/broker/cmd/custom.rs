@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RErr, ROk, RVec};
+use abi_stable::std_types::{RArc, RErr, ROk, RString, RVec};
 use mist_sdk::abi::{CommandContext, ReplierApi, ReplierApi_TO};
 use mist_sdk::{Access, Message};
 
@@ -15,7 +15,7 @@ use crate::broker::id::SessionId;
 use crate::broker::output::Output;
 use crate::broker::protocol::{self, Request};
 use crate::broker::shared::{CommandRoute, Shared};
-use crate::broker::state::Standing;
+use crate::broker::state::{Credential, Standing};
 
 /// A custom command on its way to its plugin.
 pub(crate) struct Call {
@@ -63,11 +63,17 @@ impl Call {
             standing,
         } = self;
         let mut allowed_tags = RVec::new();
-        if let (Access::TOKEN, Some(token), Some(auth)) =
-            (standing.access, &standing.token, shared.auth.get())
-        {
-            if let ROk(tags) = auth.store.tags(token.secret.as_str().into()).await {
-                allowed_tags = tags;
+        if standing.access == Access::TOKEN {
+            match (standing.credential.as_deref(), shared.auth.get()) {
+                (Some(Credential::Registered { token, .. }), Some(auth)) => {
+                    if let ROk(tags) = auth.store.tags(token.secret.as_str().into()).await {
+                        allowed_tags = tags;
+                    }
+                }
+                (Some(Credential::Signed { tags, .. }), _) if !standing.expired() => {
+                    allowed_tags = tags.iter().map(|t| RString::from(t.as_str())).collect();
+                }
+                _ => {}
             }
         }
         let command = request.command.to_string();

@@ -44,7 +44,7 @@ use super::id::SessionId;
 use super::output::Output;
 use super::protocol::{self, ProtocolError, RawTags, TagSet};
 use super::shared::Shared;
-use super::state::State;
+use super::state::{Credential, State};
 use crate::cluster::Confirmation;
 
 pub(crate) use admin::AdminOp;
@@ -107,8 +107,12 @@ pub(crate) enum Checked {
 /// What a finished step asks of its session.
 pub(crate) enum Effect {
     Nothing,
-    /// The session is now authenticated with this registered token.
-    Authenticated(Token),
+    /// The session is now authenticated with this credential (a first
+    /// token, or on a session of a signed token, its replacement).
+    Authenticated(Credential),
+    /// A token given at connect was refused: the session stays anonymous,
+    /// and its commands' errors say why.
+    ConnectRefused(Box<str>),
     /// `op` is allowed; `epoch` is the revocation epoch its check began at.
     Granted {
         token: Token,
@@ -162,6 +166,8 @@ const KEEP_BATCH: usize = 64 * 1024;
 
 pub(crate) const NOT_AUTHENTICATED: &str = "not authenticated: send auth with a valid token first";
 
+pub(crate) const EXPIRED: &str = "token expired: send auth with a new token";
+
 pub(crate) const PERMISSION_DENIED: &str =
     "permission denied: the token does not hold every one of these tags";
 
@@ -209,23 +215,58 @@ impl<'s> Context<'s> {
             .get_or_insert_with(|| Delivery::begin(shared, state.batch.take().unwrap_or_default()))
     }
 
-    /// Whether this session may use tags: freely (`None`), or once the
-    /// store says its token holds them (`Some`). Refused while it is not
-    /// authenticated.
-    fn permission(&self, command: &str) -> Result<Option<Token>, Refusal> {
-        match (self.state.standing.access, &self.state.standing.token) {
-            (Access::OPEN | Access::ADMIN, _) => Ok(None),
-            (Access::TOKEN, Some(token)) => Ok(Some(Token::clone(token))),
-            _ => Err(not_authenticated(command)),
+    /// How this session's use of tags is decided. Refused while it is
+    /// not authenticated, and once its token has expired.
+    fn permission(&self, command: &str) -> Result<Permission, Refusal> {
+        let standing = &self.state.standing;
+        match standing.access {
+            Access::OPEN | Access::ADMIN => Ok(Permission::Free),
+            Access::TOKEN if standing.expired() => Err(expired(command)),
+            Access::TOKEN => match standing.credential.as_deref() {
+                Some(Credential::Registered { token, .. }) => {
+                    Ok(Permission::Store(Token::clone(token)))
+                }
+                Some(Credential::Signed { .. }) => Ok(Permission::Signed),
+                _ => Err(self.not_authenticated(command)),
+            },
+            _ => Err(self.not_authenticated(command)),
+        }
+    }
+
+    /// For a session of a signed token ([`Permission::Signed`]): `Ok` if
+    /// its grant holds every one of `tags`. Decided here, at once: such a
+    /// token's grant never changes while the session holds it.
+    fn signed_holds<S: AsRef<str>>(&self, command: &str, tags: &[S]) -> Result<(), Refusal> {
+        match self.state.standing.credential.as_deref() {
+            Some(credential) if credential.holds(tags) => Ok(()),
+            _ => Err(Refusal::new(
+                command,
+                ErrorKind::PERMISSION_DENIED,
+                PERMISSION_DENIED,
+            )),
         }
     }
 
     /// Refuses a session that is not authenticated (for the commands that
-    /// need no store check).
+    /// need no permission: a session whose token expired may still list
+    /// and unsubscribe).
     fn authenticated(&self, command: &str) -> Result<(), Refusal> {
         match self.state.standing.access {
             Access::OPEN | Access::ADMIN | Access::TOKEN => Ok(()),
-            _ => Err(not_authenticated(command)),
+            _ => Err(self.not_authenticated(command)),
+        }
+    }
+
+    /// The refusal of a session that is not authenticated; if a token it
+    /// gave at connect was refused, it says why.
+    fn not_authenticated(&self, command: &str) -> Refusal {
+        match self.state.standing.credential.as_deref() {
+            Some(Credential::Refused(why)) => Refusal::new(
+                command,
+                ErrorKind::UNAUTHENTICATED,
+                format!("not authenticated: the token given at connect was refused ({why})"),
+            ),
+            _ => Refusal::new(command, ErrorKind::UNAUTHENTICATED, NOT_AUTHENTICATED),
         }
     }
 
@@ -248,8 +289,19 @@ impl<'s> Context<'s> {
     }
 }
 
-fn not_authenticated(command: &str) -> Refusal {
-    Refusal::new(command, ErrorKind::UNAUTHENTICATED, NOT_AUTHENTICATED)
+/// How a session's use of tags is decided ([`Context::permission`]).
+enum Permission {
+    /// Freely: a broker without an authenticator, or admin mode.
+    Free,
+    /// By the store, asked with the session's registered token.
+    Store(Token),
+    /// By the grant of the session's signed token ([`Context::signed_holds`]).
+    Signed,
+}
+
+/// The refusal of a session whose token expired.
+fn expired(command: &str) -> Refusal {
+    Refusal::new(command, ErrorKind::UNAUTHENTICATED, EXPIRED)
 }
 
 /// Carries out one request, or says what it waits for.
@@ -369,8 +421,12 @@ async fn check(shared: &Shared, token: Token, op: Checked) -> Effect {
 pub(crate) fn apply(cx: &mut Context<'_>, effect: Effect) -> Result<Step, Refusal> {
     match effect {
         Effect::Nothing => Ok(Step::Done),
-        Effect::Authenticated(token) => {
-            auth::authenticated(cx, token);
+        Effect::Authenticated(credential) => {
+            auth::authenticated(cx, credential);
+            Ok(Step::Done)
+        }
+        Effect::ConnectRefused(why) => {
+            auth::refused_at_connect(cx, why);
             Ok(Step::Done)
         }
         Effect::Granted { token, op, epoch } => match op {

@@ -1,9 +1,10 @@
 //! `publish`: delivered to every other session holding a subscription
 //! whose tags are all among the message's (SPEC §1), through the open
 //! [`Delivery`](super::super::delivery::Delivery). A registered token's
-//! publish first asks the store whether the token holds every tag.
+//! publish first asks the store whether the token holds every tag; a
+//! signed token's (a JWT's) is checked against its grant at once.
 
-use super::{Checked, Context, Pending, Refusal, Step};
+use super::{expired, Checked, Context, Pending, Permission, Refusal, Step};
 use crate::broker::access::Token;
 use crate::broker::protocol::{ProtocolError, RawTags, TagSet};
 
@@ -16,29 +17,36 @@ pub(super) fn run(
 ) -> Result<Step, Refusal> {
     let raw_data = data.map_err(|e| Refusal::protocol("publish", e))?;
     match cx.permission("publish")? {
-        None => {
-            let id = cx.id;
-            cx.delivery()
-                .publish(id, tags, raw_data)
+        Permission::Free => {}
+        Permission::Signed => {
+            let parsed = TagSet::parse(tags, cx.shared.limits.max_tags)
                 .map_err(|e| Refusal::protocol("publish", e))?;
-            Ok(Step::Done)
+            cx.signed_holds("publish", &parsed)?;
+            // Then published as a free session's, from its raw tags: a
+            // run of publishes with the same tags is still matched once.
         }
-        Some(token) => {
+        Permission::Store(token) => {
             let tags = TagSet::parse(tags, cx.shared.limits.max_tags)
                 .map_err(|e| Refusal::protocol("publish", e))?;
-            Ok(Step::Wait(Pending::Check {
+            return Ok(Step::Wait(Pending::Check {
                 token,
                 op: Checked::Publish {
                     tags: tags.into_owned(),
                     raw_data: raw_data.to_string(),
                 },
-            }))
+            }));
         }
     }
+    let id = cx.id;
+    cx.delivery()
+        .publish(id, tags, raw_data)
+        .map_err(|e| Refusal::protocol("publish", e))?;
+    Ok(Step::Done)
 }
 
 /// The store allowed the publish: delivered now, unless a revocation
-/// happened since the check began (then it is checked again).
+/// happened since the check began (then it is checked again), or the
+/// session's token expired meanwhile.
 pub(super) fn granted(
     cx: &mut Context<'_>,
     token: Token,
@@ -51,6 +59,9 @@ pub(super) fn granted(
             token,
             op: Checked::Publish { tags, raw_data },
         }));
+    }
+    if cx.state.standing.expired() {
+        return Err(expired("publish"));
     }
     let id = cx.id;
     cx.delivery().publish_checked(id, &tags, &raw_data);

@@ -1,10 +1,11 @@
 //! `subscribe` and `unsubscribe`. A registered token's subscribe first
-//! asks the store whether the token holds every tag; `unsubscribe` is
+//! asks the store whether the token holds every tag, a signed token's (a
+//! JWT's) is checked against its grant at once; `unsubscribe` is
 //! never refused for want of permission: it can only narrow what the
 //! session receives. Subscribing to a set held already, or unsubscribing
 //! from one not held, is not an error.
 
-use super::{Checked, Context, Pending, Refusal, Step};
+use super::{expired, Checked, Context, Pending, Permission, Refusal, Step};
 use crate::broker::access::Token;
 use crate::broker::protocol::{RawTags, Request, TagSet};
 use crate::broker::router::{Added, SubscribeError};
@@ -14,8 +15,12 @@ pub(super) fn subscribe(cx: &mut Context<'_>, request: &Request<'_>) -> Result<S
         .map_err(|e| Refusal::protocol("subscribe", e))?;
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     match cx.permission("subscribe")? {
-        None => add(cx, tags, None),
-        Some(token) => Ok(Step::Wait(Pending::Check {
+        Permission::Free => add(cx, tags, None),
+        Permission::Signed => {
+            cx.signed_holds("subscribe", &tags)?;
+            add(cx, tags, None)
+        }
+        Permission::Store(token) => Ok(Step::Wait(Pending::Check {
             token,
             op: Checked::Subscribe(tags),
         })),
@@ -25,8 +30,11 @@ pub(super) fn subscribe(cx: &mut Context<'_>, request: &Request<'_>) -> Result<S
 /// Adds the subscription. For a registered token, `checked` is the token
 /// and the revocation epoch its check began at: if a revocation happened
 /// since (compared under the router's write lock, which a revocation takes
-/// after bumping the epoch), it is checked again instead. In a cluster,
-/// waits for the backplane's confirmation before the next command.
+/// after bumping the epoch), it is checked again instead. A token that
+/// expired is refused under that same lock, which the expiry task takes to
+/// remove subscriptions: no subscription lands after the expiry that should
+/// have removed it. In a cluster, waits for the backplane's confirmation
+/// before the next command.
 pub(super) fn add(
     cx: &mut Context<'_>,
     tags: Vec<String>,
@@ -42,6 +50,9 @@ pub(super) fn add(
                 op: Checked::Subscribe(tags),
             }));
         }
+    }
+    if cx.state.standing.expired() {
+        return Err(expired("subscribe"));
     }
     match router.subscribe(cx.id, &tags, limit) {
         Ok(Added {
