@@ -2,6 +2,8 @@
 // Every command against a real broker, and the broker's error text kept in
 // typed errors.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { BrokerError, Client, ConnectionError } from "mist-client";
 import { Broker, closeAll, collector, connected, within } from "./support.mjs";
@@ -83,6 +85,41 @@ describe("basic commands, no authenticator", () => {
     assert.deepEqual(first.got.map((d) => d.data), ["1"]);
     assert.deepEqual(second.got.map((d) => d.data), ["1", "2"]);
     assert.deepEqual(wide.got.map((d) => d.data), ["1", "2", "3"]);
+  });
+
+  test("Node's own global WebSocket is used where there is one (node --experimental-websocket)", { timeout: 30_000 }, async () => {
+    // Counts the sockets made by the global class, to show the client took it and not `ws`.
+    const script = `
+      import { Client } from "mist-client";
+      let made = 0;
+      const Native = globalThis.WebSocket;
+      globalThis.WebSocket = class extends Native {
+        constructor(...args) { super(...args); made++; }
+      };
+      const client = new Client(process.argv[1], { reconnect: false });
+      await client.connect();
+      const got = new Promise((resolve) => client.subscribe(["native"], resolve));
+      await client.ping();
+      console.log(made);
+      console.log(JSON.stringify(await got));
+      client.close();
+    `;
+    const child = spawn(process.execPath, ["--experimental-websocket", "--no-warnings", "--input-type=module", "-e", script, broker.url("ws")], {
+      cwd: new URL(".", import.meta.url).pathname,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const lines = createInterface({ input: /** @type {import("node:stream").Readable} */ (child.stdout) })[Symbol.asyncIterator]();
+    try {
+      assert.equal((await within(lines.next(), "the child's first line")).value, "1");
+      const b = await connected(broker.url("ws"));
+      await b.publish(["native"], "to the global WebSocket");
+      assert.deepEqual(JSON.parse((await within(lines.next(), "the child's delivery")).value), {
+        tags: ["native"],
+        data: "to the global WebSocket",
+      });
+    } finally {
+      child.kill();
+    }
   });
 
   test("who without an authenticator", { timeout: 30_000 }, async () => {

@@ -3,6 +3,7 @@
 // stopped by the tests, and bounded waits.
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
+import { readdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Client } from "mist-client";
 
@@ -117,8 +118,25 @@ export class Broker {
     return Broker.start(this.listeners, this.args);
   }
 
-  pause() {
+  /**
+   * Stops it with SIGSTOP, and waits until every thread has stopped: the
+   * signal takes effect when the kernel next schedules each thread, and a
+   * thread running on another core meanwhile could still answer.
+   */
+  async pause() {
     this.child.kill("SIGSTOP");
+    const tasks = `/proc/${this.child.pid}/task`;
+    const deadline = Date.now() + TIMEOUT;
+    const stopped = () =>
+      readdirSync(tasks).every((t) => {
+        // The state follows the command name, which is in parentheses.
+        const stat = readFileSync(`${tasks}/${t}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2).startsWith("T");
+      });
+    while (!stopped()) {
+      if (Date.now() > deadline) throw new Error("mist did not stop on SIGSTOP in time");
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
   }
 
   resume() {
