@@ -126,7 +126,8 @@ export class Client {
       pingTimeout: 10_000,
       connectTimeout: 10_000,
       queueLimit: 0,
-      ...options,
+      // An option given as undefined keeps its default.
+      ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
     };
     this.token = options.token;
   }
