@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::{ConnectOptions, Event};
+use async_nats::{ConnectOptions, Event, Subscriber};
 use mist_sdk::{Confirmation, Inbox, Outbox, SdkError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::subject::{self, STAMP};
-use crate::{
-    backoff, reader, writer, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT,
-    SUBSCRIPTION_CAPACITY,
+use crate::settings::{
+    backoff, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT, SUBSCRIPTION_CAPACITY,
 };
+use crate::subject::{self, STAMP};
 
 /// Work for the reader task, in call order: subscription changes and the
 /// client's connection events.
@@ -73,7 +72,13 @@ fn random_id() -> u64 {
 }
 
 impl Link {
-    pub(crate) async fn connect(settings: &Settings, inbox: Inbox) -> Result<Arc<Link>, SdkError> {
+    /// Connects (in the background: the client retries), and returns the
+    /// link with what the reader task takes over (its work queue and the
+    /// probe subscription); the caller starts the tasks.
+    pub(crate) async fn connect(
+        settings: &Settings,
+        inbox: Inbox,
+    ) -> Result<(Arc<Link>, mpsc::UnboundedReceiver<Command>, Subscriber), SdkError> {
         let (commands, queue) = mpsc::unbounded_channel();
         let events = commands.clone();
         let options = ConnectOptions::new()
@@ -117,9 +122,7 @@ impl Link {
             up: watch::Sender::new(false),
             stopped: watch::Sender::new(false),
         });
-        reader::start(link.clone(), queue, probes);
-        writer::start(link.clone());
-        Ok(link)
+        Ok((link, queue, probes))
     }
 
     pub(crate) fn subscribe(&self, channels: Vec<String>) -> Confirmation {

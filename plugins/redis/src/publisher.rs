@@ -9,7 +9,7 @@ use redis::AsyncConnectionConfig;
 use tokio::time::sleep;
 
 use crate::link::{Link, Side};
-use crate::{Backoff, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT};
+use crate::settings::{Backoff, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT};
 
 /// Queued publishes sent in one pipeline at most.
 const MAX_PIPELINE: usize = 512;
