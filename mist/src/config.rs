@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// The cluster backplane's URI (`--cluster`), if this node is part of
     /// a cluster.
     pub cluster: Option<String>,
+    /// The file holding the cluster key (`--cluster-key-file`), read by the
+    /// cluster at start and on SIGHUP.
+    pub cluster_key_file: Option<PathBuf>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
@@ -130,6 +133,8 @@ struct FileConfig {
     #[serde(alias = "metrics_listener")]
     metrics_listener: Option<String>,
     cluster: Option<Secret>,
+    #[serde(alias = "cluster_key_file")]
+    cluster_key_file: Option<PathBuf>,
     #[serde(alias = "max_message_bytes")]
     max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
@@ -408,6 +413,11 @@ impl ServerConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics_listener: args.metrics_listener.clone().or(file.metrics_listener),
             cluster: args.cluster.clone().or(file.cluster.map(|c| c.0)),
+            // A file's path is relative to the file, as for token-file.
+            cluster_key_file: args
+                .cluster_key_file
+                .clone()
+                .or(file.cluster_key_file.map(|p| base.join(p))),
         })
     }
 }

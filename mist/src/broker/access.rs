@@ -122,6 +122,21 @@ impl Tokens {
         Some((entry.secret.clone(), entry.sessions.to_vec()))
     }
 
+    /// Whether an open session holds `key`.
+    pub(crate) fn holds(&self, key: &TokenKey) -> bool {
+        self.holders.lock().contains_key(key)
+    }
+
+    /// The token of `key`, while an open session holds it.
+    pub(crate) fn secret(&self, key: &TokenKey) -> Option<String> {
+        self.holders.lock().get(key).map(|h| h.secret.clone())
+    }
+
+    /// Every token an open session holds.
+    pub(crate) fn keys(&self) -> Vec<TokenKey> {
+        self.holders.lock().keys().copied().collect()
+    }
+
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -140,10 +155,14 @@ pub(crate) enum Revoked<'a> {
     Everything,
     /// Another node changed the token: keep what the store still allows.
     AllowedNow(&'a [String]),
+    /// The store could not say what the token holds (fail closed).
+    Unconfirmed,
 }
 
 const NOTICE: &str =
     "subscription revoked: the token no longer holds every tag of this subscription";
+const UNCONFIRMED: &str =
+    "subscription revoked: the token store could not confirm this token's tags; subscribe again";
 
 impl Shared {
     /// Takes from every open session of `key` each subscription that holds
@@ -156,8 +175,12 @@ impl Shared {
         };
         let keep = |set: &[String]| match &revoked {
             Revoked::Tags(tags) => !set.iter().any(|t| tags.contains(t)),
-            Revoked::Everything => false,
+            Revoked::Everything | Revoked::Unconfirmed => false,
             Revoked::AllowedNow(allowed) => set.iter().all(|t| allowed.contains(t)),
+        };
+        let notice = match revoked {
+            Revoked::Unconfirmed => UNCONFIRMED,
+            _ => NOTICE,
         };
         let mut count = 0;
         let mut router = self.router.write();
@@ -170,7 +193,7 @@ impl Shared {
             if let Some(output) = router.output(session) {
                 let mut out = Vec::new();
                 for set in &removed {
-                    protocol::notice(&mut out, "revoked", set, NOTICE);
+                    protocol::notice(&mut out, "revoked", set, notice);
                 }
                 // A notice like any other line: queued in order after the
                 // deliveries already queued, dropped if the client is not
@@ -180,24 +203,5 @@ impl Shared {
             tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
         }
         count
-    }
-
-    /// Another node says the token with `key` changed: ask the store what
-    /// it allows now and revoke the rest.
-    pub(crate) async fn recheck(&self, key: &TokenKey) {
-        let (Some(auth), Some((secret, _))) = (self.auth.get(), self.tokens.holders(key)) else {
-            return;
-        };
-        let allowed: Vec<String> = match auth.store.tags(secret.as_str().into()).await {
-            abi_stable::std_types::ROk(tags) => tags.into_iter().map(|t| t.into_string()).collect(),
-            abi_stable::std_types::RErr(e) if e.kind == mist_sdk::ErrorKind::NOT_FOUND => {
-                Vec::new()
-            }
-            abi_stable::std_types::RErr(e) => {
-                tracing::warn!(kind = %e.kind, "cannot recheck a changed token: {}", e.message);
-                return;
-            }
-        };
-        self.revoke(key, Revoked::AllowedNow(&allowed));
     }
 }

@@ -25,6 +25,7 @@ mod handle;
 mod memory;
 mod output;
 mod protocol;
+mod recheck;
 mod router;
 mod session;
 mod steps;
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     /// This node's cluster, set once at start-up (`--cluster`). The router
     /// holds it too, for the subscription and publish paths.
     pub(crate) cluster: OnceLock<Cluster>,
+    /// Token rechecks under way (asked by the cluster).
+    pub(crate) rechecks: recheck::Rechecks,
 }
 
 #[derive(Default)]
@@ -215,6 +218,7 @@ impl Broker {
                 plugin_errors: Mutex::new(BTreeMap::new()),
                 health: Arc::default(),
                 cluster: OnceLock::new(),
+                rechecks: recheck::Rechecks::default(),
             }),
         }
     }
@@ -295,9 +299,11 @@ impl Broker {
 
     /// Another node of a cluster says the token whose SHA-256 is `key`
     /// changed: every open session authenticated with it loses the
-    /// subscriptions the store no longer allows, as after a local `unset`.
+    /// subscriptions the store no longer allows, as after a local `unset`
+    /// (asking the store again while it fails, and failing closed past a
+    /// bound: docs/cluster.md, "Revocation").
     pub async fn recheck_token(&self, key: [u8; 32]) {
-        self.shared.recheck(&key).await
+        self.shared.recheck(&key).await;
     }
 }
 
@@ -394,11 +400,8 @@ impl Shared {
     /// token against the (shared) store.
     pub(crate) fn token_changed(&self, key: &access::TokenKey) {
         if let Some(cluster) = self.cluster.get() {
-            if let Err(e) = cluster.token_digest_changed(&TokenDigest(*key)) {
-                // Other nodes keep the revoked subscriptions until their
-                // sessions close: say so, an operator may need to act.
-                tracing::warn!("a token change could not be sent to the other nodes: {e}");
-            }
+            // Kept by the cluster until the backplane has taken it.
+            cluster.token_digest_changed(&TokenDigest(*key));
         }
     }
 
@@ -489,13 +492,16 @@ impl LocalBroker for FromCluster {
     }
 
     fn token_changed(&self, digest: &TokenDigest) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        let key = digest.0;
         // The store is asked on the host's runtime: the caller is the
         // plugin's reader, which must not wait.
-        self.runtime
-            .spawn(async move { shared.recheck(&key).await });
+        if let Some(shared) = self.shared.upgrade() {
+            shared.spawn_recheck(digest.0, &self.runtime);
+        }
+    }
+
+    fn recheck_all(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.spawn_recheck_all(&self.runtime);
+        }
     }
 }
