@@ -708,6 +708,28 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_key_file_comes_from_the_flag_or_the_config_relative_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = args();
+        a.config = Some(write(
+            dir.path(),
+            "mist.yaml",
+            "cluster: redis://127.0.0.1:6379\ncluster-key-file: keys/cluster.key\n",
+        ));
+        let resolved = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(
+            resolved.cluster_key_file,
+            Some(dir.path().join("keys/cluster.key"))
+        );
+        a.cluster_key_file = Some(PathBuf::from("/etc/mist/cluster.key"));
+        let resolved = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(
+            resolved.cluster_key_file.as_deref(),
+            Some(Path::new("/etc/mist/cluster.key"))
+        );
+    }
+
+    #[test]
     fn the_token_comes_from_the_flag_the_file_the_environment_or_the_config() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write(dir.path(), "mist.yaml", "token: from-config\n");

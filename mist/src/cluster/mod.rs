@@ -23,7 +23,7 @@
 //!   (the SHA-256 of the token, never the token: kept and offered again
 //!   until the backplane took them) and goodbyes.
 //! - **One sender.** Every payload is numbered, sealed and handed to the
-//!   backplane under one lock ([`Node::emit`]), in the order of its
+//!   backplane under one lock (`Node::emit`), in the order of its
 //!   number; after the goodbye, nothing.
 //!
 //! Nothing here blocks: the backplane's `publish` queues, and inbound
@@ -412,6 +412,11 @@ impl Cluster {
         F: FnOnce(BackplaneInboxBox) -> Fut,
         Fut: Future<Output = Result<BackplaneBox, SdkError>>,
     {
+        // A key file that cannot be used stops the start before the
+        // backplane is even asked.
+        if let Some(path) = &config.key_file {
+            ClusterKeys::load(path).map_err(|e| ClusterError::Key(e.to_string()))?;
+        }
         let inbox = ClusterInbox::new();
         let backplane = open(inbox.abi())
             .await
@@ -630,7 +635,7 @@ impl Cluster {
     ///
     /// Never lost: the change is kept until the backplane has taken it,
     /// offered again whenever it can take more and when it comes back up.
-    /// (Past [`MAX_PENDING_TOKENS`] distinct changes, one "recheck every
+    /// (Past 4,096 distinct changes waiting, one "recheck every
     /// token" takes their place.) Never waits.
     pub fn token_digest_changed(&self, digest: &TokenDigest) {
         let node = &self.node;
