@@ -16,6 +16,7 @@ pub mod prometheus;
 pub mod redis;
 pub mod server;
 pub mod service;
+pub mod spy;
 pub mod tls;
 pub mod web;
 
