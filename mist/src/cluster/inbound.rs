@@ -23,9 +23,10 @@ use super::wire::{self, Body, Incoming, Kind, WireError};
 /// With a key, a payload whose sender's clock differs from this node's by
 /// more than this is refused: nodes' clocks must agree within it (NTP).
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
-/// Bytes a delivery line adds to a message's tags and data:
-/// `{"command":"publish","tags":[],"data":}` and its newline.
-const LINE_OVERHEAD: usize = 40;
+/// Bytes a delivery line adds to a message's tags array and data:
+/// `{"command":"publish","tags":` `,"data":` `}` (the newline not counted,
+/// as in `--max-message-size`).
+const LINE_OVERHEAD: usize = 37;
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,17 +215,28 @@ impl Inbound {
     }
 }
 
-/// Whether `message` is within `limits`, as a client's publish must be.
+/// Whether `message` is within `limits`, as a client's publish must be:
+/// the delivery line the broker writes for it (the same shape as a
+/// client's publish line) is at most `max_message_bytes`.
 fn within(message: &Incoming<'_>, limits: MessageLimits) -> bool {
     if message.tags.len() > limits.max_tags {
         return false;
     }
-    // Tags are written escaped: at most six bytes per byte (`\u001f`),
-    // plus quotes and commas; counted generously, so a line the broker
-    // writes is never over the limit, and only messages a client could not
-    // have published either are left out.
-    let tags: usize = message.tags.iter().map(|t| t.len() + 3).sum();
+    // `["a","b"]`: brackets, quotes, commas, and each tag as serde_json
+    // escapes it.
+    let tags: usize = 1 + message.tags.iter().map(|t| json_len(t) + 3).sum::<usize>();
     LINE_OVERHEAD + tags + message.data.len() <= limits.max_message_bytes
+}
+
+/// The length of `text` as serde_json writes it inside quotes.
+fn json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -353,6 +365,51 @@ mod tests {
             max_tags: 2,
             max_message_bytes: 100,
         };
+        // The line of a message of tags ["a"] and data "fits" is 48 bytes:
+        // exactly at a limit of 48 it passes, at 47 not.
+        let line = r#"{"command":"publish","tags":["a"],"data":"fits"}"#;
+        let mut body = Vec::new();
+        put_message(&mut body, &["a"], "\"fits\"");
+        let count = wire::messages_count(1);
+        for (max, passes) in [(line.len(), true), (line.len() - 1, false)] {
+            let mut exact = Inbound::new(
+                1,
+                None,
+                MessageLimits {
+                    max_tags: 1,
+                    max_message_bytes: max,
+                },
+            );
+            let payload = seal(Kind::Messages, 2, 1, 0, None, &[&count, &body]);
+            let Verdict::Messages { messages, .. } = exact.check(&payload, Instant::now(), 0)
+            else {
+                panic!()
+            };
+            assert_eq!(messages.len() == 1, passes, "limit {max}");
+        }
+        // Escapes count as serde_json writes them.
+        let mut body = Vec::new();
+        put_message(&mut body, &["\u{1}\"\n"], "\"\"");
+        let payload = seal(Kind::Messages, 2, 1, 0, None, &[&count, &body]);
+        let Body::Messages(decoded) = wire::decode(&payload).unwrap().body else {
+            panic!()
+        };
+        let escaped = decoded[0];
+        assert_eq!(json_len("\u{1}\"\n"), 10);
+        assert!(within(
+            &escaped,
+            MessageLimits {
+                max_tags: 1,
+                max_message_bytes: 37 + 14 + 2
+            }
+        ));
+        assert!(!within(
+            &escaped,
+            MessageLimits {
+                max_tags: 1,
+                max_message_bytes: 37 + 14 + 1
+            }
+        ));
         let mut inbound = Inbound::new(1, None, limits);
         let mut body = Vec::new();
         put_message(&mut body, &["a"], "\"fits\"");
