@@ -51,6 +51,9 @@ pub(crate) struct Link {
     report: Mutex<()>,
     up: watch::Sender<bool>,
     pub(crate) stopped: watch::Sender<bool>,
+    /// Set by the writer once it has sent what was queued at `stop`: the
+    /// reader closes the connection only then.
+    pub(crate) writer_done: watch::Sender<bool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +124,7 @@ impl Link {
             report: Mutex::new(()),
             up: watch::Sender::new(false),
             stopped: watch::Sender::new(false),
+            writer_done: watch::Sender::new(false),
         });
         Ok((link, queue, probes))
     }
@@ -223,9 +227,11 @@ impl Link {
         let _ = up.wait_for(|up| *up).await;
     }
 
+    /// Stops: no more publishes are taken; what is queued still goes
+    /// (the writer sends it, for a moment), then the reader closes.
     pub(crate) fn stop(&self) {
+        self.outbox.finish("the backplane is stopped");
         if !self.stopped.send_replace(true) {
-            self.outbox.close("the backplane is stopped");
             let _ = self.commands.send(Command::Stop);
         }
     }

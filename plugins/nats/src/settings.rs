@@ -16,6 +16,8 @@ pub(crate) const DEFAULT_BUFFER: usize = 16 << 20;
 /// How long `open` waits for the first connection before it returns a
 /// backplane that is still connecting.
 pub(crate) const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// How long publishing what is still queued at `stop` may take.
+pub(crate) const LAST_WORDS: Duration = Duration::from_secs(1);
 /// Messages each subscription's queue in the client holds before the
 /// client drops (and reports) the overflow; the reader drains them all at
 /// every wake-up.

@@ -11,6 +11,8 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often an idle connection is checked with a `PING`.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long sending what is still queued at `stop` may take.
+pub(crate) const LAST_WORDS: Duration = Duration::from_secs(1);
 /// The outgoing queue's bound when the URI names none.
 pub(crate) const DEFAULT_BUFFER: usize = 16 << 20;
 /// How long `open` waits for the first connection before it returns a
