@@ -1025,8 +1025,8 @@ struct Control {
 
 impl Control {
     fn add(&mut self, digest: [u8; 32]) {
-        if self.recheck_all {
-            return; // covers it
+        if self.recheck_all || self.digests.contains(&digest) {
+            return; // covered already
         }
         if self.digests.len() >= MAX_PENDING_TOKENS {
             self.digests.clear();
@@ -1045,7 +1045,10 @@ impl Control {
 
     fn put_back(&mut self, digests: impl IntoIterator<Item = [u8; 32]>, all: bool) {
         if all {
+            // Covers every token: the digests need not go.
             self.recheck_all = true;
+            self.digests.clear();
+            return;
         }
         for digest in digests {
             self.add(digest);

@@ -693,3 +693,50 @@ async fn calls_from_threads_without_a_runtime_work() {
         .unwrap();
     b.wait_for(on_b, "from a thread").await;
 }
+
+#[test]
+fn past_the_bound_token_changes_become_one_recheck_of_everything() {
+    let digest = |i: u32| {
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&i.to_be_bytes());
+        d
+    };
+    let mut control = Control::default();
+    for i in 0..MAX_PENDING_TOKENS as u32 {
+        control.add(digest(i));
+        control.add(digest(i)); // each once
+    }
+    let (digests, all) = control.take();
+    assert_eq!((digests.len(), all), (MAX_PENDING_TOKENS, false));
+    for i in 0..=MAX_PENDING_TOKENS as u32 {
+        control.add(digest(i));
+    }
+    let (digests, all) = control.take();
+    assert!(digests.is_empty() && all);
+    // Put back after a refusal: kept as they were.
+    control.put_back([digest(1)], false);
+    control.put_back([], true);
+    let (digests, all) = control.take();
+    assert!(
+        digests.is_empty() && all,
+        "covered by the recheck of everything"
+    );
+}
+
+/// More token changes than a node keeps while the backplane is down arrive
+/// as one "recheck every token".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_token_changes_while_down_become_a_recheck_of_everything() {
+    let hub = Hub::new();
+    let a = TestNode::start(&hub).await;
+    let b = TestNode::start(&hub).await;
+    hub.set_down(true);
+    for i in 0..=MAX_PENDING_TOKENS {
+        a.cluster.token_changed(&format!("token-{i}"));
+    }
+    let before = *b.local.rechecks.lock();
+    hub.set_down(false);
+    // One for b's own reconnection, one for a's payload.
+    wait_until(|| *b.local.rechecks.lock() == before + 2).await;
+    assert!(b.local.tokens.lock().is_empty());
+}
