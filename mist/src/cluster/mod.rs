@@ -56,6 +56,8 @@
 //! ```
 
 pub mod channel;
+pub mod config;
+mod control;
 pub mod inbound;
 pub mod interest;
 pub mod key;
@@ -69,10 +71,8 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,11 +90,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use channel::{Channels, DEFAULT_PREFIX};
+pub use config::ClusterConfig;
 pub use inbound::{Inbound, MessageLimits, Refusal, Verdict};
 pub use key::{ClusterKeys, KeyError};
 pub use transport::{ClusterInbox, Transport};
 pub use wire::{Incoming, Tags};
 
+use control::Control;
 use interest::{canonical, Interest, Sketch};
 use outbound::{Outbound, Run};
 use wire::Kind;
@@ -115,9 +117,6 @@ pub const CONGESTED_BYTES: usize = 1 << 20;
 pub const RELIEVED_BYTES: usize = 256 << 10;
 /// How soon the flusher offers again what a full backplane queue refused.
 const RETRY_FULL: Duration = Duration::from_millis(1);
-/// Distinct token changes kept for the backplane at most; past it the node
-/// asks every node to recheck every token instead (one payload).
-const MAX_PENDING_TOKENS: usize = 4096;
 
 /// What went wrong in the cluster layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,71 +138,6 @@ pub enum ClusterError {
     /// never the key).
     #[error("{0}")]
     Key(String),
-}
-
-/// The node's cluster settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// The backplane's URI, handed to the plugin unchanged.
-    pub uri: String,
-    /// Its scheme: which plugin serves it (`redis`, `nats`).
-    pub scheme: String,
-    /// Channel names start with it (the URI's `prefix`, default `mist`):
-    /// clusters sharing one Redis or NATS keep apart by prefix.
-    pub prefix: String,
-    /// How long an unused channel stays subscribed.
-    pub linger: Duration,
-    /// How often the node sends a heartbeat.
-    pub heartbeat: Duration,
-    /// How long a subscribe waits for the backplane's confirmation.
-    pub confirm_timeout: Duration,
-    /// The cluster key file (`--cluster-key-file`): every payload is
-    /// signed and checked with its key. `None`: payloads are not
-    /// authenticated, and the start-up log says what that allows.
-    pub key_file: Option<PathBuf>,
-    /// This node's limits for a client's publish, which messages from
-    /// other nodes must also keep.
-    pub limits: MessageLimits,
-}
-
-impl ClusterConfig {
-    /// Reads `scheme://...[?prefix=NAME]`; the rest of the URI is the
-    /// plugin's. Never echoes the URI (it may hold a password).
-    pub fn from_uri(uri: &str) -> Result<ClusterConfig, ClusterError> {
-        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            ClusterError::Config(
-                "the cluster URI must look like redis://host:port or nats://host:port".into(),
-            )
-        })?;
-        let valid_scheme = !scheme.is_empty()
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
-        if !valid_scheme {
-            return Err(ClusterError::Config(
-                "the cluster URI's scheme is malformed".into(),
-            ));
-        }
-        let mut prefix = DEFAULT_PREFIX.to_string();
-        if let Some((_, query)) = rest.split_once('?') {
-            for pair in query.split('&') {
-                if let Some(value) = pair.strip_prefix("prefix=") {
-                    prefix = value.to_string();
-                }
-            }
-        }
-        Channels::new(&prefix)?;
-        Ok(ClusterConfig {
-            uri: uri.to_string(),
-            scheme: scheme.to_ascii_lowercase(),
-            prefix,
-            linger: DEFAULT_LINGER,
-            heartbeat: DEFAULT_HEARTBEAT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            key_file: None,
-            limits: MessageLimits::default(),
-        })
-    }
 }
 
 /// A node's identity: random at each start (a restarted node is a new
@@ -1013,49 +947,6 @@ struct Sender {
     left: bool,
 }
 
-/// Token changes waiting for the backplane.
-#[derive(Default)]
-struct Control {
-    /// Digests of changed tokens, each once. Overflow policy: past
-    /// [`MAX_PENDING_TOKENS`] they are replaced by `recheck_all`.
-    digests: HashSet<[u8; 32]>,
-    /// Ask every node to recheck every token.
-    recheck_all: bool,
-}
-
-impl Control {
-    fn add(&mut self, digest: [u8; 32]) {
-        if self.recheck_all || self.digests.contains(&digest) {
-            return; // covered already
-        }
-        if self.digests.len() >= MAX_PENDING_TOKENS {
-            self.digests.clear();
-            self.recheck_all = true;
-            return;
-        }
-        self.digests.insert(digest);
-    }
-
-    fn take(&mut self) -> (Vec<[u8; 32]>, bool) {
-        (
-            self.digests.drain().collect(),
-            std::mem::take(&mut self.recheck_all),
-        )
-    }
-
-    fn put_back(&mut self, digests: impl IntoIterator<Item = [u8; 32]>, all: bool) {
-        if all {
-            // Covers every token: the digests need not go.
-            self.recheck_all = true;
-            self.digests.clear();
-            return;
-        }
-        for digest in digests {
-            self.add(digest);
-        }
-    }
-}
-
 /// This machine's clock, in ms since the UNIX epoch (0 before it).
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -1072,26 +963,6 @@ fn key_ids(keys: &ClusterKeys) -> String {
 #[cfg(test)]
 mod config_tests {
     use super::*;
-
-    #[test]
-    fn uris() {
-        let c = ClusterConfig::from_uri("redis://u:pw@10.0.0.1:6379/2?prefix=app.eu").unwrap();
-        assert_eq!(c.scheme, "redis");
-        assert_eq!(c.prefix, "app.eu");
-        assert_eq!(c.uri, "redis://u:pw@10.0.0.1:6379/2?prefix=app.eu");
-        let c = ClusterConfig::from_uri("NATS://127.0.0.1:4222").unwrap();
-        assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("nats", "mist"));
-        for bad in [
-            "redis",
-            "://x",
-            "re dis://x",
-            "redis://x?prefix=a b",
-            "redis://u:secret@x?prefix=",
-        ] {
-            let e = ClusterConfig::from_uri(bad).unwrap_err();
-            assert!(!e.to_string().contains("secret"), "{e}");
-        }
-    }
 
     #[test]
     fn token_digests_are_sha256() {

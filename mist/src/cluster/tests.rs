@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 
+use super::control::MAX_PENDING_TOKENS;
 use super::fake::{FakeTransport, Hub};
 use super::*;
 use crate::cluster::wire::Kind;
@@ -692,35 +693,6 @@ async fn calls_from_threads_without_a_runtime_work() {
         .join()
         .unwrap();
     b.wait_for(on_b, "from a thread").await;
-}
-
-#[test]
-fn past_the_bound_token_changes_become_one_recheck_of_everything() {
-    let digest = |i: u32| {
-        let mut d = [0u8; 32];
-        d[..4].copy_from_slice(&i.to_be_bytes());
-        d
-    };
-    let mut control = Control::default();
-    for i in 0..MAX_PENDING_TOKENS as u32 {
-        control.add(digest(i));
-        control.add(digest(i)); // each once
-    }
-    let (digests, all) = control.take();
-    assert_eq!((digests.len(), all), (MAX_PENDING_TOKENS, false));
-    for i in 0..=MAX_PENDING_TOKENS as u32 {
-        control.add(digest(i));
-    }
-    let (digests, all) = control.take();
-    assert!(digests.is_empty() && all);
-    // Put back after a refusal: kept as they were.
-    control.put_back([digest(1)], false);
-    control.put_back([], true);
-    let (digests, all) = control.take();
-    assert!(
-        digests.is_empty() && all,
-        "covered by the recheck of everything"
-    );
 }
 
 /// More token changes than a node keeps while the backplane is down arrive
