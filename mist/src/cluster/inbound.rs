@@ -25,7 +25,7 @@ use super::wire::{self, Body, Incoming, Kind, WireError};
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
 /// Bytes a delivery line adds to a message's tags array and data:
 /// `{"command":"publish","tags":` `,"data":` `}` (the newline not counted,
-/// as in `--max-message-size`).
+/// as in `--max-message-bytes`).
 const LINE_OVERHEAD: usize = 37;
 
 /// Why a payload was refused.
@@ -82,7 +82,7 @@ pub enum Verdict<'a> {
 pub struct MessageLimits {
     /// Tags in one message at most (`--max-tags`).
     pub max_tags: usize,
-    /// The delivery line's bytes at most (`--max-message-size`).
+    /// The delivery line's bytes at most (`--max-message-bytes`).
     pub max_message_bytes: usize,
 }
 
