@@ -2,7 +2,7 @@
 //! format (version 0.0.4), through the `prometheus-client` crate.
 //!
 //! Nothing here is on the message path. The broker counts with relaxed
-//! atomic adds as it works ([`crate::broker::Figures`]); a scrape takes one
+//! atomic adds as it works and hands over a snapshot ([`Figures`]); a scrape takes one
 //! snapshot of those counters and of the process (`/proc/self`) and encodes
 //! it with a [`Collector`] that the registry calls at encoding time. Every
 //! name starts with `mist_`, the process figures included
@@ -20,8 +20,59 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use subtle::ConstantTimeEq;
 
-use crate::broker::Figures;
 use crate::health::{Health, Report};
+
+/// A snapshot of every figure the broker keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Figures {
+    /// Open connections (sessions) by listener scheme.
+    pub connections: BTreeMap<String, u64>,
+    /// Subscriptions held, over all sessions.
+    pub subscriptions: u64,
+    /// Messages published (received from clients and plugins).
+    pub messages_received: u64,
+    /// Deliveries queued for subscribers.
+    pub messages_delivered: u64,
+    /// Deliveries dropped because a subscriber's queue (or the global
+    /// memory budget) was full.
+    pub messages_dropped: u64,
+    /// Subscribers disconnected for staying full past the slow-consumer timeout.
+    pub slow_consumers_disconnected: u64,
+    /// Connections closed because their unfinished input could not be
+    /// held within `--max-memory`.
+    pub closed_for_memory: u64,
+    /// Tasks alive on the host's runtime (the built-in plugins' included).
+    pub tasks: u64,
+    /// Bytes waiting in all queues together.
+    pub queue_bytes: u64,
+    /// Failed `auth` commands and refused connect-time tokens.
+    pub auth_failures: u64,
+    /// Errors and panics returned by plugin calls, by plugin name.
+    pub plugin_errors: BTreeMap<String, u64>,
+    /// Time from a publish being read to its deliveries being queued.
+    pub publish_latency: HistogramSnapshot,
+    /// This node's cluster traffic, when it is part of a cluster.
+    pub cluster: Option<crate::cluster::ClusterFigures>,
+}
+
+/// Upper bounds of the publish-latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.1,
+];
+
+/// A histogram as Prometheus exposes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, observations at or below it)`, cumulative,
+    /// one per [`LATENCY_BUCKETS`] entry; `+Inf` is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of all observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
 
 /// The `Content-Type` of what [`render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -175,10 +226,24 @@ impl Collector for Snapshot {
             None,
             f.slow_consumers_disconnected,
         )?;
+        counter(
+            e,
+            "connections_closed_for_memory",
+            "Connections closed because their unfinished input could not be held within --max-memory",
+            None,
+            f.closed_for_memory,
+        )?;
+        gauge(
+            e,
+            "tokio_tasks",
+            "Tasks alive on the host's runtime, built-in plugins' included",
+            None,
+            f.tasks,
+        )?;
         gauge(
             e,
             "queue",
-            "Bytes waiting in all outgoing queues together",
+            "Bytes held for clients (queued output, writers' copies, unfinished input), against --max-memory",
             Some(&Unit::Bytes),
             f.queue_bytes,
         )?;
@@ -480,7 +545,7 @@ mod tests {
         figures.messages_delivered = 22;
         figures.messages_dropped = 1;
         figures.plugin_errors.insert("postgres".into(), 2);
-        figures.publish_latency.buckets = crate::broker::LATENCY_BUCKETS
+        figures.publish_latency.buckets = LATENCY_BUCKETS
             .iter()
             .map(|&b| (b, if b >= 0.001 { 4 } else { 1 }))
             .collect();

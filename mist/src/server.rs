@@ -459,7 +459,6 @@ async fn join_cluster(
     let mut config = ClusterConfig::from_uri(uri).map_err(|e| failed(e.to_string()))?;
     config.key_file = server.cluster_key_file.clone();
     config.limits = MessageLimits {
-        max_tags: server.limits.max_tags,
         max_message_bytes: server.limits.max_message_bytes,
     };
     let plugin = registry

@@ -30,7 +30,7 @@ struct Recorder {
 }
 
 impl LocalBroker for Recorder {
-    fn deliver(&self, messages: &[Incoming<'_>]) {
+    fn deliver(&self, messages: &[Incoming<'_>]) -> usize {
         let subscriptions = self.subscriptions.lock();
         let mut got = self.messages.lock();
         for message in messages {
@@ -42,6 +42,7 @@ impl LocalBroker for Recorder {
                 got.push(serde_json::from_str(message.data).unwrap());
             }
         }
+        0
     }
 
     fn token_changed(&self, digest: &TokenDigest) {

@@ -298,6 +298,23 @@ pub trait SessionApi: Clone + Send + Sync + 'static {
     /// answer each request with a status of their own (HTTP). Replies the
     /// request produces (a `pong`) are queued as usual. Since sdk 0.2.
     fn execute(&self, request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>>;
+
+    /// Like [`drain`](SessionApi::drain), but what is appended may end in
+    /// the middle of a line, whose rest comes first the next time: for
+    /// listeners that write a byte stream, or that can send a message in
+    /// fragments. The broker hands over a bounded amount per call either
+    /// way; with this, what it and the listener hold for a connection stays
+    /// within that bound however long a line is. Since sdk 0.3.
+    fn drain_stream(&self, out: &mut RVec<u8>) -> bool;
+
+    /// Tells the broker how many bytes the listener now holds for this
+    /// session's input beyond a small fixed buffer (a WebSocket message
+    /// still arriving, a request body), so that they count against the
+    /// broker's memory budget like its own. `false` when the budget has no
+    /// room for that much: the listener should then drop what it holds and
+    /// end the connection (the broker has counted and logged it). Report
+    /// `0` once the bytes are handed over or dropped. Since sdk 0.3.
+    fn hold(&self, bytes: u64) -> bool;
 }
 
 /// A session handle, shared by a connection's reader and writer.

@@ -165,6 +165,9 @@ struct Waiters {
 const PENDING: u8 = 1;
 /// The broker ended the session.
 const CLOSED: u8 = 2;
+/// The listener takes output in pieces ([`Session::write_in_pieces`]): not
+/// an event, a setting kept with them.
+const PIECES: u8 = 4;
 
 impl Signals {
     /// The waiters, made if need be. A wake that found none sets the state
@@ -289,7 +292,7 @@ impl Session {
     /// session. It may have been drained already; it never misses output
     /// queued after that drain.
     pub fn output_pending(&self) -> bool {
-        self.signals.state.load(Ordering::Acquire) != 0
+        self.signals.state.load(Ordering::Acquire) & (PENDING | CLOSED) != 0
     }
 
     /// Registers `waker` to be woken, once, when the broker says output is
@@ -308,8 +311,31 @@ impl Session {
     pub fn try_output(&self, out: &mut RVec<u8>) -> bool {
         // Cleared before the drain: a wake for output queued after it sets
         // the flag again.
-        self.signals.state.fetch_and(!PENDING, Ordering::AcqRel);
-        self.inner.drain(out)
+        let state = self.signals.state.fetch_and(!PENDING, Ordering::AcqRel);
+        if state & PIECES != 0 {
+            self.inner.drain_stream(out)
+        } else {
+            self.inner.drain(out)
+        }
+    }
+
+    /// From now on, output handed to this session's listener (by every
+    /// clone of this handle) may end in the middle of a line, its rest
+    /// coming first the next time, instead of always in whole lines. For a
+    /// listener that writes a byte stream, or can send a message in
+    /// fragments: what the broker and the listener hold for a connection
+    /// then stays small however long a line is.
+    pub fn write_in_pieces(&self) {
+        self.signals.state.fetch_or(PIECES, Ordering::AcqRel);
+    }
+
+    /// Tells the broker how many bytes this listener holds for the
+    /// session's input beyond a small fixed buffer (a message still
+    /// arriving), to count against its memory budget. `false` when the
+    /// budget has no room: drop what is held and end the connection. Say
+    /// `0` once the bytes are handed over or dropped.
+    pub fn hold(&self, bytes: usize) -> bool {
+        self.inner.hold(bytes as u64)
     }
 
     /// Ends the session; output already queued can still be drained.

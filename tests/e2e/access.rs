@@ -233,3 +233,79 @@ async fn an_unsubscribe_is_ordered_with_deliveries_under_a_flood() {
         subscriber.expect_nothing().await;
     }
 }
+
+/// An SSE stream whose client is not reading, its queue full and dropping,
+/// loses its subscription: the `revoked` notice is not dropped like a
+/// delivery (it was, and the stream then never ended, receiving nothing),
+/// so once the client reads again the stream ends with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_sse_stream_behind_a_full_queue_ends() {
+    let server = server_with_all_listeners(&[
+        "--authenticator",
+        "memory://",
+        "--token",
+        ADMIN,
+        "--max-queue-bytes",
+        "64KiB",
+    ]);
+    let mut admin = authed(&server, ADMIN).await;
+    admin
+        .send(json!({"command": "register", "tags": ["a"], "data": "user"}))
+        .await;
+    assert!(admin.sync().await.is_empty());
+    // A stream whose reader stops after the head: a small receive buffer,
+    // so the broker's queue for it fills.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(server.addr("http").parse().unwrap())
+        .await
+        .unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .write_all(b"GET /subscribe?tags=a HTTP/1.1\r\nHost: mist\r\nX-AUTH-TOKEN: user\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = String::new();
+    while !head.contains(": subscribed") {
+        let read = tokio::time::timeout(TIMEOUT, stream.read_line(&mut head))
+            .await
+            .expect("head in time")
+            .unwrap();
+        assert!(read > 0, "closed early: {head}");
+    }
+    // Flood until deliveries to it are dropped: its queue is full.
+    let payload = "f".repeat(8_000);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        for _ in 0..20 {
+            admin.send(publish(&["a"], &payload)).await;
+        }
+        admin.sync().await;
+        let who = admin.request(json!({"command": "who"})).await;
+        let who: Value = serde_json::from_str(who["data"].as_str().unwrap()).unwrap();
+        if who["dropped"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never full: {who}");
+    }
+    admin
+        .send(json!({"command": "unset", "tags": ["a"], "data": "user"}))
+        .await;
+    assert!(admin.sync().await.is_empty());
+    // The client reads again: what was queued, the revocation, the end.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+    )
+    .await
+    .expect("the stream ends")
+    .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("event: revoked"),
+        "{}",
+        &rest[rest.len().saturating_sub(300)..]
+    );
+}

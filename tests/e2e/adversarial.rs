@@ -10,107 +10,15 @@
 //!
 //! Everything else runs in CI at a size that still shows the bound.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mist_e2e::attack::{peak_rss_mib, rss_mib, silent_subscriber, Watchdog};
 use mist_e2e::web::WsClient;
 use mist_e2e::{Client, MistServer, TIMEOUT};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A line of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Peak resident memory so far.
-fn peak_rss_mib(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:") / 1024
-}
-
-fn rss_mib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:") / 1024
-}
-
-/// Pings the broker every 50 ms on a connection of its own and keeps the
-/// slowest answer, until stopped.
-struct Watchdog {
-    stop: Arc<AtomicBool>,
-    slowest_ms: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Watchdog {
-    async fn start(server: &MistServer) -> Watchdog {
-        let mut client = Client::connect(&server.tcp()).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let slowest_ms = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (stop, slowest_ms) = (stop.clone(), slowest_ms.clone());
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    let pong = client.request(json!({"command": "ping"})).await;
-                    assert_eq!(pong["data"], "pong");
-                    let ms = start.elapsed().as_millis() as u64;
-                    slowest_ms.fetch_max(ms, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        });
-        Watchdog {
-            stop,
-            slowest_ms,
-            task,
-        }
-    }
-
-    /// Stops, and returns the slowest ping in milliseconds.
-    async fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .expect("the watchdog's last ping is answered")
-            .expect("watchdog");
-        self.slowest_ms.load(Ordering::Relaxed)
-    }
-}
-
-/// A subscriber that never reads, with a small receive buffer so that the
-/// kernel holds little of what the broker sends it: the broker's own queue
-/// fills quickly.
-async fn silent_subscriber(server: &MistServer, tag: &str) -> TcpStream {
-    let addr = server.tcp().parse().expect("address");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(addr).await.expect("connect");
-    let mut stream = tokio::io::BufReader::new(stream);
-    stream
-        .write_all(
-            format!(
-                "{{\"command\":\"subscribe\",\"tags\":[\"{tag}\"]}}\n{{\"command\":\"ping\"}}\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("subscribe");
-    let mut pong = String::new();
-    tokio::time::timeout(TIMEOUT, stream.read_line(&mut pong))
-        .await
-        .expect("pong in time")
-        .expect("read");
-    assert!(pong.contains("pong"), "{pong}");
-    stream.into_inner()
-}
 
 /// `subscribers` connections each subscribe to a tag of their own and never
 /// read; two publishers flood `payload`-byte messages round-robin over
@@ -412,7 +320,9 @@ async fn replies_to_a_websocket_client_that_never_reads_are_bounded() {
         "figure: 68,000 unread list replies over WebSocket, 1 MiB queue: peak RSS +{grew} MiB, slowest ping {slowest} ms, {who}"
     );
     // The limit and one reply past it, not 68,000 replies (8 GB).
-    assert!(bytes <= (1 << 20) + 200_000, "{who}");
+    // (Held memory: the queue, and the copy its writer is stuck writing,
+    // at most one drain of 256 KiB.)
+    assert!(bytes <= (1 << 20) + 200_000 + (256 << 10), "{who}");
     assert!(
         slowest < 1000,
         "a well-behaved client's ping took {slowest} ms"

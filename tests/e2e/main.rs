@@ -13,6 +13,7 @@ mod cluster;
 mod cluster_trust;
 mod example_plugin;
 mod http;
+mod ledger;
 mod listeners;
 mod ops;
 mod plugins;

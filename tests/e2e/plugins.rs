@@ -192,7 +192,7 @@ fn a_library_built_against_an_older_sdk_is_refused_by_name() {
 }
 
 /// The libraries built from `tests/fixtures/sdk-*`: the current interface
-/// stamped with mist-sdk 0.1.9, 0.2.7 and 0.3.0 (the host is 0.2.0). Each
+/// stamped with mist-sdk 0.2.9, 0.3.7 and 0.4.0 (the host is 0.3.0). Each
 /// fixture is its own workspace (its package is named mist-sdk), so it is
 /// built here, once, into the same target directory.
 fn sdk_fixture(version: &str) -> PathBuf {
@@ -201,7 +201,7 @@ fn sdk_fixture(version: &str) -> PathBuf {
         let dir = &artifacts().dir; // target/<profile>
         let target = dir.parent().unwrap();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        for fixture in ["sdk-0.1", "sdk-0.2-patch", "sdk-0.3"] {
+        for fixture in ["sdk-0.2", "sdk-0.3-patch", "sdk-0.4"] {
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("fixtures")
                 .join(fixture)
@@ -227,14 +227,14 @@ fn sdk_fixture(version: &str) -> PathBuf {
 fn libraries_built_against_another_minor_sdk_are_refused_before_they_run() {
     // One minor below the host's (abi_stable refuses it too) and one above
     // (abi_stable 0.11 would let it through its version check).
-    for version in ["0.1.9", "0.3.0"] {
+    for version in ["0.2.9", "0.4.0"] {
         let library = sdk_fixture(version);
         let log = refused(&entry(&library, ""));
         assert!(
             log.contains(&format!(
                 "plugin library {} was built against an incompatible mist-sdk: \
-                 it uses mist-sdk {version}, and this mist (mist-sdk 0.2.0) loads only \
-                 plugins built against mist-sdk 0.2.x",
+                 it uses mist-sdk {version}, and this mist (mist-sdk 0.3.0) loads only \
+                 plugins built against mist-sdk 0.3.x",
                 library.display()
             )),
             "{log}"
@@ -249,15 +249,15 @@ fn libraries_built_against_another_minor_sdk_are_refused_before_they_run() {
 #[tokio::test]
 async fn a_library_built_against_another_patch_of_the_sdk_loads_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let library = sdk_fixture("0.2.7");
+    let library = sdk_fixture("0.3.7");
     let file = plugins_file(dir.path(), &entry(&library, ""));
     let server = MistServer::start(&["--plugins", &file]);
-    server.wait_for_log("sdk-0.2.7 fixture: root module built");
+    server.wait_for_log("sdk-0.3.7 fixture: root module built");
     server.wait_for_log(&format!("loaded plugin {}", library.display()));
     let mut c = Client::connect(&server.tcp()).await;
     assert_eq!(
         c.request(json!({"command": "sdk_version"})).await,
-        json!({"command": "sdk_version", "data": "0.2.7"})
+        json!({"command": "sdk_version", "data": "0.3.7"})
     );
 }
 

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+pub mod attack;
 pub mod backplane;
 pub mod browser;
 pub mod client;

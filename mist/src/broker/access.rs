@@ -19,15 +19,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mist_sdk::Access;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use subtle::ConstantTimeEq;
 
-use super::protocol;
-use super::router::SessionId;
-use super::Shared;
+use super::id::SessionId;
 
 /// A token's identity for indexing and for cluster events: its SHA-256.
 /// The token itself never leaves the node.
@@ -50,24 +47,6 @@ impl Token {
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(***)")
-    }
-}
-
-/// What a session may do.
-#[derive(Debug, Clone)]
-pub(crate) struct Standing {
-    pub(crate) access: Access,
-    /// The registered token of an `Access::TOKEN` session (boxed: most
-    /// sessions have none, and it is 56 bytes).
-    pub(crate) token: Option<Box<Token>>,
-}
-
-impl Standing {
-    pub(crate) fn new(access: Access) -> Standing {
-        Standing {
-            access,
-            token: None,
-        }
     }
 }
 
@@ -116,7 +95,7 @@ impl Tokens {
     }
 
     /// The sessions holding `key`, and the token.
-    fn holders(&self, key: &TokenKey) -> Option<(String, Vec<SessionId>)> {
+    pub(crate) fn holders(&self, key: &TokenKey) -> Option<(String, Vec<SessionId>)> {
         let holders = self.holders.lock();
         let entry = holders.get(key)?;
         Some((entry.secret.clone(), entry.sessions.to_vec()))
@@ -141,7 +120,7 @@ impl Tokens {
         self.epoch.load(Ordering::Acquire)
     }
 
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -157,51 +136,4 @@ pub(crate) enum Revoked<'a> {
     AllowedNow(&'a [String]),
     /// The store could not say what the token holds (fail closed).
     Unconfirmed,
-}
-
-const NOTICE: &str =
-    "subscription revoked: the token no longer holds every tag of this subscription";
-const UNCONFIRMED: &str =
-    "subscription revoked: the token store could not confirm this token's tags; subscribe again";
-
-impl Shared {
-    /// Takes from every open session of `key` each subscription that holds
-    /// a tag no longer allowed, and tells it so. Returns how many
-    /// subscriptions went.
-    pub(crate) fn revoke(&self, key: &TokenKey, revoked: Revoked<'_>) -> usize {
-        self.tokens.bump();
-        let Some((_, sessions)) = self.tokens.holders(key) else {
-            return 0;
-        };
-        let keep = |set: &[String]| match &revoked {
-            Revoked::Tags(tags) => !set.iter().any(|t| tags.contains(t)),
-            Revoked::Everything | Revoked::Unconfirmed => false,
-            Revoked::AllowedNow(allowed) => set.iter().all(|t| allowed.contains(t)),
-        };
-        let notice = match revoked {
-            Revoked::Unconfirmed => UNCONFIRMED,
-            _ => NOTICE,
-        };
-        let mut count = 0;
-        let mut router = self.router.write();
-        for session in sessions {
-            let removed = router.prune(session, keep);
-            if removed.is_empty() {
-                continue;
-            }
-            count += removed.len();
-            if let Some(output) = router.output(session) {
-                let mut out = Vec::new();
-                for set in &removed {
-                    protocol::notice(&mut out, "revoked", set, notice);
-                }
-                // A notice like any other line: queued in order after the
-                // deliveries already queued, dropped if the client is not
-                // reading at all.
-                output.push_notice(&out);
-            }
-            tracing::info!(session = %session, subscriptions = removed.len(), "revoked subscriptions of a session whose token lost tags");
-        }
-        count
-    }
 }

@@ -16,10 +16,11 @@ use mist_sdk::abi::{
 };
 use mist_sdk::{BrokerStats, ListenerLimits, Readiness, SdkError, SessionInfo};
 
-use super::batch::Batch;
-use super::router::SessionId;
-use super::session::Session;
-use super::Shared;
+use super::delivery::Delivery;
+use super::id::SessionId;
+use super::protocol::TagSet;
+use super::session::{Arrival, Session};
+use super::shared::Shared;
 
 pub(crate) fn broker_box(shared: Arc<Shared>) -> BrokerBox {
     BrokerApi_TO::from_ptr(RArc::new(HostBroker(shared)), TD_Opaque)
@@ -58,31 +59,16 @@ impl BrokerApi for HostBroker {
         exclude: ROption<u64>,
     ) -> RResult<u64, SdkError> {
         guard("publish", RErr(SdkError::other("internal error")), || {
-            if tags.is_empty() || tags.iter().any(|t| t.is_empty()) {
-                return RErr(SdkError::invalid_input(
-                    "tags must be a non-empty list of non-empty strings",
-                ));
-            }
-            if tags.len() > self.0.limits.max_tags {
-                return RErr(SdkError::invalid_input(format!(
-                    "too many tags: {}, the limit is {}",
-                    tags.len(),
-                    self.0.limits.max_tags
-                )));
-            }
-            let tags: Vec<&str> = tags.iter().map(|t| t.as_str()).collect();
+            let tags =
+                match TagSet::from_list(tags.iter().map(RString::as_str), self.0.limits.max_tags) {
+                    Ok(tags) => tags,
+                    Err(e) => return RErr(SdkError::invalid_input(e.to_string())),
+                };
             let raw_data = serde_json::Value::String(data.into_string()).to_string();
             let exclude = exclude.into_option().map(SessionId::from_u64);
-            let mut batch = Batch::default();
-            let mut slow = Vec::new();
-            let queued = {
-                let router = self.0.router.read();
-                batch.publish_tags(&router, exclude, &tags, &raw_data);
-                batch.flush(&router, &self.0, &mut slow)
-            };
-            for session in slow {
-                self.0.evict_slow(session);
-            }
+            let mut delivery = Delivery::begin(&self.0, Box::default());
+            delivery.publish_as_broker(exclude, &tags, &raw_data);
+            let (queued, _) = delivery.finish();
             ROk(queued)
         })
     }
@@ -129,18 +115,18 @@ impl SessionApi for SessionHandle {
     }
 
     fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
-        guard("feed", None, || self.0.feed(bytes.as_slice())).into()
+        guard("feed", None, || self.0.accept(Arrival::Bytes(&bytes))).into()
     }
 
     fn feed_message(&self, message: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
         guard("feed_message", None, || {
-            self.0.feed_message(message.as_slice())
+            self.0.accept(Arrival::Message(&message))
         })
         .into()
     }
 
     fn drain(&self, out: &mut RVec<u8>) -> bool {
-        guard("drain", false, || self.0.drain(out))
+        guard("drain", false, || self.0.drain(out, false))
     }
 
     fn close(&self) {
@@ -148,7 +134,10 @@ impl SessionApi for SessionHandle {
     }
 
     fn refuse(&self, error: RStr<'_>) {
-        guard("refuse", (), || self.0.refuse(error.as_str()))
+        guard("refuse", (), || {
+            // A refusal never halts the input: there is nothing to wait for.
+            let _ = self.0.accept(Arrival::Refusal(error.as_str()));
+        })
     }
 
     fn execute(&self, request: RSlice<'_, u8>) -> FfiFuture<RResult<(), SdkError>> {
@@ -157,5 +146,15 @@ impl SessionApi for SessionHandle {
             async { RErr(SdkError::other("internal error")) }.into_ffi(),
             || self.0.execute(request.to_vec()),
         )
+    }
+
+    fn drain_stream(&self, out: &mut RVec<u8>) -> bool {
+        guard("drain_stream", false, || self.0.drain(out, true))
+    }
+
+    fn hold(&self, bytes: u64) -> bool {
+        guard("hold", false, || {
+            self.0.hold(usize::try_from(bytes).unwrap_or(usize::MAX))
+        })
     }
 }

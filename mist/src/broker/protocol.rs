@@ -75,6 +75,62 @@ impl<'a> RawTags<'a> {
     }
 }
 
+/// A tag set as matching and delivery use it: non-empty, every tag a
+/// non-empty string, and no more tags than `--max-tags`. The one place
+/// that limit is checked: a client's request, a plugin's publish and
+/// another node's message all become a `TagSet` before they are matched.
+pub(crate) struct TagSet<'a>(Tags<'a>);
+
+impl<'a> TagSet<'a> {
+    /// A request's tags.
+    pub(crate) fn parse(raw: RawTags<'a>, max: usize) -> Result<TagSet<'a>, ProtocolError> {
+        TagSet::checked(raw.parse()?, max)
+    }
+
+    /// Tags given as a list (by a plugin, or by another node).
+    pub(crate) fn from_list(
+        tags: impl IntoIterator<Item = &'a str>,
+        max: usize,
+    ) -> Result<TagSet<'a>, ProtocolError> {
+        let tags: Tags<'a> = tags.into_iter().map(Cow::Borrowed).collect();
+        if tags.is_empty() {
+            return Err(ProtocolError::MissingTags);
+        }
+        if tags.iter().any(|t| t.is_empty()) {
+            return Err(ProtocolError::EmptyTag);
+        }
+        TagSet::checked(tags, max)
+    }
+
+    fn checked(tags: Tags<'a>, max: usize) -> Result<TagSet<'a>, ProtocolError> {
+        if tags.len() > max {
+            return Err(ProtocolError::TooManyTags {
+                count: tags.len(),
+                limit: max,
+            });
+        }
+        Ok(TagSet(tags))
+    }
+
+    /// The same set, owned (to wait on the token store with).
+    pub(crate) fn into_owned(self) -> TagSet<'static> {
+        TagSet(
+            self.0
+                .into_iter()
+                .map(|t| Cow::Owned(t.into_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl<'a> std::ops::Deref for TagSet<'a> {
+    type Target = [Cow<'a, str>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// The shape every client library writes for a publish:
 /// `{"command":"publish","tags":["a",..],"data":"..."}` with no whitespace,
 /// no escapes, no other fields, non-empty tags. Returns the raw tags array

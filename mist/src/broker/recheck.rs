@@ -1,7 +1,8 @@
 //! Rechecking tokens against the store when this node may have missed a
 //! change made on another node: a token change announced by the cluster,
 //! or the cluster's backplane coming (back) up, after which every token
-//! is rechecked.
+//! is rechecked. The cluster asks through [`FromCluster`](super::cluster),
+//! which owns the [`Rechecks`] under way.
 //!
 //! A recheck that the store cannot answer (an error, or no answer within
 //! [`ATTEMPT_TIMEOUT`]) is tried again with a backoff; when there is still
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::access::{Revoked, TokenKey};
-use super::Shared;
+use super::shared::Shared;
 
 /// How long one question to the store may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -65,26 +66,35 @@ pub(crate) enum Outcome {
     FailedClosed(usize),
 }
 
-impl Shared {
-    /// Rechecks the token `key` on `runtime`, coalesced with a recheck of
-    /// it under way. Never waits.
-    pub(crate) fn spawn_recheck(self: &Arc<Self>, key: TokenKey, runtime: &tokio::runtime::Handle) {
-        if !self.tokens.holds(&key) {
+impl Rechecks {
+    /// Rechecks the token `key` of `shared` on `runtime`, coalesced with a
+    /// recheck of it under way. Never waits.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        key: TokenKey,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        if !shared.tokens.holds(&key) {
             return; // a change of a token no session here holds
         }
         {
-            let mut running = self.rechecks.running.lock();
+            let mut running = self.running.lock();
             if let Some(again) = running.get_mut(&key) {
                 *again = true;
                 return;
             }
             running.insert(key, false);
         }
-        let shared = self.clone();
+        let (rechecks, shared) = (self.clone(), shared.clone());
         runtime.spawn(async move {
             loop {
-                shared.recheck(&key).await;
-                let mut running = shared.rechecks.running.lock();
+                {
+                    // Waiting for a turn does not count against the bound.
+                    let _turn = rechecks.turns.acquire().await;
+                    shared.recheck(&key).await;
+                }
+                let mut running = rechecks.running.lock();
                 if running.get(&key) == Some(&true) {
                     running.insert(key, false);
                     continue;
@@ -95,9 +105,13 @@ impl Shared {
         });
     }
 
-    /// Rechecks every token an open session holds.
-    pub(crate) fn spawn_recheck_all(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        let keys = self.tokens.keys();
+    /// Rechecks every token an open session of `shared` holds.
+    pub(crate) fn spawn_all(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let keys = shared.tokens.keys();
         if !keys.is_empty() {
             tracing::info!(
                 tokens = keys.len(),
@@ -105,18 +119,24 @@ impl Shared {
             );
         }
         for key in keys {
-            self.spawn_recheck(key, runtime);
+            self.spawn(shared, key, runtime);
         }
     }
 
+    /// Whether no recheck is under way.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        self.running.lock().is_empty()
+    }
+}
+
+impl Shared {
     /// Asks the store what the token `key` holds now and revokes the rest;
     /// fails closed past [`GIVE_UP_AFTER`] without an answer.
     pub(crate) async fn recheck(&self, key: &TokenKey) -> Outcome {
         let Some(auth) = self.auth.get() else {
             return Outcome::NoSession;
         };
-        // Waiting for a turn does not count against the bound.
-        let _turn = self.rechecks.turns.acquire().await;
         let deadline = Instant::now() + GIVE_UP_AFTER;
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -287,11 +307,12 @@ mod tests {
         let asked = store.0.asked.load(Ordering::SeqCst);
         store.0.failing.store(2, Ordering::SeqCst);
         let runtime = tokio::runtime::Handle::current();
+        let rechecks = Arc::new(Rechecks::default());
         for _ in 0..100 {
-            shared.spawn_recheck(key(), &runtime);
+            rechecks.spawn(&shared, key(), &runtime);
         }
-        shared.spawn_recheck([7; 32], &runtime); // nobody holds it
-        while !shared.rechecks.running.lock().is_empty() {
+        rechecks.spawn(&shared, [7; 32], &runtime); // nobody holds it
+        while !rechecks.idle() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Two failures and an answer, then once more for the asks that

@@ -1,5 +1,5 @@
 //! Who is connected and who subscribed to what: the one place publishes
-//! are matched. Guarded by one `RwLock` in [`super::Shared`]; a publishing
+//! are matched. Guarded by one `RwLock` in [`super::shared::Shared`]; a publishing
 //! session holds it shared from its first match until its deliveries are
 //! queued (see `batch`), only (un)subscribing, connecting and revoking take
 //! it exclusively, and nothing is held across a write to a socket.
@@ -12,47 +12,13 @@
 //! its slot.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, Confirmation};
 use crate::tags::{Index, MatchScratch};
 
+use super::id::SessionId;
 use super::output::Output;
-
-/// A session's identity, never reused while the broker runs (up to 2³²
-/// reuses of one slot).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct SessionId {
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
-
-impl SessionId {
-    /// The id as plugins see it: generation in the high half.
-    pub(crate) fn to_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
-    }
-
-    pub(crate) fn from_u64(id: u64) -> SessionId {
-        SessionId {
-            index: id as u32,
-            generation: (id >> 32) as u32,
-        }
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.index, self.generation)
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// Why a subscription was not added.
 #[derive(Debug, PartialEq, Eq)]

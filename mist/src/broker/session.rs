@@ -1,16 +1,17 @@
 //! One client's session: the sequencing of its input.
 //!
-//! Commands of one session take effect strictly in order. Most are carried
-//! out synchronously inside `feed` ([`commands::execute`]); one that needs
-//! the token store or a plugin halts the input with a pending step, and so
-//! does a reply that fills the session's own queue (a client that sends
-//! requests without reading the answers). Input that arrives meanwhile
-//! waits in the backlog, which stays small because the listener does not
-//! read more until the future `feed` returned completes. This file owns
-//! only that: input, halts, backlog. What commands do is in `commands`,
-//! what waits is in `steps`.
+//! Everything a listener hands a session is an [`Arrival`], taken by one
+//! way in, [`Session::accept`]: stream bytes, a framed message, or input
+//! the listener refused. Commands of one session take effect strictly in
+//! order. Most are carried out synchronously inside `accept`
+//! ([`cmd::execute`]); one that needs the token store or a plugin halts
+//! the input with a pending step, and so does a reply that fills the
+//! session's own queue (a client that sends requests without reading the
+//! answers). Input that arrives meanwhile waits in the backlog, which
+//! stays small because the listener does not read more until the future
+//! `accept` returned completes. This file owns only that: input, halts,
+//! backlog. What commands do is in `cmd`; the session's state in `state`.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,51 +24,33 @@ use mist_sdk::abi::OutputWakerBox;
 use mist_sdk::{ErrorKind, SdkError, SessionInfo};
 use parking_lot::Mutex;
 
-use super::command::Refusal;
-use super::commands::{self, Applied, Context, State, Step};
-use super::framing::{Frame, LineFramer};
+use super::cmd::{self, Context, Pending, Refusal, Step};
+use super::framing::Frame;
+use super::id::SessionId;
 use super::output::{ExtendSlice, Output, OutputConfig, Peer};
-use super::router::SessionId;
-use super::steps::Pending;
-use super::Shared;
+use super::shared::Shared;
+use super::state::{Backlogged, State};
 
 pub(crate) struct Session {
     pub(crate) id: SessionId,
     shared: Arc<Shared>,
-    output: Arc<Output>,
-    input: Mutex<Input>,
+    pub(crate) output: Arc<Output>,
+    state: Mutex<State>,
     closed: AtomicBool,
 }
 
-/// Framed input waiting for a halt to end.
-enum Backlogged {
-    Message(Vec<u8>),
-    Refusal(String),
-}
-
-struct Input {
-    framer: LineFramer,
-    /// Input that arrived during, or was left after, a halt. Made by the
-    /// halt and dropped when it is used up: a session that is not halted
-    /// (an idle one) holds none.
-    backlog: Option<Box<Backlog>>,
-    /// Input is halted: new input joins the backlog.
-    busy: bool,
-    state: State,
-}
-
-#[derive(Default)]
-struct Backlog {
-    /// Stream input.
-    bytes: Vec<u8>,
-    /// Framed messages (and refusals).
-    messages: VecDeque<Backlogged>,
-}
-
-impl Input {
-    fn backlog(&mut self) -> &mut Backlog {
-        self.backlog.get_or_insert_with(Box::default)
-    }
+/// What a listener hands a session.
+#[derive(Clone, Copy)]
+pub(crate) enum Arrival<'a> {
+    /// Bytes read from a line-framed stream (`SessionApi::feed`); an
+    /// unfinished last line waits for the next.
+    Bytes(&'a [u8]),
+    /// One message of a transport that frames its own (a WebSocket text
+    /// frame: `SessionApi::feed_message`).
+    Message(&'a [u8]),
+    /// Input the listener could not accept (a binary WebSocket frame),
+    /// answered with this error in order (`SessionApi::refuse`).
+    Refusal(&'a str),
 }
 
 /// Why input processing stopped before the end of what arrived.
@@ -79,6 +62,9 @@ enum Halt {
     /// The cluster's way out is saturated: wait until the backplane has
     /// taken more of what this node's publishers sent (`Cluster::room`).
     Uplink,
+    /// The client's unfinished input could not be held (the memory budget
+    /// is spent): its refusal is queued, the session ends.
+    Close,
 }
 
 impl Session {
@@ -103,12 +89,7 @@ impl Session {
             id,
             shared,
             output,
-            input: Mutex::new(Input {
-                framer: LineFramer::default(),
-                backlog: None,
-                busy: false,
-                state,
-            }),
+            state: Mutex::new(state),
             closed: AtomicBool::new(false),
         })
     }
@@ -118,74 +99,67 @@ impl Session {
         self.closed.load(Ordering::Acquire) || self.output.is_closed()
     }
 
-    /// Input from a line-framed stream. See `SessionApi::feed`.
-    pub(crate) fn feed(self: &Arc<Self>, bytes: &[u8]) -> Option<FfiFuture<()>> {
+    /// Takes what the listener hands over. Returns a future when the input
+    /// halted: the listener awaits it before handing over more.
+    pub(crate) fn accept(self: &Arc<Self>, arrival: Arrival<'_>) -> Option<FfiFuture<()>> {
         if self.is_closed() {
             return None;
         }
-        let mut input = self.input.lock();
-        if input.busy {
-            input.backlog().bytes.extend_from_slice(bytes);
+        let mut state = self.state.lock();
+        if state.busy {
+            backlog(&mut state, arrival);
+            self.charge_input(&mut state);
             return None;
         }
-        if let Some(pending) = input.state.take_connect_check() {
-            input.backlog().bytes.extend_from_slice(bytes);
-            input.busy = true;
-            return Some(self.settle(Halt::Wait(pending)));
-        }
-        let (halt, rest) = self.run_stream(&mut input, bytes)?;
-        input.backlog().bytes.extend_from_slice(rest);
-        input.busy = true;
-        Some(self.settle(halt))
-    }
-
-    /// One framed message. See `SessionApi::feed_message`.
-    pub(crate) fn feed_message(self: &Arc<Self>, message: &[u8]) -> Option<FfiFuture<()>> {
-        if self.is_closed() {
-            return None;
-        }
-        let mut input = self.input.lock();
-        if input.busy {
-            input
-                .backlog()
-                .messages
-                .push_back(Backlogged::Message(message.to_vec()));
-            return None;
-        }
-        let halt = match input.state.take_connect_check() {
-            Some(pending) => {
-                input
-                    .backlog()
-                    .messages
-                    .push_back(Backlogged::Message(message.to_vec()));
-                Halt::Wait(pending)
-            }
-            None => self.run_message(&mut input, message)?,
+        // A refusal is answered at once (the listener does not wait on it),
+        // before the connect-time token is checked.
+        let check = match arrival {
+            Arrival::Refusal(_) => None,
+            _ => state.take_connect_token(),
         };
-        input.busy = true;
+        if let Some(token) = check {
+            backlog(&mut state, arrival);
+            self.charge_input(&mut state);
+            state.busy = true;
+            return Some(self.settle(Halt::Wait(Pending::auth(token, true))));
+        }
+        let halt = self.run(&mut state, arrival);
+        self.charge_input(&mut state);
+        let halt = halt?;
+        if let Halt::Close = halt {
+            drop(state);
+            self.close();
+            return None;
+        }
+        state.busy = true;
         Some(self.settle(halt))
     }
 
-    /// Input the listener could not accept: answered with an error, in order.
-    pub(crate) fn refuse(&self, error: &str) {
-        if self.is_closed() {
-            return;
-        }
-        let mut input = self.input.lock();
-        if input.busy {
-            input
-                .backlog()
-                .messages
-                .push_back(Backlogged::Refusal(error.to_string()));
-        } else {
-            self.refuse_now(&mut input, error);
-        }
+    /// Stream input, as [`Session::accept`] takes it (the unit tests' way in).
+    #[cfg(test)]
+    pub(crate) fn feed(self: &Arc<Self>, bytes: &[u8]) -> Option<FfiFuture<()>> {
+        self.accept(Arrival::Bytes(bytes))
     }
 
-    fn refuse_now(&self, input: &mut Input, error: &str) {
-        let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
-        cx.state.commands_seen = true;
-        cx.refuse(&Refusal::invalid("", error));
+    /// Carries out `arrival` until something halts it; what is left of it
+    /// then waits in the backlog.
+    fn run(&self, state: &mut State, arrival: Arrival<'_>) -> Option<Halt> {
+        match arrival {
+            Arrival::Bytes(bytes) => {
+                let (halt, rest) = self.run_stream(state, bytes)?;
+                if !rest.is_empty() {
+                    backlog(state, Arrival::Bytes(rest));
+                }
+                Some(halt)
+            }
+            Arrival::Message(message) => self.run_message(state, message),
+            Arrival::Refusal(error) => {
+                let mut cx = Context::new(&self.shared, self.id, &self.output, state);
+                cx.state.commands_seen = true;
+                cx.refuse(&Refusal::invalid("", error));
+                None
+            }
+        }
     }
 
     /// Carries out one request and returns its refusal, typed, instead of
@@ -207,23 +181,25 @@ impl Session {
             return Err(Refusal::new("", ErrorKind::OTHER, "the session is closed"));
         }
         let connect = {
-            let mut input = self.input.lock();
-            if input.busy {
+            let mut state = self.state.lock();
+            if state.busy {
                 return Err(Refusal::new(
                     "",
                     ErrorKind::OVERLOADED,
                     "the session is busy with an earlier request",
                 ));
             }
-            input.busy = true;
-            input.state.take_connect_check()
+            state.busy = true;
+            state
+                .take_connect_token()
+                .map(|token| Pending::auth(token, true))
         };
         let result = self.execute_steps(connect, request).await;
         // An HTTP publisher is slowed down like a streaming one.
         if self.uplink_congested() {
             self.uplink_room().await;
         }
-        // Input fed while the request ran goes on as usual.
+        // Input that arrived while the request ran goes on as usual.
         if let Some(halt) = self.resume() {
             self.settle(halt).await;
         }
@@ -239,15 +215,9 @@ impl Session {
             self.complete(pending).await?;
         }
         let step = {
-            let mut input = self.input.lock();
-            let limit = self.shared.limits.max_message_bytes;
-            let frame = if request.len() > limit {
-                Frame::TooLarge(request.len())
-            } else {
-                Frame::Line(request)
-            };
-            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
-            let step = commands::execute(&mut cx, frame);
+            let mut state = self.state.lock();
+            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut state);
+            let step = cmd::execute(&mut cx, self.message_frame(request));
             cx.flush();
             step?
         };
@@ -257,43 +227,62 @@ impl Session {
         }
     }
 
-    /// Carries out every complete line of `data` until one halts; returns
-    /// the halt and the input after it.
-    fn run_stream<'d>(&self, input: &mut Input, data: &'d [u8]) -> Option<(Halt, &'d [u8])> {
-        let Input { framer, state, .. } = input;
-        let mut cx = Context::new(&self.shared, self.id, &self.output, state);
-        let mut halt = None;
-        let limit = self.shared.limits.max_message_bytes;
-        let rest = framer.feed(limit, data, |frame| match self.run(&mut cx, frame) {
-            None => ControlFlow::Continue(()),
-            Some(h) => {
-                halt = Some(h);
-                ControlFlow::Break(())
-            }
-        });
-        cx.flush();
-        halt.map(|halt| (halt, rest))
-    }
-
-    fn run_message(&self, input: &mut Input, message: &[u8]) -> Option<Halt> {
-        let limit = self.shared.limits.max_message_bytes;
-        let frame = if message.len() > limit {
+    fn message_frame<'m>(&self, message: &'m [u8]) -> Frame<'m> {
+        if message.len() > self.shared.limits.max_message_bytes {
             Frame::TooLarge(message.len())
         } else {
             Frame::Line(message)
-        };
-        let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
-        let halt = self.run(&mut cx, frame);
+        }
+    }
+
+    /// Carries out every complete line of `data` until one halts; returns
+    /// the halt and the input after it.
+    fn run_stream<'d>(&self, state: &mut State, data: &'d [u8]) -> Option<(Halt, &'d [u8])> {
+        let mut framer = std::mem::take(&mut state.framer);
+        // The unfinished line grows only with the ledger's leave.
+        let others = state.input_held();
+        let mut room = |needed: usize| self.output.set_input(others + needed).is_ok();
+        let mut cx = Context::new(&self.shared, self.id, &self.output, state);
+        let mut halt = None;
+        let limit = self.shared.limits.max_message_bytes;
+        let rest = framer.feed(limit, data, &mut room, |frame| {
+            match self.run_frame(&mut cx, frame) {
+                None => ControlFlow::Continue(()),
+                Some(h) => {
+                    halt = Some(h);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        cx.flush();
+        drop(cx);
+        state.framer = framer;
+        halt.map(|halt| (halt, rest))
+    }
+
+    fn run_message(&self, state: &mut State, message: &[u8]) -> Option<Halt> {
+        let mut cx = Context::new(&self.shared, self.id, &self.output, state);
+        let halt = self.run_frame(&mut cx, self.message_frame(message));
         cx.flush();
         halt
     }
 
     /// One request: carried out, answered with its refusal, or halting.
-    fn run(&self, cx: &mut Context<'_>, frame: Frame<'_>) -> Option<Halt> {
-        match commands::execute(cx, frame) {
+    fn run_frame(&self, cx: &mut Context<'_>, frame: Frame<'_>) -> Option<Halt> {
+        let no_room = matches!(frame, Frame::NoRoom(_));
+        match cmd::execute(cx, frame) {
             Ok(Step::Wait(pending)) => return Some(Halt::Wait(pending)),
             Ok(Step::Done) => {}
             Err(refusal) => cx.refuse(&refusal),
+        }
+        if no_room {
+            self.shared.ledger.count_closed_for_input();
+            tracing::warn!(
+                session = %self.id,
+                peer = %self.output.peer(),
+                "closing a connection: its unfinished line needs more memory than --max-memory has left"
+            );
+            return Some(Halt::Close);
         }
         // Replies count against the queue: stop reading a client that does
         // not read them. (A flood of publishes queues nothing of its own.)
@@ -328,18 +317,22 @@ impl Session {
                 match halt {
                     Halt::Wait(pending) => {
                         if let Err(refusal) = session.complete(pending).await {
-                            let mut input = session.input.lock();
+                            let mut state = session.state.lock();
                             let mut cx = Context::new(
                                 &session.shared,
                                 session.id,
                                 &session.output,
-                                &mut input.state,
+                                &mut state,
                             );
                             cx.refuse(&refusal);
                         }
                     }
                     Halt::Full => session.under_limit().await,
                     Halt::Uplink => session.uplink_room().await,
+                    Halt::Close => {
+                        session.close();
+                        return;
+                    }
                 }
                 if session.is_closed() {
                     return;
@@ -350,19 +343,20 @@ impl Session {
         .into_ffi()
     }
 
-    /// Performs a step and applies its effect, checking again as long as a
-    /// revocation overtakes the check.
+    /// Performs a step and applies its effect, as long as each effect asks
+    /// for another step (a revocation overtook a check, a subscription
+    /// waits for the cluster).
     async fn complete(&self, mut pending: Pending) -> Result<(), Refusal> {
         loop {
             let effect = pending.perform(&self.shared, self.id, &self.output).await;
-            let mut input = self.input.lock();
+            let mut state = self.state.lock();
             if self.is_closed() {
                 return Ok(()); // nothing of a closed session may take effect
             }
-            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut input.state);
-            match commands::apply(&mut cx, effect)? {
-                Applied::Done => return Ok(()),
-                Applied::Then(next) => pending = next,
+            let mut cx = Context::new(&self.shared, self.id, &self.output, &mut state);
+            match cmd::apply(&mut cx, effect)? {
+                Step::Done => return Ok(()),
+                Step::Wait(next) => pending = next,
             }
         }
     }
@@ -370,40 +364,43 @@ impl Session {
     /// Processes input that waited, until it is used up (clearing `busy`)
     /// or something halts it again.
     fn resume(&self) -> Option<Halt> {
-        let mut input = self.input.lock();
+        let mut state = self.state.lock();
+        let halt = self.resume_locked(&mut state);
+        self.charge_input(&mut state);
+        halt
+    }
+
+    fn resume_locked(&self, state: &mut State) -> Option<Halt> {
         loop {
             if self.output.over_limit() {
                 return Some(Halt::Full);
             }
-            let backlog = input.backlog.as_mut().map(|b| b.messages.pop_front());
-            match backlog.flatten() {
-                Some(Backlogged::Message(message)) => {
-                    if let Some(halt) = self.run_message(&mut input, &message) {
-                        return Some(halt);
+            let next = state.backlog.as_mut().and_then(|b| b.arrivals.pop_front());
+            let halt = match next {
+                Some(Backlogged::Bytes(bytes)) => {
+                    match self.run_stream(state, &bytes) {
+                        Some((halt, rest)) => {
+                            if !rest.is_empty() {
+                                // Back in front of whatever came after it.
+                                let rest = Backlogged::Bytes(rest.to_vec());
+                                state.backlog().arrivals.push_front(rest);
+                            }
+                            Some(halt)
+                        }
+                        None => None,
                     }
-                    continue;
                 }
-                Some(Backlogged::Refusal(error)) => {
-                    self.refuse_now(&mut input, &error);
-                    continue;
+                Some(Backlogged::Message(message)) => self.run_message(state, &message),
+                Some(Backlogged::Refusal(error)) => self.run(state, Arrival::Refusal(&error)),
+                None => {
+                    state.backlog = None;
+                    state.busy = false;
+                    return None;
                 }
-                None => {}
+            };
+            if halt.is_some() {
+                return halt;
             }
-            let bytes = input
-                .backlog
-                .as_mut()
-                .map(|b| std::mem::take(&mut b.bytes))
-                .unwrap_or_default();
-            if !bytes.is_empty() {
-                if let Some((halt, rest)) = self.run_stream(&mut input, &bytes) {
-                    input.backlog().bytes = rest.to_vec();
-                    return Some(halt);
-                }
-                continue;
-            }
-            input.backlog = None;
-            input.busy = false;
-            return None;
         }
     }
 
@@ -418,8 +415,39 @@ impl Session {
         .await
     }
 
-    pub(crate) fn drain(&self, out: &mut dyn ExtendSlice) -> bool {
-        self.output.drain_into(out)
+    pub(crate) fn drain(&self, out: &mut dyn ExtendSlice, pieces: bool) -> bool {
+        self.output.drain_into(out, pieces)
+    }
+
+    /// What the listener holds for this session's input now (a WebSocket
+    /// message still arriving). `false` if the ledger has no room for that
+    /// much: the listener then ends the connection.
+    pub(crate) fn hold(&self, bytes: usize) -> bool {
+        let mut state = self.state.lock();
+        let before = state.listener_held;
+        state.listener_held = bytes;
+        let others = state.input_held() - bytes + state.framer.held();
+        if bytes <= before || self.output.set_input(others + bytes).is_ok() {
+            self.charge_input(&mut state);
+            return true;
+        }
+        state.listener_held = before;
+        self.shared.ledger.count_closed_for_input();
+        tracing::warn!(
+            session = %self.id,
+            peer = %self.output.peer(),
+            bytes,
+            "refused a listener's buffer for a connection: more memory than --max-memory has left"
+        );
+        false
+    }
+
+    /// Charges what the session holds for its input now (its unfinished
+    /// line, its backlog, its listener's buffers). Input already taken is
+    /// charged whatever the ledger says: it is held.
+    fn charge_input(&self, state: &mut State) {
+        let held = state.input_held() + state.framer.held();
+        self.output.force_input(held);
     }
 
     /// Ends the session: subscriptions go at once, queued output stays
@@ -430,14 +458,7 @@ impl Session {
         }
         self.shared.router.write().remove_session(self.id);
         self.output.close();
-        let key = self
-            .input
-            .lock()
-            .state
-            .standing
-            .token
-            .as_ref()
-            .map(|t| t.key);
+        let key = self.state.lock().standing.token.as_ref().map(|t| t.key);
         if let Some(key) = key {
             self.shared.tokens.leave(&key, self.id);
         }
@@ -446,6 +467,17 @@ impl Session {
             dropped = self.output.dropped(),
             "session closed"
         );
+    }
+}
+
+/// Keeps `arrival` for after the halt, in order.
+fn backlog(state: &mut State, arrival: Arrival<'_>) {
+    let arrivals = &mut state.backlog().arrivals;
+    match (arrival, arrivals.back_mut()) {
+        (Arrival::Bytes(bytes), Some(Backlogged::Bytes(last))) => last.extend_from_slice(bytes),
+        (Arrival::Bytes(bytes), _) => arrivals.push_back(Backlogged::Bytes(bytes.to_vec())),
+        (Arrival::Message(message), _) => arrivals.push_back(Backlogged::Message(message.to_vec())),
+        (Arrival::Refusal(error), _) => arrivals.push_back(Backlogged::Refusal(error.to_string())),
     }
 }
 
@@ -462,8 +494,8 @@ mod tests {
     use mist_sdk::ErrorKind;
     use serde_json::json;
 
+    use super::super::limits::Limits;
     use super::super::testing::{admin_broker, open_broker, Client, ADMIN};
-    use super::super::Limits;
 
     fn auth(token: &str) -> serde_json::Value {
         json!({"command": "auth", "data": token})
@@ -472,12 +504,37 @@ mod tests {
     #[test]
     fn a_session_and_its_output_stay_small() {
         // Every connection holds one of each, each in an `Arc` (16 bytes
-        // more): 136 + 16 fits glibc's 160-byte chunk, 144 + 16 its
-        // 176-byte one (a byte more costs 16).
+        // more): 136 + 16 fits glibc's 160-byte chunk, 152 + 16 its
+        // 176-byte one (8 bytes more cost 16).
         let session = std::mem::size_of::<super::Session>();
         let output = std::mem::size_of::<super::Output>();
         assert!(session <= 136, "Session: {session} bytes");
-        assert!(output <= 144, "Output: {output} bytes");
+        assert!(output <= 152, "Output: {output} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_publisher_keeps_a_small_batch_and_gives_a_big_one_back() {
+        let shared = open_broker(Limits::default());
+        let subscriber = Client::open(&shared, None);
+        subscriber
+            .request(&[json!({"command": "subscribe", "tags": ["t0"]})])
+            .await;
+        let publisher = Client::open(&shared, None);
+        assert!(publisher
+            .session
+            .feed(b"{\"command\":\"publish\",\"tags\":[\"t0\"],\"data\":\"x\"}\n")
+            .is_none());
+        assert!(publisher.session.state.lock().batch.is_some(), "kept");
+        // A burst over many topics: a run each, thousands of them.
+        let burst: String = (0..5000)
+            .map(|i| format!("{{\"command\":\"publish\",\"tags\":[\"t{i}\"],\"data\":\"x\"}}\n"))
+            .collect();
+        assert!(publisher.session.feed(burst.as_bytes()).is_none());
+        assert!(
+            publisher.session.state.lock().batch.is_none(),
+            "a burst's buffers are given back"
+        );
+        assert_eq!(subscriber.received().len(), 2);
     }
 
     #[tokio::test]
@@ -558,7 +615,7 @@ mod tests {
                 let mut total = 0;
                 while total < 501 {
                     let mut out = Vec::new();
-                    session.drain(&mut out);
+                    session.drain(&mut out, false);
                     total += out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -649,7 +706,7 @@ mod tests {
             1,
             "only the publisher"
         );
-        assert_eq!(shared.memory.used(), 0, "its queue was discarded");
+        assert_eq!(shared.ledger.used(), 0, "its queue was discarded");
         assert!(slow.session.feed(b"{\"command\":\"ping\"}\n").is_none());
         assert!(
             slow.received().is_empty(),

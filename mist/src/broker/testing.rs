@@ -15,8 +15,10 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use super::limits::Limits;
 use super::session::Session;
-use super::{Broker, Limits, Shared};
+use super::shared::Shared;
+use super::Broker;
 
 pub(crate) const ADMIN: &str = "admin-token";
 
@@ -80,7 +82,7 @@ impl Client {
         let mut out = Vec::new();
         loop {
             let before = out.len();
-            if !self.session.drain(&mut out) || out.len() == before {
+            if !self.session.drain(&mut out, false) || out.len() == before {
                 break;
             }
         }

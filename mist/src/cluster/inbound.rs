@@ -3,8 +3,9 @@
 //! key, the MAC and the sender's clock against this node's; the body
 //! ([`wire::body`], data exactly one JSON string); the sequence number
 //! against what this node saw from that origin ([`peers`](super::peers));
-//! and each message against this node's own limits for a client's
-//! publish. [`Inbound::check`] is the one entry point: the node calls it
+//! and each message's delivery line against this node's
+//! `--max-message-bytes`. (Its tags are checked by the broker, where every
+//! tag set is: `TagSet`.) [`Inbound::check`] is the one entry point: the node calls it
 //! for every payload, and the `cluster_payload` fuzz target drives it
 //! with whatever bytes it likes.
 //!
@@ -56,7 +57,7 @@ pub enum Refusal {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {
     /// Messages to deliver, in order; `refused` more were over this node's
-    /// limits for a client's publish and are left out.
+    /// `--max-message-bytes` and are left out.
     Messages {
         messages: Vec<Incoming<'a>>,
         refused: u64,
@@ -77,11 +78,10 @@ pub enum Verdict<'a> {
     Refused(Refusal),
 }
 
-/// This node's limits for one message, as for a client's publish.
+/// This node's limit for one message, as for a client's publish (the
+/// tag count is the broker's to check, with every other tag set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageLimits {
-    /// Tags in one message at most (`--max-tags`).
-    pub max_tags: usize,
     /// The delivery line's bytes at most (`--max-message-bytes`).
     pub max_message_bytes: usize,
 }
@@ -89,7 +89,6 @@ pub struct MessageLimits {
 impl Default for MessageLimits {
     fn default() -> Self {
         MessageLimits {
-            max_tags: usize::MAX,
             max_message_bytes: usize::MAX,
         }
     }
@@ -219,9 +218,6 @@ impl Inbound {
 /// the delivery line the broker writes for it (the same shape as a
 /// client's publish line) is at most `max_message_bytes`.
 fn within(message: &Incoming<'_>, limits: MessageLimits) -> bool {
-    if message.tags.len() > limits.max_tags {
-        return false;
-    }
     // `["a","b"]`: brackets, quotes, commas, and each tag as serde_json
     // escapes it.
     let tags: usize = 1 + message.tags.iter().map(|t| json_len(t) + 3).sum::<usize>();
@@ -362,7 +358,6 @@ mod tests {
     #[test]
     fn messages_over_this_nodes_limits_are_left_out() {
         let limits = MessageLimits {
-            max_tags: 2,
             max_message_bytes: 100,
         };
         // The line of a message of tags ["a"] and data "fits" is 48 bytes:
@@ -376,7 +371,6 @@ mod tests {
                 1,
                 None,
                 MessageLimits {
-                    max_tags: 1,
                     max_message_bytes: max,
                 },
             );
@@ -399,22 +393,20 @@ mod tests {
         assert!(within(
             &escaped,
             MessageLimits {
-                max_tags: 1,
                 max_message_bytes: 37 + 14 + 2
             }
         ));
         assert!(!within(
             &escaped,
             MessageLimits {
-                max_tags: 1,
                 max_message_bytes: 37 + 14 + 1
             }
         ));
         let mut inbound = Inbound::new(1, None, limits);
         let mut body = Vec::new();
         put_message(&mut body, &["a"], "\"fits\"");
-        put_message(&mut body, &["a", "b", "c"], "\"three tags\"");
         put_message(&mut body, &["a"], &format!("\"{}\"", "x".repeat(100)));
+        put_message(&mut body, &["a", "b"], &format!("\"{}\"", "x".repeat(60)));
         let count = wire::messages_count(3);
         let payload = seal(Kind::Messages, 2, 1, 0, None, &[&count, &body]);
         let Verdict::Messages { messages, refused } = inbound.check(&payload, Instant::now(), 0)

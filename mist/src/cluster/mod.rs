@@ -38,7 +38,7 @@
 //!
 //! struct Local;
 //! impl LocalBroker for Local {
-//!     fn deliver(&self, messages: &[Incoming<'_>]) { /* exact local match, no session excluded */ }
+//!     fn deliver(&self, messages: &[Incoming<'_>]) -> usize { /* exact local match, no session excluded */ 0 }
 //!     fn token_changed(&self, digest: &TokenDigest) { /* re-check sessions with this token */ }
 //!     fn recheck_all(&self) { /* re-check every session with a token */ }
 //! }
@@ -201,8 +201,10 @@ pub trait LocalBroker: Send + Sync + 'static {
     /// Messages published on another node, in their publisher's order:
     /// match each exactly against the local subscriptions and deliver it
     /// (no session is excluded: the publisher is elsewhere). `data` is one
-    /// JSON string token, checked.
-    fn deliver(&self, messages: &[Incoming<'_>]);
+    /// JSON string token, checked. Returns how many messages it refused
+    /// (their tags are over this node's `--max-tags`), which count as
+    /// refused payloads do.
+    fn deliver(&self, messages: &[Incoming<'_>]) -> usize;
 
     /// A token's tags changed on another node: re-check the sessions whose
     /// token has this SHA-256 (revocation).
@@ -874,16 +876,21 @@ impl Node {
         match verdict {
             Verdict::Messages { messages, refused } => {
                 count(&self.counters.payloads_received, 1);
+                let mut refused = refused;
+                if !messages.is_empty() {
+                    let left_out = self.local.deliver(&messages) as u64;
+                    count(
+                        &self.counters.messages_received,
+                        messages.len() as u64 - left_out,
+                    );
+                    refused += left_out;
+                }
                 if refused > 0 {
                     self.refused(
                         channel,
                         refused,
                         &format!("{refused} messages over this node's limits"),
                     );
-                }
-                if !messages.is_empty() {
-                    count(&self.counters.messages_received, messages.len() as u64);
-                    self.local.deliver(&messages);
                 }
             }
             Verdict::Copy => {

@@ -35,7 +35,7 @@ struct LocalClient {
 }
 
 impl LocalBroker for Local {
-    fn deliver(&self, messages: &[Incoming<'_>]) {
+    fn deliver(&self, messages: &[Incoming<'_>]) -> usize {
         *self.deliver_calls.lock() += 1;
         let mut clients = self.clients.lock();
         for message in messages {
@@ -52,6 +52,7 @@ impl LocalBroker for Local {
                 }
             }
         }
+        0
     }
 
     fn token_changed(&self, digest: &TokenDigest) {

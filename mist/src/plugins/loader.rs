@@ -80,8 +80,8 @@ pub fn load_library(path: &Path) -> Result<ModuleRef, LoadError> {
 /// host built with mist-sdk `host`: the rule `mist_sdk`'s documentation
 /// states ("Versions"). Patch versions never matter.
 ///
-/// - `0.x`: the same minor version (`0.2.0` loads `0.2.7`, not `0.1.9` or
-///   `0.3.0`): every `0.x` minor version may change the interface.
+/// - `0.x`: the same minor version (`0.3.0` loads `0.3.7`, not `0.2.9` or
+///   `0.4.0`): every `0.x` minor version may change the interface.
 /// - From `1.0`: the same major version, and the library's minor version
 ///   at most the host's (a `1.4` host loads `1.0`..=`1.4`): a library built
 ///   against a newer minor may call what an older host lacks.
@@ -215,14 +215,14 @@ mod tests {
         let error = check_version(
             Path::new("/lib/libx.so"),
             VersionStrings {
-                version: abi_stable::std_types::RStr::from_str("0.3.0"),
+                version: abi_stable::std_types::RStr::from_str("0.4.0"),
             },
         )
-        .expect_err("0.3.0 is refused")
+        .expect_err("0.4.0 is refused")
         .to_string();
         assert!(error.contains("/lib/libx.so"), "{error}");
-        assert!(error.contains("mist-sdk 0.3.0"), "{error}");
-        assert!(error.contains("built against mist-sdk 0.2.x"), "{error}");
+        assert!(error.contains("mist-sdk 0.4.0"), "{error}");
+        assert!(error.contains("built against mist-sdk 0.3.x"), "{error}");
         let error = check_version(
             Path::new("/lib/libx.so"),
             VersionStrings {

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::server::conn::http1;
@@ -57,7 +57,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use mist_plugin_ws::Upgrades;
 use mist_sdk::abi::ModuleRef;
 use mist_sdk::net::{stopping, Refusal, Serve, Stream};
-use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, SessionInfo};
+use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError, Session, SessionInfo};
 use serde_json::value::RawValue;
 use tokio::sync::{watch, Notify};
 
@@ -287,22 +287,72 @@ async fn publish_within(
     if announced.is_some_and(|length| length > limit as u64) {
         return too_large();
     }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+    // Opened before the body is read: what the body holds counts against
+    // the broker's memory budget (`Session::hold`) while it arrives.
+    let session = broker.open_session(SessionInfo::new(scheme, peer).with_token(token));
+    let answer = publish_body(request.into_body(), limit, &session).await;
+    session.hold(0);
+    session.close();
+    answer
+}
+
+/// Reads a publish body and carries it out on `session`.
+async fn publish_body(body: Incoming, limit: usize, session: &Session) -> Response<Body> {
+    let body = match read_body(body, limit, session).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let line = match publish_line(&body) {
         Ok(line) => line,
         Err(why) => return json_error(StatusCode::BAD_REQUEST, &why),
     };
-    let session = broker.open_session(SessionInfo::new(scheme, peer).with_token(token));
-    let done = session.execute(line.as_bytes()).await;
-    session.close();
-    match done {
+    drop(body);
+    if !session.hold(line.len()) {
+        return no_room();
+    }
+    match session.execute(line.as_bytes()).await {
         Ok(()) => reply::empty(StatusCode::NO_CONTENT),
         Err(refused) => reply::refusal(&refused),
     }
+}
+
+/// A body past this size is charged to the broker's memory budget.
+const HOLD_FREE: usize = 16 * 1024;
+
+/// The body, at most `limit` bytes, charged to `session` as it grows.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    session: &Session,
+) -> Result<Vec<u8>, Response<Body>> {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let size = bytes.len() + data.len();
+        if size > limit {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("message too large: the body is over the limit of {limit} bytes"),
+            ));
+        }
+        if size > HOLD_FREE && !session.hold(size) {
+            return Err(no_room());
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes)
+}
+
+/// `503`: the broker's memory budget has no room for this request now.
+fn no_room() -> Response<Body> {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the broker has no memory left for a body this large: try again later",
+    )
 }
 
 /// The request line for a publish body: its fields as they are, with

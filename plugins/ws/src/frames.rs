@@ -23,6 +23,13 @@ const PONG: u8 = 0xA;
 pub(crate) const NORMAL: u16 = 1000;
 pub(crate) const GOING_AWAY: u16 = 1001;
 pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+/// "Try again later": the broker's memory budget has no room for the
+/// message the client is sending.
+pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+
+/// A message being received is charged to the broker's memory budget once
+/// its buffer grows past this (smaller ones are a connection's fixed cost).
+pub(crate) const HOLD_FREE: usize = 16 * 1024;
 
 /// What a client sent: one whole message, or a control frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +57,10 @@ pub(crate) enum WireError {
     /// The client broke the protocol; the connection is closed with 1002.
     #[error("WebSocket protocol error: {0}")]
     Protocol(&'static str),
+    /// The broker's memory budget has no room for the message arriving
+    /// (this many bytes so far); the connection is closed with 1013.
+    #[error("no memory left for a message of {0} bytes so far")]
+    NoRoom(usize),
 }
 
 /// A message being received across frames.
@@ -58,6 +69,19 @@ enum Partial {
     Binary,
     /// Over the limit: being skipped; bytes seen so far.
     Skipping(u64),
+}
+
+/// Where a message's buffer is charged: the session, which tells the
+/// broker's memory budget.
+pub(crate) trait Budget: Sync {
+    /// Whether `bytes` may be held now.
+    fn hold(&self, bytes: usize) -> bool;
+}
+
+impl Budget for mist_sdk::Session {
+    fn hold(&self, bytes: usize) -> bool {
+        mist_sdk::Session::hold(self, bytes)
+    }
 }
 
 /// A reader that can show what it has read ahead.
@@ -85,6 +109,8 @@ pub(crate) struct FrameReader<R> {
     io: R,
     limit: u64,
     partial: Option<Partial>,
+    /// `room` said yes to a message's buffer since [`FrameReader::take_held`].
+    held: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -93,6 +119,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             limit: limit as u64,
             partial: None,
+            held: false,
         }
     }
 
@@ -138,8 +165,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether `room` was told of a buffer since the last call: the caller
+    /// says it is no longer held once it has handed the message over.
+    pub(crate) fn take_held(&mut self) -> bool {
+        std::mem::take(&mut self.held)
+    }
+
     /// The next message or control frame; `None` at the end of the stream.
-    pub(crate) async fn next(&mut self) -> Result<Option<Incoming>, WireError> {
+    /// Before a message's buffer grows past [`HOLD_FREE`], `room` is asked
+    /// whether that much may be held (the broker's memory budget); refused,
+    /// the message is dropped and [`WireError::NoRoom`] returned.
+    pub(crate) async fn next<B: Budget>(
+        &mut self,
+        room: &B,
+    ) -> Result<Option<Incoming>, WireError> {
         loop {
             let mut head = [0u8; 2];
             match self.io.read_exact(&mut head).await {
@@ -223,7 +262,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     // until the frame's bytes do.
                     while text.len() < end {
                         if text.len() == text.capacity() {
-                            text.reserve_exact(text.len().max(64 * 1024).min(end - text.len()));
+                            let more = text.len().max(64 * 1024).min(end - text.len());
+                            let needed = text.len() + more;
+                            if needed > HOLD_FREE {
+                                if !room.hold(needed) {
+                                    return Err(WireError::NoRoom(text.len()));
+                                }
+                                self.held = true;
+                            }
+                            text.reserve_exact(more);
                         }
                         let room = (text.capacity() - text.len()).min(end - text.len());
                         if (&mut self.io).take(room as u64).read_buf(text).await? == 0 {
@@ -269,7 +316,13 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends one unfragmented, unmasked server frame to `out`.
 fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
+    fragment(out, opcode, true, payload);
+}
+
+/// Appends one unmasked server frame to `out`: `fin` unset for a message
+/// whose rest follows in continuation frames.
+fn fragment(out: &mut Vec<u8>, opcode: u8, fin: bool, payload: &[u8]) {
+    out.push(if fin { 0x80 | opcode } else { opcode });
     match payload.len() {
         n @ 0..=125 => out.push(n as u8),
         n @ 126..=0xffff => {
@@ -285,8 +338,15 @@ fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 }
 
 /// A text frame holding `text`.
+#[cfg(test)]
 pub(crate) fn text_frame(out: &mut Vec<u8>, text: &[u8]) {
     frame(out, TEXT, text);
+}
+
+/// A piece of a text message: its first (`first`) or a later one, the
+/// last (`last`) or not. A whole message is both.
+pub(crate) fn text_piece(out: &mut Vec<u8>, first: bool, last: bool, text: &[u8]) {
+    fragment(out, if first { TEXT } else { CONTINUATION }, last, text);
 }
 
 /// A pong answering a ping with `payload`.
@@ -325,11 +385,34 @@ mod tests {
         out
     }
 
+    /// A budget that holds anything.
+    struct Unlimited;
+
+    impl Budget for Unlimited {
+        fn hold(&self, _bytes: usize) -> bool {
+            true
+        }
+    }
+
+    /// A budget that holds nothing, and notes what it was asked.
+    #[derive(Default)]
+    struct Spent(std::sync::Mutex<Vec<usize>>);
+
+    impl Budget for Spent {
+        fn hold(&self, bytes: usize) -> bool {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(bytes);
+            false
+        }
+    }
+
     async fn read_all(wire: Vec<u8>, limit: usize) -> Vec<Result<Incoming, String>> {
         let mut reader = FrameReader::new(&wire[..], limit);
         let mut out = Vec::new();
         loop {
-            match reader.next().await {
+            match reader.next(&Unlimited).await {
                 Ok(Some(incoming)) => out.push(Ok(incoming)),
                 Ok(None) => return out,
                 Err(e) => {
@@ -363,7 +446,7 @@ mod tests {
             loop {
                 let buffered = reader.message_buffered();
                 let left = reader.io.len();
-                let answered = matches!(reader.next().await, Ok(Some(_)));
+                let answered = matches!(reader.next(&Unlimited).await, Ok(Some(_)));
                 assert_eq!(buffered, answered, "cut {cut}, {left} bytes left");
                 both[usize::from(answered)] += 1;
                 if !answered {
@@ -465,5 +548,42 @@ mod tests {
         out.clear();
         close_frame(&mut out, NORMAL);
         assert_eq!(out, b"\x88\x02\x03\xe8");
+    }
+
+    #[test]
+    fn writes_a_message_in_pieces() {
+        let mut out = Vec::new();
+        text_piece(&mut out, true, false, b"he");
+        text_piece(&mut out, false, false, b"ll");
+        text_piece(&mut out, false, true, b"o");
+        assert_eq!(out, b"\x01\x02he\x00\x02ll\x80\x01o");
+    }
+
+    #[tokio::test]
+    async fn a_message_the_budget_cannot_hold_is_refused() {
+        let wire = client_frame(true, TEXT, &[b'x'; 100_000]);
+        let mut reader = FrameReader::new(&wire[..], 1 << 20);
+        let spent = Spent::default();
+        let got = reader.next(&spent).await;
+        assert!(matches!(got, Err(WireError::NoRoom(0))), "{got:?}");
+        assert_eq!(
+            *spent
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            [65_536],
+            "asked before the buffer grew past 16 KiB"
+        );
+        // A small message asks nothing.
+        let wire = client_frame(true, TEXT, b"{}");
+        let mut reader = FrameReader::new(&wire[..], 1 << 20);
+        let spent = Spent::default();
+        let got = reader.next(&spent).await;
+        assert!(matches!(got, Ok(Some(Incoming::Text(_)))));
+        assert!(spent
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty());
     }
 }

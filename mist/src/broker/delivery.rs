@@ -1,29 +1,152 @@
-//! The publish path: the deliveries of the publishes in one chunk of a
-//! session's input are serialized once into one buffer, which is then
-//! shared by every subscriber's queue.
+//! The publish path: matching under the router's lock, then handing the
+//! deliveries to the subscribers' queues, then letting the lock go.
 //!
+//! [`Delivery`] owns the rule every publish obeys: **the router's read
+//! lock is held from the first match until the deliveries are queued**.
+//! An `unsubscribe` (which takes the lock exclusively) therefore falls
+//! either before a match or after its deliveries are queued, never
+//! between: once the reply to a `ping` sent after an `unsubscribe` is
+//! queued, nothing matched through that subscription follows it. A
+//! `Delivery` holds the guard; [`Delivery::finish`] (or dropping it)
+//! flushes, releases the lock, and only then disconnects the subscribers
+//! found too slow, which takes the lock exclusively. No other code takes
+//! the router's guard on the publish path.
+//!
+//! The deliveries of the publishes in one chunk of a session's input are
+//! serialized once into one buffer ([`Batch`], the session's reusable
+//! scratch space), which is then shared by every subscriber's queue.
 //! Consecutive publishes with identical tags form a *run*: they are matched
 //! once, their delivery lines share one serialized prefix, and each
 //! subscriber receives the whole run as one contiguous range. Under a flood
 //! on one topic this makes the per-subscriber cost per chunk, not per message.
-//!
-//! The caller holds the router's read lock from the first match of a batch
-//! until [`Batch::flush`] has queued its deliveries. An `unsubscribe` (which
-//! takes the lock exclusively) therefore falls either before the match or
-//! after the deliveries are queued, never between: once the reply to a
-//! `ping` sent after an `unsubscribe` is queued, no delivery matched through
-//! that subscription can follow it.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::memory::Chunk;
-use super::protocol::{self, ProtocolError, RawTags};
-use super::router::{RouteScratch, Router, SessionId};
-use super::Shared;
+use parking_lot::RwLockReadGuard;
 
+use super::id::SessionId;
+use super::ledger::Chunk;
+use super::protocol::{self, ProtocolError, RawTags, TagSet};
+use super::router::{RouteScratch, Router};
+use super::shared::Shared;
+
+/// Publishes matched under the router's read lock, not yet queued.
+pub(crate) struct Delivery<'a> {
+    shared: &'a Shared,
+    /// `None` only once finished.
+    router: Option<RwLockReadGuard<'a, Router>>,
+    batch: Box<Batch>,
+}
+
+impl<'a> Delivery<'a> {
+    /// Takes the router's read lock; `batch` is the caller's scratch space
+    /// (empty), given back by [`Delivery::finish`].
+    pub(crate) fn begin(shared: &'a Shared, batch: Box<Batch>) -> Delivery<'a> {
+        Delivery {
+            shared,
+            router: Some(shared.router.read()),
+            batch,
+        }
+    }
+
+    fn router(&self) -> &Router {
+        // Set from `begin` until `finish`, which consumes `self`.
+        self.router.as_deref().unwrap_or_else(|| unreachable!())
+    }
+
+    /// A client's publish with the request's raw tags and data (a JSON
+    /// string token). A publisher closed meanwhile publishes nothing. In a
+    /// cluster, the other nodes get their copy too (never this node's
+    /// publisher: a node drops its own payloads).
+    pub(crate) fn publish(
+        &mut self,
+        from: SessionId,
+        tags: RawTags<'_>,
+        raw_data: &str,
+    ) -> Result<(), ProtocolError> {
+        let router = self.router.as_deref().unwrap_or_else(|| unreachable!());
+        if !router.is_open(from) {
+            return Ok(());
+        }
+        let max_tags = self.shared.limits.max_tags;
+        self.batch
+            .publish(router, max_tags, Some(from), tags, raw_data)?;
+        if let Some(cluster) = router.cluster() {
+            cluster.publish(&self.batch.cluster_tags, raw_data);
+        }
+        Ok(())
+    }
+
+    /// A session's publish whose tags are checked already (a registered
+    /// token's, after the store allowed them); `raw_data` is a JSON string
+    /// token. A publisher closed meanwhile publishes nothing.
+    pub(crate) fn publish_checked(&mut self, from: SessionId, tags: &TagSet<'_>, raw_data: &str) {
+        if self.router().is_open(from) {
+            self.publish_as_broker(Some(from), tags, raw_data);
+        }
+    }
+
+    /// A publish by the broker itself (for a plugin), skipping session
+    /// `exclude`; `raw_data` is a JSON string token.
+    pub(crate) fn publish_as_broker(
+        &mut self,
+        exclude: Option<SessionId>,
+        tags: &TagSet<'_>,
+        raw_data: &str,
+    ) {
+        let router = self.router.as_deref().unwrap_or_else(|| unreachable!());
+        self.batch.publish_tags(router, exclude, tags, raw_data);
+        if let Some(cluster) = router.cluster() {
+            cluster.publish(tags, raw_data);
+        }
+    }
+
+    /// A message another node of the cluster published: matched with no
+    /// session excluded (its publisher is elsewhere) and not sent back to
+    /// the cluster. `same_tags` continues the open run (a burst on one tag
+    /// set is matched once). Not counted as a message received from a
+    /// client.
+    pub(crate) fn remote(&mut self, tags: &TagSet<'_>, same_tags: bool, raw_data: &str) {
+        let router = self.router.as_deref().unwrap_or_else(|| unreachable!());
+        self.batch.remote(router, tags, same_tags, raw_data);
+    }
+
+    /// Queues every delivery, counts them, releases the router, then
+    /// disconnects the subscribers found too slow. Returns how many
+    /// deliveries were queued, and the scratch space for the next time.
+    pub(crate) fn finish(mut self) -> (u64, Box<Batch>) {
+        let queued = self.flush();
+        let batch = std::mem::take(&mut self.batch);
+        (queued, batch)
+    }
+
+    fn flush(&mut self) -> u64 {
+        let Some(router) = self.router.take() else {
+            return 0;
+        };
+        let mut slow = Vec::new();
+        let queued = self.batch.flush(&router, self.shared, &mut slow);
+        drop(router);
+        for session in slow {
+            self.shared.evict_slow(session);
+        }
+        queued
+    }
+}
+
+impl Drop for Delivery<'_> {
+    /// Whatever path leaves a delivery, what it matched is queued and the
+    /// lock released in that order.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The serialized deliveries of one delivery, and the buffers reused from
+/// one to the next.
 #[derive(Default)]
 pub(crate) struct Batch {
     buf: Vec<u8>,
@@ -56,10 +179,19 @@ struct Run {
 }
 
 impl Batch {
-    /// Adds a publish from session `from` with the request's raw tags and
-    /// data, matched against `router`. Nothing is delivered until
-    /// [`Batch::flush`], which must happen before `router`'s lock is released.
-    pub(crate) fn publish(
+    /// The bytes its buffers hold. A session keeps its batch for the next
+    /// feed only while this is small: a publisher that went quiet after a
+    /// burst goes back to its idle footprint.
+    pub(crate) fn footprint(&self) -> usize {
+        self.buf.capacity()
+            + self.ends.capacity() * std::mem::size_of::<usize>()
+            + self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.targets.capacity() * std::mem::size_of::<u32>()
+            + self.run_tags.capacity()
+            + self.cluster_tags.capacity() * std::mem::size_of::<String>()
+    }
+
+    fn publish(
         &mut self,
         router: &Router,
         max_tags: usize,
@@ -69,13 +201,7 @@ impl Batch {
     ) -> Result<(), ProtocolError> {
         let same_run = matches!(raw_tags.text(), Some(text) if !self.runs.is_empty() && text.as_bytes() == self.run_tags);
         if !same_run {
-            let tags = raw_tags.parse()?;
-            if tags.len() > max_tags {
-                return Err(ProtocolError::TooManyTags {
-                    count: tags.len(),
-                    limit: max_tags,
-                });
-            }
+            let tags = TagSet::parse(raw_tags, max_tags)?;
             self.start_run(router, from, raw_tags, &tags);
             self.run_tags.clear();
             if let Some(text) = raw_tags.text() {
@@ -87,45 +213,23 @@ impl Batch {
             }
         }
         self.add_to_run(raw_data);
-        // The other nodes' copy; local delivery is this node's own (the
-        // publisher is excluded there, and never gets it back from the
-        // cluster: a node drops its own payloads).
-        if let Some(cluster) = router.cluster() {
-            cluster.publish(&self.cluster_tags, raw_data);
-        }
         Ok(())
     }
 
-    /// Adds a publish whose tags are already validated (from a plugin or
-    /// after an authenticator check); `raw_data` is a JSON string token.
-    pub(crate) fn publish_tags<S: AsRef<str> + serde::Serialize>(
+    fn publish_tags(
         &mut self,
         router: &Router,
         from: Option<SessionId>,
-        tags: &[S],
+        tags: &TagSet<'_>,
         raw_data: &str,
     ) {
         self.start_run(router, from, RawTags::Json(None), tags);
         // Not a raw form another request could equal: no run continues it.
         self.run_tags.clear();
         self.add_to_run(raw_data);
-        if let Some(cluster) = router.cluster() {
-            cluster.publish(tags, raw_data);
-        }
     }
 
-    /// Adds a message another node of the cluster published: matched with
-    /// no session excluded (its publisher is elsewhere) and not sent back
-    /// to the cluster. `same_tags` continues the open run (a burst on one
-    /// tag set is matched once). Not counted as a message received from a
-    /// client.
-    pub(crate) fn remote(
-        &mut self,
-        router: &Router,
-        tags: &[&str],
-        same_tags: bool,
-        raw_data: &str,
-    ) {
+    fn remote(&mut self, router: &Router, tags: &TagSet<'_>, same_tags: bool, raw_data: &str) {
         if !same_tags || self.runs.is_empty() {
             self.start_run(router, None, RawTags::Json(None), tags);
             self.run_tags.clear();
@@ -133,12 +237,12 @@ impl Batch {
         self.append(raw_data);
     }
 
-    fn start_run<S: AsRef<str> + serde::Serialize>(
+    fn start_run(
         &mut self,
         router: &Router,
         from: Option<SessionId>,
         raw_tags: RawTags<'_>,
-        tags: &[S],
+        tags: &TagSet<'_>,
     ) {
         let first_target = self.targets.len();
         router.route(tags, from, &mut self.scratch, &mut self.targets);
@@ -184,14 +288,8 @@ impl Batch {
 
     /// Hands the batch to every subscriber's queue and counts it. Returns
     /// how many deliveries were queued, and adds to `slow` the sessions
-    /// that have been full for longer than the slow-consumer timeout (the
-    /// caller disconnects them once it has released the router's lock).
-    pub(crate) fn flush(
-        &mut self,
-        router: &Router,
-        shared: &Shared,
-        slow: &mut Vec<SessionId>,
-    ) -> u64 {
+    /// that have been full for longer than the slow-consumer timeout.
+    fn flush(&mut self, router: &Router, shared: &Shared, slow: &mut Vec<SessionId>) -> u64 {
         if self.runs.is_empty() {
             return 0;
         }
@@ -203,7 +301,7 @@ impl Batch {
             None
         } else {
             let bytes = std::mem::take(&mut self.buf);
-            Some(Arc::new(Chunk::new(bytes, &shared.memory)))
+            Some(Arc::new(Chunk::new(bytes, &shared.ledger)))
         };
         for run in self.runs.drain(..) {
             let Some(batch) = &batch else { break };
@@ -249,8 +347,8 @@ mod tests {
 
     use serde_json::json;
 
+    use super::super::limits::Limits;
     use super::super::testing::{open_broker, Client};
-    use super::super::Limits;
 
     #[tokio::test]
     async fn a_run_is_serialized_once_and_shared_by_every_subscriber() {
@@ -270,7 +368,7 @@ mod tests {
         assert!(publisher.session.feed(lines.as_bytes()).is_none());
         let line_len = r#"{"command":"publish","tags":["a","b"],"data":"0"}"#.len() + 1;
         // One chunk of ten lines in memory, however many subscribers hold it.
-        assert_eq!(shared.memory.used(), 10 * line_len);
+        assert_eq!(shared.ledger.used(), 10 * line_len);
         for s in &subscribers {
             let got = s.received();
             assert_eq!(got.len(), 10);
@@ -279,7 +377,7 @@ mod tests {
                 json!({"command": "publish", "tags": ["a", "b"], "data": "3"})
             );
         }
-        assert_eq!(shared.memory.used(), 0, "written out: the chunk is freed");
+        assert_eq!(shared.ledger.used(), 0, "written out: the chunk is freed");
         assert!(publisher.received().is_empty(), "never to the publisher");
         assert_eq!(shared.stats.messages_in.load(Ordering::Relaxed), 10);
         assert_eq!(shared.stats.messages_out.load(Ordering::Relaxed), 30);
