@@ -269,4 +269,96 @@ frames = {
 for name, data in frames.items():
     write("websocket_frames", name, data)
 
+# --- cluster_payload: [flags, chunk...] (see tests/fuzzing/src/cluster.rs) ---
+
+KEYED, SMALL = 1, 2
+RAW, SEALED, ALTERED, REPLAY = 0, 1, 2, 3
+OTHER_KEY, UNSIGNED = 0x20, 0x40
+MESSAGES, HEARTBEAT, TOKEN, LEAVING, RECHECK = 0, 1, 2, 3, 4
+VICTIM = 1  # origin byte: origin = b % 4 + 1 = 2
+ME = 0  # origin 1: the node itself
+
+
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def message(tags, data):
+    out = varint(len(tags))
+    for tag in tags:
+        tag = tag.encode() if isinstance(tag, str) else tag
+        out += varint(len(tag)) + tag
+    data = data.encode() if isinstance(data, str) else data
+    return out + varint(len(data)) + data
+
+
+def messages(*pairs):
+    return varint(len(pairs)) + b"".join(message(t, d) for t, d in pairs)
+
+
+def chunk(mode, payload, clock=0):
+    return struct.pack("<H", len(payload)) + bytes([mode | (clock << 2)]) + payload
+
+
+def sealed(kind, origin, seq, body=b"", skew=0, mode=SEALED, clock=0):
+    head = bytes([kind, origin]) + struct.pack("<H", seq) + struct.pack("b", skew)
+    return chunk(mode, head + body, clock)
+
+
+def raw(kind, origin, seq, body=b"", time=0):
+    # Version 2, unsigned (key id 0).
+    return bytes([2, kind]) + b"\0" * 4 + struct.pack(">QQQ", origin, seq, time) + body
+
+
+ONE = messages((["a"], '"hello"'))
+cluster = {
+    "keyed-genuine-replayed-altered": bytes([KEYED])
+    + sealed(MESSAGES, VICTIM, 1, ONE)
+    + chunk(REPLAY, b"\0")
+    + sealed(MESSAGES, VICTIM, 2, ONE, mode=ALTERED)
+    + sealed(MESSAGES, VICTIM, 3, ONE, mode=SEALED | OTHER_KEY)
+    + sealed(MESSAGES, VICTIM, 4, ONE, mode=SEALED | UNSIGNED)
+    + sealed(MESSAGES, VICTIM, 5, ONE, skew=100)
+    + chunk(RAW, raw(1, 2, 6, ONE)),
+    "keyed-control": bytes([KEYED])
+    + sealed(HEARTBEAT, VICTIM, 1, varint(1000))
+    + sealed(TOKEN, 2, 1, bytes(range(32)))
+    + sealed(RECHECK, 3, 1)
+    + sealed(LEAVING, VICTIM, 2)
+    + sealed(LEAVING, VICTIM, 2, mode=SEALED, clock=7),
+    "keyed-old-after-new": bytes([KEYED])
+    + sealed(MESSAGES, VICTIM, 60000, ONE)
+    + sealed(MESSAGES, VICTIM, 3, ONE)
+    + sealed(MESSAGES, ME, 1, ONE),
+    "open-forged-huge-sequence": bytes([0])
+    + chunk(RAW, raw(1, 2, 5, ONE))
+    + chunk(RAW, raw(1, 2, (1 << 64) - 1, messages((["a"], '"forged"'))))
+    + chunk(RAW, raw(1, 2, 6, ONE))
+    + chunk(RAW, raw(1, 1, 7, ONE)),
+    "open-line-injection": bytes([0])
+    + chunk(RAW, raw(1, 3, 1, messages((["a"], '"x"\n\n  \r\n'))))
+    + chunk(RAW, raw(1, 3, 2, messages((["a"], '"a"}\n{"command":"x"'))))
+    + chunk(RAW, raw(1, 3, 3, messages((["a"], '"\\ude00"'))))
+    + chunk(RAW, raw(1, 3, 4, messages((["a"], '"\\ud83d\\ude00 fine"'), (["b\nc", "\x01"], '"\\n"')))),
+    "open-limits": bytes([SMALL])
+    + sealed(MESSAGES, VICTIM, 1, messages((["a", "b", "c", "d"], '"many tags"'), (["a"], '"%s"' % ("x" * 300)), (["a"], '"fits"'))),
+    "open-truncated-and-trailing": bytes([0])
+    + chunk(RAW, raw(1, 2, 1, ONE)[:-1])
+    + chunk(RAW, raw(1, 2, 2, ONE + b"\0"))
+    + chunk(RAW, raw(9, 2, 3))
+    + chunk(RAW, b"\x01" + raw(1, 2, 4, ONE)[1:]),
+    "json-strings": bytes([0])
+    + b"".join(
+        chunk(RAW, s.encode())
+        for s in ['"x"', '"x" ', '"\\u00e9"', '"\\ud800"', '"a\\"b"', '"\\/"', '"\t"', '""']
+    ),
+}
+for name, data in cluster.items():
+    write("cluster_payload", name, data)
+
 print("seeds written under", os.path.join(HERE, "corpus"), file=sys.stderr)

@@ -125,6 +125,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "URI")]
     pub cluster: Option<String>,
 
+    /// Sign and check every cluster payload with the key in this file (one
+    /// line of at least 32 bytes, e.g. `openssl rand -hex 32`; a second
+    /// line during a rotation). Without it, anyone who can publish on the
+    /// backplane can inject deliveries. Re-read on SIGHUP. See
+    /// docs/cluster.md.
+    #[arg(long, value_name = "PATH")]
+    pub cluster_key_file: Option<std::path::PathBuf>,
+
     /// Limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,

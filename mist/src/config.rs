@@ -46,6 +46,9 @@ pub struct ServerConfig {
     /// The cluster backplane's URI (`--cluster`), if this node is part of
     /// a cluster.
     pub cluster: Option<String>,
+    /// The file holding the cluster key (`--cluster-key-file`), read by the
+    /// cluster at start and on SIGHUP.
+    pub cluster_key_file: Option<PathBuf>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// How long shutdown goes on writing what is queued.
@@ -134,6 +137,8 @@ struct FileConfig {
     #[serde(alias = "metrics_listener")]
     metrics_listener: Option<String>,
     cluster: Option<Secret>,
+    #[serde(alias = "cluster_key_file")]
+    cluster_key_file: Option<PathBuf>,
     #[serde(alias = "max_message_bytes")]
     max_message_bytes: Option<Value>,
     #[serde(alias = "max_queue_bytes")]
@@ -396,6 +401,11 @@ impl ServerConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics_listener: args.metrics_listener.clone().or(file.metrics_listener),
             cluster: args.cluster.clone().or(file.cluster.map(|c| c.0)),
+            // A file's path is relative to the file, as for token-file.
+            cluster_key_file: args
+                .cluster_key_file
+                .clone()
+                .or(file.cluster_key_file.map(|p| base.join(p))),
         })
     }
 }
@@ -675,6 +685,28 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(error.contains("header-timeout"), "{error}");
+    }
+
+    #[test]
+    fn the_cluster_key_file_comes_from_the_flag_or_the_config_relative_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = args();
+        a.config = Some(write(
+            dir.path(),
+            "mist.yaml",
+            "cluster: redis://127.0.0.1:6379\ncluster-key-file: keys/cluster.key\n",
+        ));
+        let resolved = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(
+            resolved.cluster_key_file,
+            Some(dir.path().join("keys/cluster.key"))
+        );
+        a.cluster_key_file = Some(PathBuf::from("/etc/mist/cluster.key"));
+        let resolved = ServerConfig::resolve(&a).expect("resolve");
+        assert_eq!(
+            resolved.cluster_key_file.as_deref(),
+            Some(Path::new("/etc/mist/cluster.key"))
+        );
     }
 
     #[test]

@@ -417,7 +417,7 @@ fn encode_cluster(
         ),
         (
             "cluster_duplicates",
-            "Payload copies dropped because they arrived through a second channel",
+            "Payload copies dropped because they arrived through a second channel (or were replayed within the window)",
             c.duplicates,
         ),
         (
@@ -432,7 +432,7 @@ fn encode_cluster(
         ),
         (
             "cluster_malformed",
-            "Backplane payloads refused as malformed",
+            "Backplane payloads refused (malformed; with a cluster key also unsigned, forged, altered, stale or replayed) and messages over this node's limits",
             c.malformed,
         ),
     ];

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mist_sdk::abi::ListenerBox;
 
 use crate::broker::{Broker, BrokerError};
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig, MessageLimits};
 use crate::config::ServerConfig;
 use crate::health::{AuthenticatorPart, ClusterPart, ListenerPart};
 use crate::plugins::{load_library, LoadError, PluginsFile, PluginsFileError, Registry, Source};
@@ -131,7 +131,7 @@ impl Server {
 
         // Before any listener: no session may exist unknown to the cluster.
         let cluster = match &config.cluster {
-            Some(uri) => Some(join_cluster(uri, &broker, &registry).await?),
+            Some(uri) => Some(join_cluster(uri, config, &broker, &registry).await?),
             None => None,
         };
 
@@ -259,7 +259,15 @@ impl Server {
     /// Asks every listener to re-read what it loaded from files (TLS
     /// certificates): new connections get the new ones, open ones keep
     /// theirs. A listener whose files fail keeps its old ones; why is logged.
+    /// The cluster re-reads its key file the same way.
     pub fn reload(&self) {
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.reload_key() {
+                tracing::error!(
+                    "reloading the cluster key failed, the node keeps its old key: {e}"
+                );
+            }
+        }
         for (uri, listener) in &self.listeners {
             let tls = TLS_SCHEMES.contains(&scheme_of(uri));
             match listener.reload().into_result() {
@@ -350,7 +358,7 @@ pub async fn run(
             tokio::select! {
                 () = &mut shutdown => break,
                 () = reloads.next() => {
-                    tracing::info!("SIGHUP: reloading certificates");
+                    tracing::info!("SIGHUP: reloading certificates and the cluster key");
                     server.reload();
                 }
             }
@@ -439,6 +447,7 @@ fn load_plugins(config: &ServerConfig, broker: &Broker) -> Result<Registry, Serv
 /// makes the broker a node of it, with a `cluster` part for `/readyz`.
 async fn join_cluster(
     uri: &str,
+    server: &ServerConfig,
     broker: &Broker,
     registry: &Registry,
 ) -> Result<Cluster, ServerError> {
@@ -447,7 +456,11 @@ async fn join_cluster(
         uri: shown.clone(),
         message,
     };
-    let config = ClusterConfig::from_uri(uri).map_err(|e| failed(e.to_string()))?;
+    let mut config = ClusterConfig::from_uri(uri).map_err(|e| failed(e.to_string()))?;
+    config.key_file = server.cluster_key_file.clone();
+    config.limits = MessageLimits {
+        max_message_bytes: server.limits.max_message_bytes,
+    };
     let plugin = registry
         .backplane(&config.scheme)
         .ok_or_else(|| ServerError::NoBackplane {

@@ -75,7 +75,9 @@ pub trait Backplane: Send + Sync + 'static {
     /// `Ok` while connected; [`SdkError::unavailable`] with the reason when not.
     fn health(&self) -> Result<(), SdkError>;
 
-    /// Disconnects. Idempotent.
+    /// Disconnects. Idempotent. What was published before should still be
+    /// sent, for a moment (a node's last publish is its goodbye):
+    /// [`Outbox::finish`] then [`Outbox::try_batch`] in the writer do that.
     fn stop(&self);
 }
 
@@ -220,6 +222,14 @@ impl Outbox {
         self.state().closed = None;
     }
 
+    /// Refuses pushes from now on with `reason`, and keeps what is queued
+    /// for the writer to send before it ends ([`Outbox::try_batch`]): what
+    /// a backplane does at [`Backplane::stop`], so that what the host handed
+    /// it last (a node's goodbye) still goes.
+    pub fn finish(&self, reason: &str) {
+        self.state().closed = Some(reason.to_string());
+    }
+
     /// Refuses pushes from now on with `reason`, and drops what is queued;
     /// returns how many publishes were dropped.
     pub fn close(&self, reason: &str) -> usize {
@@ -239,6 +249,20 @@ impl Outbox {
                 "backplane unavailable: {reason}"
             ))),
         }
+    }
+
+    /// Moves up to `max` queued items into `out`, oldest first, without
+    /// waiting; returns how many. For the writer draining what is left at
+    /// [`Outbox::finish`].
+    pub fn try_batch(&self, max: usize, out: &mut Vec<Outgoing>) -> usize {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let take = max.min(state.queue.len());
+        for item in state.queue.drain(..take) {
+            state.bytes -= item.size();
+            out.push(item);
+        }
+        take
     }
 
     /// Waits until something is queued, then moves up to `max` items
@@ -338,6 +362,23 @@ mod tests {
         outbox
             .push(vec!["a".into()], b"123456789".to_vec())
             .unwrap();
+    }
+
+    #[test]
+    fn a_finished_outbox_refuses_pushes_and_keeps_its_queue_for_the_writer() {
+        let outbox = Outbox::new(100);
+        outbox.open();
+        outbox.push(vec!["a".into()], b"1".to_vec()).unwrap();
+        outbox.push(vec!["a".into()], b"goodbye".to_vec()).unwrap();
+        outbox.finish("stopping");
+        let refused = outbox.push(vec!["a".into()], b"late".to_vec()).unwrap_err();
+        assert_eq!(refused.kind, crate::ErrorKind::UNAVAILABLE);
+        let mut out = Vec::new();
+        assert_eq!(outbox.try_batch(1, &mut out), 1);
+        assert_eq!(outbox.try_batch(10, &mut out), 1);
+        assert_eq!(outbox.try_batch(10, &mut out), 0);
+        let payloads: Vec<_> = out.iter().map(|o| o.payload.clone()).collect();
+        assert_eq!(payloads, [b"1".to_vec(), b"goodbye".to_vec()]);
     }
 
     #[tokio::test]

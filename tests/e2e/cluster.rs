@@ -27,38 +27,38 @@ use serde_json::{json, Value};
 const RESUME_WITHIN: Duration = Duration::from_secs(5);
 
 /// The bound for a revocation to reach the other nodes.
-const REVOKED_WITHIN: Duration = Duration::from_secs(1);
+pub(crate) const REVOKED_WITHIN: Duration = Duration::from_secs(1);
 
-const ADMIN: &str = "cluster-admin-token";
+pub(crate) const ADMIN: &str = "cluster-admin-token";
 
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Redis,
     Nats,
 }
 
 /// The backplane server of one test.
-enum Backplane {
+pub(crate) enum Backplane {
     Redis(Redis),
     Nats(Nats),
 }
 
 impl Backplane {
-    fn start(kind: Kind) -> Backplane {
+    pub(crate) fn start(kind: Kind) -> Backplane {
         match kind {
             Kind::Redis => Backplane::Redis(Redis::start()),
             Kind::Nats => Backplane::Nats(Nats::start()),
         }
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         match self {
             Backplane::Redis(r) => r.uri(),
             Backplane::Nats(n) => n.uri(),
         }
     }
 
-    fn service(&self) -> &Service {
+    pub(crate) fn service(&self) -> &Service {
         match self {
             Backplane::Redis(r) => &r.service,
             Backplane::Nats(n) => &n.service,
@@ -67,25 +67,25 @@ impl Backplane {
 }
 
 /// A backplane and the nodes joined over it.
-struct Cluster {
-    backplane: Backplane,
-    nodes: Vec<MistServer>,
+pub(crate) struct Cluster {
+    pub(crate) backplane: Backplane,
+    pub(crate) nodes: Vec<MistServer>,
 }
 
 impl Cluster {
     /// `n` nodes, each with a TCP and an HTTP listener on port 0, plus `extra`.
-    fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+    pub(crate) fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
         let backplane = Backplane::start(kind);
         let uri = backplane.uri();
         let nodes = (0..n).map(|_| node(&uri, extra)).collect();
         Cluster { backplane, nodes }
     }
 
-    async fn client(&self, node: usize) -> Client {
+    pub(crate) async fn client(&self, node: usize) -> Client {
         Client::connect(&self.nodes[node].tcp()).await
     }
 
-    fn http(&self, node: usize) -> String {
+    pub(crate) fn http(&self, node: usize) -> String {
         self.nodes[node].addr("http")
     }
 }
@@ -103,7 +103,7 @@ fn node(uri: &str, extra: &[&str]) -> MistServer {
 
 /// Deliveries that reach `client` up to and including the first whose data
 /// is `fence` (the fence itself left out).
-async fn until_fence(client: &mut Client, fence: &str) -> Vec<Value> {
+pub(crate) async fn until_fence(client: &mut Client, fence: &str) -> Vec<Value> {
     let mut got = Vec::new();
     loop {
         let message = client.recv().await;
@@ -119,7 +119,7 @@ async fn readyz(addr: &str) -> HttpResponse {
 }
 
 /// Polls `/readyz` until its status is `status`; returns the last answer.
-async fn await_readyz(addr: &str, status: u16) -> HttpResponse {
+pub(crate) async fn await_readyz(addr: &str, status: u16) -> HttpResponse {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let answer = readyz(addr).await;
@@ -137,7 +137,7 @@ async fn await_readyz(addr: &str, status: u16) -> HttpResponse {
 }
 
 /// `who`'s figures.
-async fn who(client: &mut Client) -> Value {
+pub(crate) async fn who(client: &mut Client) -> Value {
     let reply = client.request(json!({"command": "who"})).await;
     let data = reply["data"]
         .as_str()
@@ -146,7 +146,7 @@ async fn who(client: &mut Client) -> Value {
 }
 
 /// Polls `who` until its `nodes` has `n` entries; returns the figures.
-async fn await_nodes(client: &mut Client, n: usize) -> Value {
+pub(crate) async fn await_nodes(client: &mut Client, n: usize) -> Value {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let figures = who(client).await;
@@ -576,7 +576,7 @@ async fn numbered_until_end(client: &mut Client, check: impl Fn(usize, &Value)) 
 }
 
 /// A counter of node `node`'s `/metrics`.
-async fn cluster_counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
+pub(crate) async fn cluster_counter(cluster: &Cluster, node: usize, name: &str) -> u64 {
     let text = http(&cluster.http(node), "GET", "/metrics", &[], b"")
         .await
         .text();
@@ -718,6 +718,8 @@ macro_rules! on_both_backplanes {
         }
     };
 }
+
+pub(crate) use on_both_backplanes;
 
 on_both_backplanes!(
     the_seeds_table_holds_across_nodes,

@@ -198,6 +198,32 @@ pub async fn order_across_channels(open: &Open) {
     b.stop();
 }
 
+/// What was published just before `stop` still goes: a node's last
+/// payloads and its goodbye are not dropped with the connection. After
+/// `stop`, publishing is refused.
+pub async fn stop_sends_what_is_queued(open: &Open) {
+    let (a, _a_events) = node(open).await;
+    let (b, mut b_events) = node(open).await;
+    confirm(&*b, &["last"]).await;
+    for n in 0u32..100 {
+        a.publish(strings(&["last"]), n.to_be_bytes().to_vec())
+            .unwrap();
+    }
+    a.publish(strings(&["last"]), b"goodbye".to_vec()).unwrap();
+    a.stop();
+    assert_eq!(
+        a.publish(strings(&["last"]), b"after".to_vec())
+            .unwrap_err()
+            .kind,
+        ErrorKind::UNAVAILABLE
+    );
+    for n in 0u32..100 {
+        assert_eq!(b_events.message().await.1, n.to_be_bytes());
+    }
+    assert_eq!(b_events.message().await.1, b"goodbye");
+    b.stop();
+}
+
 /// The server is killed and started again on the same port: both sides
 /// report the outage, `publish` fails fast with `UNAVAILABLE` without ever
 /// waiting, a subscribe made meanwhile fails at once but is kept, and once

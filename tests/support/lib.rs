@@ -18,6 +18,7 @@ pub mod prometheus;
 pub mod redis;
 pub mod server;
 pub mod service;
+pub mod spy;
 pub mod tls;
 pub mod web;
 

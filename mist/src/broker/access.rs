@@ -106,6 +106,21 @@ impl Tokens {
         Some((entry.secret.clone(), entry.sessions.to_vec()))
     }
 
+    /// Whether an open session holds `key`.
+    pub(crate) fn holds(&self, key: &TokenKey) -> bool {
+        self.holders.lock().contains_key(key)
+    }
+
+    /// The token of `key`, while an open session holds it.
+    pub(crate) fn secret(&self, key: &TokenKey) -> Option<String> {
+        self.holders.lock().get(key).map(|h| h.secret.clone())
+    }
+
+    /// Every token an open session holds.
+    pub(crate) fn keys(&self) -> Vec<TokenKey> {
+        self.holders.lock().keys().copied().collect()
+    }
+
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -124,4 +139,6 @@ pub(crate) enum Revoked<'a> {
     Everything,
     /// Another node changed the token: keep what the store still allows.
     AllowedNow(&'a [String]),
+    /// The store could not say what the token holds (fail closed).
+    Unconfirmed,
 }

@@ -33,6 +33,7 @@ mod ledger;
 mod limits;
 mod output;
 mod protocol;
+mod recheck;
 mod router;
 mod session;
 mod shared;
@@ -192,9 +193,11 @@ impl Broker {
 
     /// Another node of a cluster says the token whose SHA-256 is `key`
     /// changed: every open session authenticated with it loses the
-    /// subscriptions the store no longer allows, as after a local `unset`.
+    /// subscriptions the store no longer allows, as after a local `unset`
+    /// (asking the store again while it fails, and failing closed past a
+    /// bound: docs/cluster.md, "Revocation").
     pub async fn recheck_token(&self, key: [u8; 32]) {
-        self.shared.recheck(&key).await
+        self.shared.recheck(&key).await;
     }
 }
 

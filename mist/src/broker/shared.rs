@@ -207,11 +207,8 @@ impl Shared {
     /// token against the (shared) store.
     pub(crate) fn token_changed(&self, key: &TokenKey) {
         if let Some(cluster) = self.cluster.get() {
-            if let Err(e) = cluster.token_digest_changed(&TokenDigest(*key)) {
-                // Other nodes keep the revoked subscriptions until their
-                // sessions close: say so, an operator may need to act.
-                tracing::warn!("a token change could not be sent to the other nodes: {e}");
-            }
+            // Kept by the cluster until the backplane has taken it.
+            cluster.token_digest_changed(&TokenDigest(*key));
         }
     }
 
@@ -254,6 +251,8 @@ const NOTICE: &str =
     "subscription revoked: the token no longer holds every tag of this subscription";
 /// When a connection's token expires.
 pub(crate) const EXPIRED_NOTICE: &str = "subscription revoked: the token expired";
+const UNCONFIRMED: &str =
+    "subscription revoked: the token store could not confirm this token's tags; subscribe again";
 
 impl Shared {
     /// Takes from every open session of `key` each subscription that holds
@@ -266,13 +265,17 @@ impl Shared {
         };
         let keep = |set: &[String]| match &revoked {
             Revoked::Tags(tags) => !set.iter().any(|t| tags.contains(t)),
-            Revoked::Everything => false,
+            Revoked::Everything | Revoked::Unconfirmed => false,
             Revoked::AllowedNow(allowed) => set.iter().all(|t| allowed.contains(t)),
+        };
+        let notice = match revoked {
+            Revoked::Unconfirmed => UNCONFIRMED,
+            _ => NOTICE,
         };
         let mut count = 0;
         let mut router = self.router.write();
         for session in sessions {
-            let removed = revoke_from(&mut router, session, keep, NOTICE);
+            let removed = revoke_from(&mut router, session, keep, notice);
             if removed == 0 {
                 continue;
             }
@@ -294,25 +297,6 @@ impl Shared {
             self.stats.tokens_expired.fetch_add(1, Ordering::Relaxed);
             tracing::info!(session = %session, subscriptions = removed, "a session's token expired: its subscriptions were revoked");
         }
-    }
-
-    /// Another node says the token with `key` changed: ask the store what
-    /// it allows now and revoke the rest.
-    pub(crate) async fn recheck(&self, key: &TokenKey) {
-        let (Some(auth), Some((secret, _))) = (self.auth.get(), self.tokens.holders(key)) else {
-            return;
-        };
-        let allowed: Vec<String> = match auth.store.tags(secret.as_str().into()).await {
-            abi_stable::std_types::ROk(tags) => tags.into_iter().map(|t| t.into_string()).collect(),
-            abi_stable::std_types::RErr(e) if e.kind == mist_sdk::ErrorKind::NOT_FOUND => {
-                Vec::new()
-            }
-            abi_stable::std_types::RErr(e) => {
-                tracing::warn!(kind = %e.kind, "cannot recheck a changed token: {}", e.message);
-                return;
-            }
-        };
-        self.revoke(key, Revoked::AllowedNow(&allowed));
     }
 }
 

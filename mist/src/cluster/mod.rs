@@ -13,11 +13,18 @@
 //!   through several anchors by a per-origin sequence number ([`peers`]) and
 //!   hand the rest to the broker's exact local match; one publishing and
 //!   one subscribing connection per node keep each publisher's order.
+//! - **Nothing unchecked.** Every payload goes through [`inbound`] (frame,
+//!   MAC and clock with a cluster key ([`key`]), strict body, sequence
+//!   window, this node's limits) before anything acts on it.
 //! - **Batching.** Consecutive messages for the same channels travel as one
 //!   payload ([`outbound`], [`wire`]); the flusher takes whatever
 //!   accumulated while it was busy.
 //! - **Control channel.** Heartbeats (for `who`'s `nodes`), token changes
-//!   (the SHA-256 of the token, never the token) and goodbyes.
+//!   (the SHA-256 of the token, never the token: kept and offered again
+//!   until the backplane took them) and goodbyes.
+//! - **One sender.** Every payload is numbered, sealed and handed to the
+//!   backplane under one lock (`Node::emit`), in the order of its
+//!   number; after the goodbye, nothing.
 //!
 //! Nothing here blocks: the backplane's `publish` queues, and inbound
 //! payloads are delivered to the broker from the plugin's reader.
@@ -31,8 +38,9 @@
 //!
 //! struct Local;
 //! impl LocalBroker for Local {
-//!     fn deliver(&self, messages: &[Incoming<'_>]) { /* exact local match, no session excluded */ }
+//!     fn deliver(&self, messages: &[Incoming<'_>]) -> usize { /* exact local match, no session excluded */ 0 }
 //!     fn token_changed(&self, digest: &TokenDigest) { /* re-check sessions with this token */ }
+//!     fn recheck_all(&self) { /* re-check every session with a token */ }
 //! }
 //!
 //! let config = ClusterConfig::from_uri("redis://127.0.0.1:6379?prefix=app")?;
@@ -48,7 +56,11 @@
 //! ```
 
 pub mod channel;
+pub mod config;
+mod control;
+pub mod inbound;
 pub mod interest;
+pub mod key;
 pub mod outbound;
 pub mod peers;
 pub mod transport;
@@ -65,25 +77,29 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use mist_sdk::abi::{BackplaneBox, BackplaneInboxBox};
 use mist_sdk::{ErrorKind, SdkError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use channel::{Channels, DEFAULT_PREFIX};
+pub use config::ClusterConfig;
+pub use inbound::{Inbound, MessageLimits, Refusal, Verdict};
+pub use key::{ClusterKeys, KeyError};
 pub use transport::{ClusterInbox, Transport};
 pub use wire::{Incoming, Tags};
 
+use control::Control;
 use interest::{canonical, Interest, Sketch};
 use outbound::{Outbound, Run};
-use peers::Peers;
+use wire::Kind;
 
 /// How long an unused channel stays subscribed before it is unsubscribed.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -118,62 +134,10 @@ pub enum ClusterError {
     /// The backplane did not confirm a subscription in time.
     #[error("the cluster backplane did not confirm a subscription within {0:?}")]
     Timeout(Duration),
-}
-
-/// The node's cluster settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// The backplane's URI, handed to the plugin unchanged.
-    pub uri: String,
-    /// Its scheme: which plugin serves it (`redis`, `nats`).
-    pub scheme: String,
-    /// Channel names start with it (the URI's `prefix`, default `mist`):
-    /// clusters sharing one Redis or NATS keep apart by prefix.
-    pub prefix: String,
-    /// How long an unused channel stays subscribed.
-    pub linger: Duration,
-    /// How often the node sends a heartbeat.
-    pub heartbeat: Duration,
-    /// How long a subscribe waits for the backplane's confirmation.
-    pub confirm_timeout: Duration,
-}
-
-impl ClusterConfig {
-    /// Reads `scheme://...[?prefix=NAME]`; the rest of the URI is the
-    /// plugin's. Never echoes the URI (it may hold a password).
-    pub fn from_uri(uri: &str) -> Result<ClusterConfig, ClusterError> {
-        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            ClusterError::Config(
-                "the cluster URI must look like redis://host:port or nats://host:port".into(),
-            )
-        })?;
-        let valid_scheme = !scheme.is_empty()
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.');
-        if !valid_scheme {
-            return Err(ClusterError::Config(
-                "the cluster URI's scheme is malformed".into(),
-            ));
-        }
-        let mut prefix = DEFAULT_PREFIX.to_string();
-        if let Some((_, query)) = rest.split_once('?') {
-            for pair in query.split('&') {
-                if let Some(value) = pair.strip_prefix("prefix=") {
-                    prefix = value.to_string();
-                }
-            }
-        }
-        Channels::new(&prefix)?;
-        Ok(ClusterConfig {
-            uri: uri.to_string(),
-            scheme: scheme.to_ascii_lowercase(),
-            prefix,
-            linger: DEFAULT_LINGER,
-            heartbeat: DEFAULT_HEARTBEAT,
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-        })
-    }
+    /// The cluster key file cannot be used (the message names the file,
+    /// never the key).
+    #[error("{0}")]
+    Key(String),
 }
 
 /// A node's identity: random at each start (a restarted node is a new
@@ -237,12 +201,21 @@ pub trait LocalBroker: Send + Sync + 'static {
     /// Messages published on another node, in their publisher's order:
     /// match each exactly against the local subscriptions and deliver it
     /// (no session is excluded: the publisher is elsewhere). `data` is one
-    /// JSON string token, checked.
-    fn deliver(&self, messages: &[Incoming<'_>]);
+    /// JSON string token, checked. Returns how many messages it refused
+    /// (their tags are over this node's `--max-tags`), which count as
+    /// refused payloads do.
+    fn deliver(&self, messages: &[Incoming<'_>]) -> usize;
 
     /// A token's tags changed on another node: re-check the sessions whose
     /// token has this SHA-256 (revocation).
     fn token_changed(&self, digest: &TokenDigest);
+
+    /// Re-check every session that holds a token. Called whenever the
+    /// backplane connection comes (back) up, since a token change sent
+    /// meanwhile was lost to this node (Redis and NATS keep nothing for a
+    /// subscriber that is away), and when another node could not keep
+    /// every token change it had to send.
+    fn recheck_all(&self);
 }
 
 /// Completes once the backplane confirmed the channel a new interest
@@ -294,7 +267,9 @@ pub struct ClusterFigures {
     pub dropped: u64,
     /// Times this node became [`Cluster::congested`].
     pub congestions: u64,
-    /// Payloads refused as malformed.
+    /// Payloads refused (undecodable; with a key: unsigned, forged,
+    /// altered, out of the time window or replayed), and messages left out
+    /// for being over this node's limits.
     pub malformed: u64,
     /// Backplane channels held (lingering ones included).
     pub channels: u64,
@@ -342,10 +317,15 @@ struct Node {
     /// Wakes the flusher; `notify_one` keeps a permit, so a publish made
     /// while it is busy is not missed.
     flush: Notify,
-    /// The last messages payload's sequence number (only the flusher
-    /// writes it, in send order).
-    sequence: AtomicU64,
-    peers: Mutex<Peers>,
+    /// The one owner of the sequence number. Lock order: `sender`, then
+    /// `outbound` or `control`.
+    sender: Mutex<Sender>,
+    /// Token changes the backplane has not taken yet.
+    control: Mutex<Control>,
+    /// The keys payloads are signed with (swapped on reload).
+    keys: RwLock<Option<Arc<ClusterKeys>>>,
+    /// The checks of what arrives, and what they remember of other nodes.
+    inbound: Mutex<Inbound>,
     counters: Counters,
     /// Messages dropped in the current outage, for the log.
     dropped_in_outage: AtomicU64,
@@ -368,6 +348,11 @@ impl Cluster {
         F: FnOnce(BackplaneInboxBox) -> Fut,
         Fut: Future<Output = Result<BackplaneBox, SdkError>>,
     {
+        // A key file that cannot be used stops the start before the
+        // backplane is even asked.
+        if let Some(path) = &config.key_file {
+            ClusterKeys::load(path).map_err(|e| ClusterError::Key(e.to_string()))?;
+        }
         let inbox = ClusterInbox::new();
         let backplane = open(inbox.abi())
             .await
@@ -388,9 +373,18 @@ impl Cluster {
         inbox: ClusterInbox,
     ) -> Result<Cluster, ClusterError> {
         let names = Channels::new(&config.prefix)?;
+        let keys = match &config.key_file {
+            Some(path) => Some(Arc::new(
+                ClusterKeys::load(path).map_err(|e| ClusterError::Key(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let id = NodeId::random();
         let node = Arc::new(Node {
-            id: NodeId::random(),
+            id,
             up: AtomicBool::new(transport.health().is_ok()),
+            inbound: Mutex::new(Inbound::new(id.0, keys.clone(), config.limits)),
+            keys: RwLock::new(keys),
             config,
             names,
             local,
@@ -402,8 +396,8 @@ impl Cluster {
             congested: AtomicBool::new(false),
             room: Notify::new(),
             flush: Notify::new(),
-            sequence: AtomicU64::new(0),
-            peers: Mutex::new(Peers::default()),
+            sender: Mutex::new(Sender::default()),
+            control: Mutex::new(Control::default()),
             counters: Counters::default(),
             dropped_in_outage: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
@@ -428,6 +422,18 @@ impl Cluster {
             node.config.scheme,
             node.config.prefix
         );
+        match &*node.keys.read() {
+            Some(keys) => tracing::info!(
+                "cluster payloads are signed and checked with the cluster key (key ids {})",
+                key_ids(keys)
+            ),
+            None => tracing::warn!(
+                "the cluster has no key (--cluster-key-file): anyone who can publish on the \
+                 backplane can deliver any message on any tag to this node's subscribers \
+                 (token permissions do not apply to it), replay what nodes sent, make this node \
+                 recheck tokens and list nodes that do not exist; see docs/cluster.md, \"Threat model\""
+            ),
+        }
         Ok(Cluster { node })
     }
 
@@ -441,9 +447,9 @@ impl Cluster {
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = self
             .node
-            .peers
+            .inbound
             .lock()
-            .alive(Instant::now(), self.node.config.heartbeat)
+            .nodes(Instant::now())
             .into_iter()
             .map(NodeId)
             .collect();
@@ -556,20 +562,45 @@ impl Cluster {
     /// A token's tags changed here (`unset`, `unregister`, `set`): tell the
     /// other nodes, which re-check their sessions holding it. Only the
     /// token's SHA-256 is sent.
-    pub fn token_changed(&self, token: &str) -> Result<(), ClusterError> {
+    pub fn token_changed(&self, token: &str) {
         self.token_digest_changed(&TokenDigest::of(token))
     }
 
     /// [`Cluster::token_changed`] for a token known by its SHA-256 (the
     /// broker indexes sessions by it and no longer holds the token).
-    pub fn token_digest_changed(&self, digest: &TokenDigest) -> Result<(), ClusterError> {
+    ///
+    /// Never lost: the change is kept until the backplane has taken it,
+    /// offered again whenever it can take more and when it comes back up.
+    /// (Past 4,096 distinct changes waiting, one "recheck every
+    /// token" takes their place.) Never waits.
+    pub fn token_digest_changed(&self, digest: &TokenDigest) {
         let node = &self.node;
-        node.transport
-            .publish(
-                vec![node.names.control().to_string()],
-                wire::token_changed(node.id.0, &digest.0),
-            )
-            .map_err(|e| ClusterError::Unavailable(e.message.into_string()))
+        if node.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        node.control.lock().add(digest.0);
+        node.flush.notify_one();
+    }
+
+    /// Reads the cluster key file again (rotation: docs/cluster.md). On
+    /// error the node keeps the keys it had.
+    pub fn reload_key(&self) -> Result<(), ClusterError> {
+        let node = &self.node;
+        let Some(path) = &node.config.key_file else {
+            return Ok(());
+        };
+        let keys = Arc::new(ClusterKeys::load(path).map_err(|e| ClusterError::Key(e.to_string()))?);
+        tracing::info!(
+            "cluster key reloaded from {} (key ids {})",
+            path.display(),
+            key_ids(&keys)
+        );
+        // Signing first: what this node sends from now on is signed with
+        // the new first key, which the other nodes accept once they have
+        // reloaded too (docs/cluster.md, "Rotating the key").
+        *node.keys.write() = Some(keys.clone());
+        node.inbound.lock().set_keys(Some(keys));
+        Ok(())
     }
 
     /// `Ok` while the backplane is connected; why not otherwise (for
@@ -605,21 +636,28 @@ impl Cluster {
         }
     }
 
-    /// Leaves the cluster: says goodbye (other nodes drop it from `nodes`
-    /// at once), stops the tasks and disconnects. Idempotent.
+    /// Leaves the cluster: hands the backplane what waits, says goodbye
+    /// (other nodes drop it from `nodes` at once), stops the tasks and
+    /// disconnects. Nothing is sent after the goodbye. Idempotent.
     pub fn stop(&self) {
         let node = &self.node;
         if node.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        let runs = node.outbound.lock().take();
-        // Whatever the backplane cannot take now is lost with the node.
-        let _ = node.send(runs);
+        {
+            // Waits for a flush under way; the flusher sends nothing after.
+            let mut sender = node.sender.lock();
+            let _ = node.send_control(&mut sender);
+            let runs = node.outbound.lock().take();
+            // Whatever the backplane cannot take now is lost with the node.
+            for run in node.send(&mut sender, runs) {
+                node.dropped(run.count, "the node is leaving");
+            }
+            let control = node.names.control().to_string();
+            let _ = node.emit(&mut sender, Kind::Leaving, vec![control], &[]);
+            sender.left = true;
+        }
         node.relieve();
-        let _ = node.transport.publish(
-            vec![node.names.control().to_string()],
-            wire::leaving(node.id.0),
-        );
         for task in node.tasks.lock().drain(..) {
             task.abort();
         }
@@ -672,25 +710,35 @@ impl Node {
         }
     }
 
+    /// Hands the backplane what waits: token changes first, then the runs
+    /// of messages. Runs while the backplane's queue is full wait (and the
+    /// publishers with them); token changes also wait while it is down.
     async fn flusher(self: Arc<Self>) {
         loop {
             self.flush.notified().await;
             loop {
-                if self.stopped.load(Ordering::Relaxed) {
-                    return;
-                }
-                let runs = self.outbound.lock().take();
-                let left = self.send(runs);
-                if left.is_empty() {
-                    self.relieve();
+                let again = {
+                    let mut sender = self.sender.lock();
+                    if sender.left {
+                        return;
+                    }
+                    let control = self.send_control(&mut sender);
+                    let runs = self.outbound.lock().take();
+                    let left = self.send(&mut sender, runs);
+                    let full = !left.is_empty()
+                        || matches!(&control, Err(e) if e.kind == ErrorKind::OVERLOADED);
+                    if !left.is_empty() {
+                        // New publishes queued behind them: the order holds.
+                        self.outbound.lock().put_back(left);
+                    }
+                    full
+                };
+                self.relieve();
+                if !again {
                     break;
                 }
-                // The backplane's own queue is full: keep the rest (new
-                // publishes queue behind it, so the order holds) and offer
-                // it again in a moment. Only while congested, and the
-                // publishers wait meanwhile.
-                self.outbound.lock().put_back(left);
-                self.relieve();
+                // The backplane's own queue is full: offer the rest again in
+                // a moment (only while congested; the publishers wait).
                 tokio::time::sleep(RETRY_FULL).await;
             }
         }
@@ -710,20 +758,66 @@ impl Node {
         }
     }
 
+    /// Numbers, seals and hands one payload to the backplane: the only way
+    /// anything is sent, under the sender lock, so that numbers go out in
+    /// order and none is used twice. A number is used only once the
+    /// backplane took its payload; nothing is sent once the node left.
+    fn emit(
+        &self,
+        sender: &mut Sender,
+        kind: Kind,
+        channels: Vec<String>,
+        body: &[&[u8]],
+    ) -> Result<(), SdkError> {
+        if sender.left {
+            return Err(SdkError::unavailable("the node left the cluster"));
+        }
+        let sequence = sender.sequence + 1;
+        let keys = self.keys.read().clone();
+        let payload = wire::seal(kind, self.id.0, sequence, wall_ms(), keys.as_deref(), body);
+        self.transport.publish(channels, payload)?;
+        sender.sequence = sequence;
+        Ok(())
+    }
+
+    /// Sends the token changes that wait; what the backplane does not take
+    /// stays for the next time (whatever the reason).
+    fn send_control(&self, sender: &mut Sender) -> Result<(), SdkError> {
+        let (digests, all) = self.control.lock().take();
+        let channel = || vec![self.names.control().to_string()];
+        if all {
+            if let Err(e) = self.emit(sender, Kind::RecheckAll, channel(), &[]) {
+                self.control.lock().put_back(digests, true);
+                return Err(e);
+            }
+        }
+        let mut digests = digests.into_iter();
+        while let Some(digest) = digests.next() {
+            if let Err(e) = self.emit(sender, Kind::TokenChanged, channel(), &[&digest]) {
+                self.control
+                    .lock()
+                    .put_back(std::iter::once(digest).chain(digests), false);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Hands each run to the backplane as one payload, in order. Returns
     /// the runs it could not take because its queue is full
     /// ([`mist_sdk::ErrorKind::OVERLOADED`]), oldest first; runs it refused
     /// for any other reason (it is down) are dropped and counted.
-    fn send(&self, runs: Vec<Run>) -> Vec<Run> {
+    fn send(&self, sender: &mut Sender, runs: Vec<Run>) -> Vec<Run> {
         let mut runs = runs.into_iter();
         while let Some(run) = runs.next() {
-            // Only the flusher sends (and `stop`, once it is aborted), so
-            // the number is taken only once the payload is.
-            let sequence = self.sequence.load(Ordering::Relaxed) + 1;
-            let payload = wire::messages(self.id.0, sequence, run.count, &run.body);
-            match self.transport.publish(run.channels.to_vec(), payload) {
+            let count_varint = wire::messages_count(run.count);
+            match self.emit(
+                sender,
+                Kind::Messages,
+                run.channels.to_vec(),
+                &[&count_varint, &run.body],
+            ) {
                 Ok(()) => {
-                    self.sequence.store(sequence, Ordering::Relaxed);
                     self.counters
                         .messages_sent
                         .fetch_add(run.count, Ordering::Relaxed);
@@ -739,10 +833,7 @@ impl Node {
                     left.extend(runs);
                     return left;
                 }
-                Err(e) => {
-                    self.sequence.store(sequence, Ordering::Relaxed);
-                    self.dropped(run.count, &e.message);
-                }
+                Err(e) => self.dropped(run.count, &e.message),
             }
         }
         Vec::new()
@@ -757,6 +848,7 @@ impl Node {
             if self.stopped.load(Ordering::Relaxed) {
                 return;
             }
+            self.inbound.lock().sweep(Instant::now());
             self.heartbeat();
         }
     }
@@ -764,10 +856,10 @@ impl Node {
     fn heartbeat(&self) {
         if self.up.load(Ordering::Relaxed) {
             let interval = u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX);
-            let _ = self.transport.publish(
-                vec![self.names.control().to_string()],
-                wire::heartbeat(self.id.0, interval),
-            );
+            let body = wire::heartbeat_body(interval);
+            let channel = vec![self.names.control().to_string()];
+            let mut sender = self.sender.lock();
+            let _ = self.emit(&mut sender, Kind::Heartbeat, channel, &[&body]);
         }
     }
 
@@ -776,50 +868,52 @@ impl Node {
         if self.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let frame = match wire::decode(payload) {
-            Ok(frame) => frame,
-            Err(e) => {
-                let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                // Logged at 1, 2, 4, 8, ...: a flood cannot flood the log.
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        "dropped a malformed backplane payload on {channel}: {e} ({n} so far)"
+        let verdict = self
+            .inbound
+            .lock()
+            .check(payload, Instant::now(), wall_ms());
+        let count = |counter: &AtomicU64, n: u64| counter.fetch_add(n, Ordering::Relaxed);
+        match verdict {
+            Verdict::Messages { messages, refused } => {
+                count(&self.counters.payloads_received, 1);
+                let mut refused = refused;
+                if !messages.is_empty() {
+                    let left_out = self.local.deliver(&messages) as u64;
+                    count(
+                        &self.counters.messages_received,
+                        messages.len() as u64 - left_out,
+                    );
+                    refused += left_out;
+                }
+                if refused > 0 {
+                    self.refused(
+                        channel,
+                        refused,
+                        &format!("{refused} messages over this node's limits"),
                     );
                 }
-                return;
             }
-        };
-        if frame.origin == self.id.0 {
-            // Our own, back through a channel we also hold.
-            return;
+            Verdict::Copy => {
+                count(&self.counters.payloads_received, 1);
+                count(&self.counters.duplicates, 1);
+            }
+            Verdict::TokenChanged(digest) => self.local.token_changed(&TokenDigest(digest)),
+            Verdict::RecheckAll => self.local.recheck_all(),
+            Verdict::Heartbeat | Verdict::Leaving | Verdict::Own => {}
+            Verdict::Refused(why) => self.refused(channel, 1, &why.to_string()),
         }
-        let now = Instant::now();
-        match frame.body {
-            wire::Body::Messages(messages) => {
-                self.counters
-                    .payloads_received
-                    .fetch_add(1, Ordering::Relaxed);
-                if !self
-                    .peers
-                    .lock()
-                    .first_copy(frame.origin, frame.sequence, now)
-                {
-                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                self.counters
-                    .messages_received
-                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
-                self.local.deliver(&messages);
-            }
-            wire::Body::Heartbeat { interval_ms } => {
-                let interval = Duration::from_millis(interval_ms.clamp(100, 60_000));
-                self.peers.lock().heartbeat(frame.origin, interval, now);
-            }
-            wire::Body::TokenChanged(digest) => {
-                self.local.token_changed(&TokenDigest(digest));
-            }
-            wire::Body::Leaving => self.peers.lock().leave(frame.origin),
+    }
+
+    /// Counts what was refused; logged at the 1st, 2nd, 4th, 8th, ...
+    /// refusal, so that a flood cannot flood the log.
+    fn refused(&self, channel: &str, n: u64, why: &str) {
+        let before = self.counters.malformed.fetch_add(n, Ordering::Relaxed);
+        let after = before + n;
+        if (before + 1..=after).any(u64::is_power_of_two) {
+            tracing::warn!(
+                "node {}: refused a backplane payload on {channel}: {why} ({after} refused so far)",
+                self.id
+            );
         }
     }
 
@@ -834,10 +928,14 @@ impl Node {
             let dropped = self.dropped_in_outage.swap(0, Ordering::Relaxed);
             tracing::info!(
                 "node {}: cluster backplane connected; cross-node delivery resumed \
-                 ({dropped} messages for other nodes dropped meanwhile)",
+                 ({dropped} messages for other nodes dropped meanwhile); rechecking every token",
                 self.id
             );
             self.heartbeat();
+            // Token changes kept while it was down go now.
+            self.flush.notify_one();
+            // Those other nodes sent meanwhile are lost to this one.
+            self.local.recheck_all();
         } else {
             tracing::warn!(
                 "node {}: cluster backplane lost; serving local clients only until it returns",
@@ -847,29 +945,31 @@ impl Node {
     }
 }
 
+/// The one owner of a node's sequence number (see [`Node::emit`]).
+#[derive(Default)]
+struct Sender {
+    /// The last number used.
+    sequence: u64,
+    /// Set once the goodbye went: nothing more is sent.
+    left: bool,
+}
+
+/// This machine's clock, in ms since the UNIX epoch (0 before it).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Key ids for the log, `1a2b3c4d, 5e6f7a8b`.
+fn key_ids(keys: &ClusterKeys) -> String {
+    let ids: Vec<String> = keys.ids().iter().map(|id| format!("{id:08x}")).collect();
+    ids.join(", ")
+}
+
 #[cfg(test)]
 mod config_tests {
     use super::*;
-
-    #[test]
-    fn uris() {
-        let c = ClusterConfig::from_uri("redis://u:pw@10.0.0.1:6379/2?prefix=app.eu").unwrap();
-        assert_eq!(c.scheme, "redis");
-        assert_eq!(c.prefix, "app.eu");
-        assert_eq!(c.uri, "redis://u:pw@10.0.0.1:6379/2?prefix=app.eu");
-        let c = ClusterConfig::from_uri("NATS://127.0.0.1:4222").unwrap();
-        assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("nats", "mist"));
-        for bad in [
-            "redis",
-            "://x",
-            "re dis://x",
-            "redis://x?prefix=a b",
-            "redis://u:secret@x?prefix=",
-        ] {
-            let e = ClusterConfig::from_uri(bad).unwrap_err();
-            assert!(!e.to_string().contains("secret"), "{e}");
-        }
-    }
 
     #[test]
     fn token_digests_are_sha256() {

@@ -162,7 +162,15 @@ mod tests {
             ]
         );
         assert!(out.is_empty());
-        let payload = wire::messages(1, 1, runs[0].count, &runs[0].body);
+        let count = wire::messages_count(runs[0].count);
+        let payload = wire::seal(
+            wire::Kind::Messages,
+            1,
+            1,
+            0,
+            None,
+            &[&count, &runs[0].body],
+        );
         let wire::Body::Messages(m) = wire::decode(&payload).unwrap().body else {
             panic!()
         };

@@ -1,29 +1,50 @@
-//! The bytes of a backplane payload, version 1.
+//! The bytes of a backplane payload, version 2.
 //!
 //! ```text
-//! byte 0      version (1)
-//! byte 1      kind: 1 messages, 2 heartbeat, 3 token changed, 4 leaving
-//! bytes 2-9   origin node id, u64 big-endian
-//! bytes 10-17 sequence number, u64 big-endian (per origin, messages only)
+//! byte 0       version (2)
+//! byte 1       kind: 1 messages, 2 heartbeat, 3 token changed, 4 leaving,
+//!              5 recheck every token
+//! bytes 2-5    key id, u32 big-endian: 0 unsigned, else the key that signed
+//! bytes 6-13   origin node id, u64 big-endian
+//! bytes 14-21  sequence number, u64 big-endian: one counter per origin
+//!              over every kind, so every payload can be told from a replay
+//! bytes 22-29  the sender's clock, milliseconds since the UNIX epoch
 //! then, by kind:
 //!   messages:      count, then per message: tag count, each tag (length,
 //!                  UTF-8 bytes), data (length, bytes: one JSON string token)
 //!   heartbeat:     the sender's heartbeat interval in milliseconds
 //!   token changed: the SHA-256 of the token (32 bytes), never the token
-//!   leaving:       nothing
+//!   leaving, recheck every token: nothing
+//! last, when the key id is not 0: HMAC-SHA256 of every byte before it
+//!   (32 bytes) under that key
 //! ```
 //!
-//! Counts and lengths are LEB128 varints. Decoding borrows from the payload
-//! (tags and data are not copied) and checks everything before it returns:
-//! a payload from a hostile or broken backplane gets a [`WireError`], never
-//! a panic, and costs at most one allocation bounded by its length.
+//! Counts and lengths are LEB128 varints. A messages payload carries each
+//! message's own tags, so one payload may batch messages of several tag
+//! sets; a new kind or field comes with a new version byte, which a node
+//! of another version refuses (and says so in its log).
+//!
+//! Reading is in two steps: [`open`] checks the frame (version, kind,
+//! lengths) and splits header, body and MAC without reading the body, so
+//! that the MAC can be checked before any of the body is looked at; [`body`]
+//! then reads the body. Both borrow from the payload, check everything
+//! before they return and cost at most one allocation bounded by the
+//! payload's length: a payload from a hostile or broken backplane gets a
+//! [`WireError`], never a panic.
+//!
+//! A message's data must be exactly one JSON string token (no whitespace
+//! around it, no raw control character, no lone surrogate escape): the
+//! broker copies it into the delivery line unchanged, so this is what keeps
+//! every line a subscriber receives one valid JSON object.
 
 use thiserror::Error;
 
+use super::key::{ClusterKeys, MAC_BYTES};
+
 /// The version this node writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the body.
-pub const HEADER: usize = 18;
+pub const HEADER: usize = 30;
 /// Payloads larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 << 20;
 /// Messages in one payload at most.
@@ -39,7 +60,7 @@ pub enum WireError {
     TooLarge(usize),
     #[error("payload ends early")]
     Truncated,
-    #[error("unknown payload version {0}")]
+    #[error("payload version {0}: this node reads version {VERSION} (are all nodes running the same Mist?)")]
     Version(u8),
     #[error("unknown payload kind {0}")]
     Kind(u8),
@@ -49,7 +70,7 @@ pub enum WireError {
     Range(&'static str),
     #[error("a tag or data is not UTF-8")]
     Utf8,
-    #[error("data is not one JSON string")]
+    #[error("data is not exactly one JSON string")]
     Data,
     #[error("{0} bytes after the end of the payload")]
     Trailing(usize),
@@ -62,13 +83,49 @@ pub enum Kind {
     Heartbeat = 2,
     TokenChanged = 3,
     Leaving = 4,
+    RecheckAll = 5,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Result<Kind, WireError> {
+        Ok(match byte {
+            1 => Kind::Messages,
+            2 => Kind::Heartbeat,
+            3 => Kind::TokenChanged,
+            4 => Kind::Leaving,
+            5 => Kind::RecheckAll,
+            other => return Err(WireError::Kind(other)),
+        })
+    }
+}
+
+/// The fixed fields every payload starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    /// The key that signed the payload; 0: unsigned.
+    pub key_id: u32,
+    pub origin: u64,
+    pub sequence: u64,
+    /// The sender's clock when it sent the payload, ms since the UNIX epoch.
+    pub time_ms: u64,
+}
+
+/// A payload split into its parts, the body not yet read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed<'a> {
+    pub header: Header,
+    /// Every byte the MAC covers (the whole payload but the MAC).
+    pub signed: &'a [u8],
+    pub body: &'a [u8],
+    /// Present when `header.key_id` is not 0.
+    pub mac: Option<&'a [u8]>,
 }
 
 /// A decoded payload, borrowing from the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame<'a> {
-    pub origin: u64,
-    pub sequence: u64,
+    pub header: Header,
     pub body: Body<'a>,
 }
 
@@ -79,6 +136,7 @@ pub enum Body<'a> {
     Heartbeat { interval_ms: u64 },
     TokenChanged([u8; 32]),
     Leaving,
+    RecheckAll,
 }
 
 /// One message from another node.
@@ -171,11 +229,12 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
-    fn u64(&mut self) -> Result<u64, WireError> {
-        let bytes = self.take(8)?;
-        let mut array = [0u8; 8];
-        array.copy_from_slice(bytes);
-        Ok(u64::from_be_bytes(array))
+    /// A big-endian unsigned number of `n` (at most 8) bytes.
+    fn uint(&mut self, n: usize) -> Result<u64, WireError> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |value, &byte| value << 8 | u64::from(byte)))
     }
 
     fn varint(&mut self) -> Result<u64, WireError> {
@@ -211,14 +270,6 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-/// Appends the header of a payload.
-pub fn put_header(out: &mut Vec<u8>, kind: Kind, origin: u64, sequence: u64) {
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&origin.to_be_bytes());
-    out.extend_from_slice(&sequence.to_be_bytes());
-}
-
 /// Appends one message (without the count that precedes the messages).
 /// `data` must be one JSON string token; tags must be non-empty.
 pub fn put_message<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S], data: &str) {
@@ -232,47 +283,108 @@ pub fn put_message<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S], data: &str) {
     out.extend_from_slice(data.as_bytes());
 }
 
-/// A whole messages payload: header, count, then `body` as written by
+/// A whole payload: the header (with the signing key's id when `keys` are
+/// given), the concatenation of `body`, then the MAC when signed.
+pub fn seal(
+    kind: Kind,
+    origin: u64,
+    sequence: u64,
+    time_ms: u64,
+    keys: Option<&ClusterKeys>,
+    body: &[&[u8]],
+) -> Vec<u8> {
+    let body_len: usize = body.iter().map(|part| part.len()).sum();
+    let mut out = Vec::with_capacity(HEADER + body_len + MAC_BYTES);
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&keys.map_or(0, ClusterKeys::signing_id).to_be_bytes());
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    for part in body {
+        out.extend_from_slice(part);
+    }
+    if let Some(keys) = keys {
+        let mac = keys.sign(&out);
+        out.extend_from_slice(&mac);
+    }
+    out
+}
+
+/// The body of a messages payload: `count`, then `messages` as written by
 /// [`put_message`] `count` times.
-pub fn messages(origin: u64, sequence: u64, count: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 10 + body.len());
-    put_header(&mut out, Kind::Messages, origin, sequence);
+pub fn messages_count(count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
     put_varint(&mut out, count);
-    out.extend_from_slice(body);
     out
 }
 
-/// A heartbeat payload.
-pub fn heartbeat(origin: u64, interval_ms: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 10);
-    put_header(&mut out, Kind::Heartbeat, origin, 0);
-    put_varint(&mut out, interval_ms);
-    out
+/// The body of a heartbeat.
+pub fn heartbeat_body(interval_ms: u64) -> Vec<u8> {
+    messages_count(interval_ms)
 }
 
-/// A token-changed payload.
-pub fn token_changed(origin: u64, digest: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 32);
-    put_header(&mut out, Kind::TokenChanged, origin, 0);
-    out.extend_from_slice(digest);
-    out
+/// Whether `data` is exactly one JSON string token, as RFC 8259 writes one
+/// and every parser reads it: a quote, then characters other than quote,
+/// backslash and U+0000–U+001F, or escapes (`\" \\ \/ \b \f \n \r \t`,
+/// `\uXXXX` where a surrogate escape is a high one followed by a low one),
+/// then a closing quote that is the last byte. `data` is UTF-8 already.
+pub fn is_json_string(data: &str) -> bool {
+    let b = data.as_bytes();
+    if b.len() < 2 || b[0] != b'"' || b[b.len() - 1] != b'"' {
+        return false;
+    }
+    let end = b.len() - 1;
+    let mut i = 1;
+    while i < end {
+        match b[i] {
+            b'"' | 0..=0x1f => return false,
+            b'\\' => {
+                let Some(&escape) = b.get(i + 1).filter(|_| i + 1 < end) else {
+                    return false;
+                };
+                match escape {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' => {
+                        let Some(unit) = hex4(&b[..end], i + 2) else {
+                            return false;
+                        };
+                        i += 6;
+                        if (0xdc00..0xe000).contains(&unit) {
+                            return false; // a low surrogate first
+                        }
+                        if (0xd800..0xdc00).contains(&unit) {
+                            if b.get(i..i + 2) != Some(b"\\u") {
+                                return false;
+                            }
+                            match hex4(&b[..end], i + 2) {
+                                Some(low) if (0xdc00..0xe000).contains(&low) => i += 6,
+                                _ => return false,
+                            }
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    i == end
 }
 
-/// A leaving payload.
-pub fn leaving(origin: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER);
-    put_header(&mut out, Kind::Leaving, origin, 0);
-    out
+/// The four hex digits at `at`, if `b` holds them.
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at.checked_add(4)?)?;
+    let mut value = 0;
+    for &d in digits {
+        value = value * 16 + char::from(d).to_digit(16)?;
+    }
+    Some(value)
 }
 
-/// Whether `data` is exactly one JSON string token (what the broker writes
-/// into delivery lines unchanged, so nothing else may pass).
-fn is_json_string(data: &str) -> bool {
-    data.starts_with('"') && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok()
-}
-
-/// Reads and checks a whole payload.
-pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
+/// Checks a payload's frame and splits it into header, body and MAC,
+/// without reading the body.
+pub fn open(payload: &[u8]) -> Result<Sealed<'_>, WireError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(WireError::TooLarge(payload.len()));
     }
@@ -281,11 +393,39 @@ pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
     if version != VERSION {
         return Err(WireError::Version(version));
     }
-    let kind = r.u8()?;
-    let origin = r.u64()?;
-    let sequence = r.u64()?;
+    let kind = Kind::from_byte(r.u8()?)?;
+    let key_id = u32::try_from(r.uint(4)?).map_err(|_| WireError::Truncated)?;
+    let header = Header {
+        kind,
+        key_id,
+        origin: r.uint(8)?,
+        sequence: r.uint(8)?,
+        time_ms: r.uint(8)?,
+    };
+    let rest = r.bytes;
+    let (body, mac) = if key_id == 0 {
+        (rest, None)
+    } else {
+        let at = rest
+            .len()
+            .checked_sub(MAC_BYTES)
+            .ok_or(WireError::Truncated)?;
+        let (body, mac) = rest.split_at(at);
+        (body, Some(mac))
+    };
+    Ok(Sealed {
+        header,
+        signed: &payload[..HEADER + body.len()],
+        body,
+        mac,
+    })
+}
+
+/// Reads and checks the body of a payload of `kind`.
+pub fn body(kind: Kind, body: &[u8]) -> Result<Body<'_>, WireError> {
+    let mut r = Reader { bytes: body };
     let body = match kind {
-        1 => {
+        Kind::Messages => {
             let count = r.varint()?;
             if count == 0 || count > MAX_MESSAGES {
                 return Err(WireError::Range("message count"));
@@ -295,7 +435,6 @@ pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
             let room = r.bytes.len() / 4;
             let mut messages = Vec::with_capacity((count as usize).min(room));
             for _ in 0..count {
-                let start = r.bytes;
                 let tag_count = r.varint()?;
                 if tag_count == 0 || tag_count > MAX_TAGS {
                     return Err(WireError::Range("tag count"));
@@ -311,7 +450,6 @@ pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
                 if !is_json_string(data) {
                     return Err(WireError::Data);
                 }
-                debug_assert!(start.len() > r.bytes.len());
                 messages.push(Incoming {
                     tags: Tags {
                         raw: &tags_start[..tags_len],
@@ -322,24 +460,30 @@ pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
             }
             Body::Messages(messages)
         }
-        2 => Body::Heartbeat {
+        Kind::Heartbeat => Body::Heartbeat {
             interval_ms: r.varint()?,
         },
-        3 => {
+        Kind::TokenChanged => {
             let mut digest = [0u8; 32];
             digest.copy_from_slice(r.take(32)?);
             Body::TokenChanged(digest)
         }
-        4 => Body::Leaving,
-        other => return Err(WireError::Kind(other)),
+        Kind::Leaving => Body::Leaving,
+        Kind::RecheckAll => Body::RecheckAll,
     };
     if !r.bytes.is_empty() {
         return Err(WireError::Trailing(r.bytes.len()));
     }
+    Ok(body)
+}
+
+/// [`open`] then [`body`], the MAC left unchecked (for tests and tools;
+/// a node checks the MAC between the two).
+pub fn decode(payload: &[u8]) -> Result<Frame<'_>, WireError> {
+    let sealed = open(payload)?;
     Ok(Frame {
-        origin,
-        sequence,
-        body,
+        header: sealed.header,
+        body: body(sealed.header.kind, sealed.body)?,
     })
 }
 
@@ -352,48 +496,135 @@ mod tests {
         serde_json::to_string(data).unwrap()
     }
 
+    fn keys() -> ClusterKeys {
+        ClusterKeys::parse(
+            "0123456789abcdef0123456789abcdef",
+            std::path::Path::new("k"),
+        )
+        .unwrap()
+    }
+
+    fn messages(origin: u64, sequence: u64, keys: Option<&ClusterKeys>, body: &[u8]) -> Vec<u8> {
+        let count = messages_count(1);
+        seal(Kind::Messages, origin, sequence, 99, keys, &[&count, body])
+    }
+
     #[test]
-    fn messages_round_trip() {
+    fn messages_round_trip_signed_or_not() {
         let mut body = Vec::new();
         put_message(&mut body, &["a", "b", "a"], &json("hi"));
         put_message(&mut body, &["ü"], &json("line\nbreak"));
-        let payload = messages(7, 42, 2, &body);
-        let frame = decode(&payload).unwrap();
-        assert_eq!((frame.origin, frame.sequence), (7, 42));
-        let Body::Messages(m) = frame.body else {
-            panic!("{:?}", frame.body)
-        };
-        assert_eq!(m[0].tags.to_vec(), ["a", "b", "a"]);
-        assert_eq!(m[0].data, "\"hi\"");
-        assert_eq!(m[1].tags.to_vec(), ["ü"]);
-        assert_eq!(m[1].data, "\"line\\nbreak\"");
+        let keys = keys();
+        for keys in [None, Some(&keys)] {
+            let count = messages_count(2);
+            let payload = seal(Kind::Messages, 7, 42, 1234, keys, &[&count, &body]);
+            let sealed = open(&payload).unwrap();
+            assert_eq!(
+                sealed.header,
+                Header {
+                    kind: Kind::Messages,
+                    key_id: keys.map_or(0, ClusterKeys::signing_id),
+                    origin: 7,
+                    sequence: 42,
+                    time_ms: 1234
+                }
+            );
+            assert_eq!(sealed.mac.is_some(), keys.is_some());
+            if let (Some(keys), Some(mac)) = (keys, sealed.mac) {
+                assert_eq!(
+                    keys.verify(sealed.header.key_id, sealed.signed, mac),
+                    Some(true)
+                );
+            }
+            let Body::Messages(m) = body_of(&payload) else {
+                panic!()
+            };
+            assert_eq!(m[0].tags.to_vec(), ["a", "b", "a"]);
+            assert_eq!(m[0].data, "\"hi\"");
+            assert_eq!(m[1].tags.to_vec(), ["ü"]);
+            assert_eq!(m[1].data, "\"line\\nbreak\"");
+        }
+    }
+
+    fn body_of(payload: &[u8]) -> Body<'_> {
+        decode(payload).unwrap().body
     }
 
     #[test]
     fn control_payloads_round_trip() {
+        let hb = heartbeat_body(1000);
         assert_eq!(
-            decode(&heartbeat(1, 1000)).unwrap().body,
+            body_of(&seal(Kind::Heartbeat, 1, 1, 0, None, &[&hb])),
             Body::Heartbeat { interval_ms: 1000 }
         );
         assert_eq!(
-            decode(&token_changed(1, &[9; 32])).unwrap().body,
+            body_of(&seal(Kind::TokenChanged, 1, 2, 0, None, &[&[9; 32]])),
             Body::TokenChanged([9; 32])
         );
-        assert_eq!(decode(&leaving(3)).unwrap().origin, 3);
+        assert_eq!(
+            body_of(&seal(Kind::Leaving, 3, 3, 0, None, &[])),
+            Body::Leaving
+        );
+        assert_eq!(
+            body_of(&seal(Kind::RecheckAll, 3, 4, 0, Some(&keys()), &[])),
+            Body::RecheckAll
+        );
+    }
+
+    #[test]
+    fn data_is_exactly_one_json_string() {
+        for good in [
+            r#""""#,
+            r#""x""#,
+            r#""a \"quoted\" \\ \/ \b\f\n\r\t""#,
+            r#""\u00e9\uD83D\ude00""#,
+            "\"ünïcødé \u{7f} \u{2028}\"",
+        ] {
+            assert!(is_json_string(good), "{good}");
+            assert!(serde_json::from_str::<String>(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "\"",
+            "x",
+            "\"x\"\n\n  \r\n",
+            " \"x\"",
+            "\"x\" ",
+            "\"a\"}\n{\"b\"",
+            "\"a\"\"",
+            "\"\\\"",
+            "\"raw\nnewline\"",
+            "\"tab\there\"",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"\\u12g4\"",
+            "\"\\ude00\"",
+            "\"\\ud83d\"",
+            "\"\\ud83d\\u0041\"",
+            "\"\\ud83dx\"",
+            "\"\\ud83d\\ude0\"",
+            "{}",
+            "1",
+            "null",
+        ] {
+            assert!(!is_json_string(bad), "{bad:?}");
+        }
     }
 
     #[test]
     fn hostile_payloads_are_refused() {
         let header = |kind: u8| {
             let mut p = vec![VERSION, kind];
-            p.extend_from_slice(&[0; 16]);
+            p.extend_from_slice(&[0; HEADER - 2]);
             p
         };
         let cases: Vec<(Vec<u8>, WireError)> = vec![
             (vec![], WireError::Truncated),
-            (vec![2], WireError::Version(2)),
+            (vec![1], WireError::Version(1)),
             (header(9), WireError::Kind(9)),
+            (header(0), WireError::Kind(0)),
             (header(1), WireError::Truncated),
+            (header(1)[..HEADER - 1].to_vec(), WireError::Truncated),
             // A count of 2^62 messages: refused before any allocation.
             (
                 [
@@ -424,6 +655,16 @@ mod tests {
                 .concat(),
                 WireError::Data,
             ),
+            // The issue's: serde_json takes trailing whitespace.
+            (
+                [
+                    header(1),
+                    vec![1, 1, 1, b'a', 9],
+                    b"\"x\"\n\n  \r\n".to_vec(),
+                ]
+                .concat(),
+                WireError::Data,
+            ),
             // Data that is JSON but not a string.
             (
                 [header(1), vec![1, 1, 1, b'a', 2, b'{', b'}']].concat(),
@@ -435,11 +676,19 @@ mod tests {
                 WireError::Utf8,
             ),
             ([header(4), vec![0]].concat(), WireError::Trailing(1)),
+            ([header(5), vec![0]].concat(), WireError::Trailing(1)),
             (header(3), WireError::Truncated),
         ];
         for (payload, expected) in cases {
             assert_eq!(decode(&payload), Err(expected), "{payload:?}");
         }
+        // A key id with no room for a MAC.
+        let mut signed = header(4);
+        signed[5] = 1;
+        signed.extend_from_slice(&[0; MAC_BYTES - 1]);
+        assert_eq!(open(&signed), Err(WireError::Truncated));
+        signed.push(0);
+        assert_eq!(open(&signed).unwrap().body, b"");
         assert_eq!(
             decode(&vec![0; MAX_PAYLOAD + 1]),
             Err(WireError::TooLarge(MAX_PAYLOAD + 1))
@@ -448,14 +697,23 @@ mod tests {
 
     proptest! {
         #[test]
+        fn the_data_check_agrees_with_serde_json(data in "\\PC{0,8}|\"([a-z\\\\\"/ \n\t]|\\\\u[0-9a-fA-FdD]{4}){0,6}\"[ \n]?") {
+            let serde = serde_json::from_str::<String>(&data).is_ok()
+                && data.starts_with('"')
+                && data.ends_with('"');
+            prop_assert_eq!(is_json_string(&data), serde, "{:?}", data);
+        }
+
+        #[test]
         fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
             let mut with_header = vec![VERSION, 1];
-            with_header.extend_from_slice(&[0; 16]);
+            with_header.extend_from_slice(&[0; HEADER - 2]);
             with_header.extend_from_slice(&bytes);
             if let Ok(Frame { body: Body::Messages(m), .. }) = decode(&with_header) {
                 for message in m {
                     prop_assert_eq!(message.tags.iter().count(), message.tags.len());
+                    prop_assert!(serde_json::from_str::<String>(message.data).is_ok());
                 }
             }
         }
@@ -468,24 +726,42 @@ mod tests {
             ),
             origin: u64,
             sequence: u64,
+            signed: bool,
         ) {
             let mut body = Vec::new();
             for (tags, data) in &batch {
                 put_message(&mut body, tags, &json(data));
             }
-            let payload = messages(origin, sequence, batch.len() as u64, &body);
+            let keys = keys();
+            let keys = signed.then_some(&keys);
+            let count = messages_count(batch.len() as u64);
+            let payload = seal(Kind::Messages, origin, sequence, 5, keys, &[&count, &body]);
             let frame = decode(&payload).unwrap();
-            prop_assert_eq!((frame.origin, frame.sequence), (origin, sequence));
+            prop_assert_eq!((frame.header.origin, frame.header.sequence), (origin, sequence));
             let Body::Messages(m) = frame.body else { panic!() };
             prop_assert_eq!(m.len(), batch.len());
             for (got, (tags, data)) in m.iter().zip(&batch) {
                 prop_assert_eq!(&got.tags.to_vec(), tags);
                 prop_assert_eq!(serde_json::from_str::<String>(got.data).unwrap(), data.clone());
             }
-            // Every strict prefix is refused, never accepted or panicking.
+            // Every strict prefix is refused or, signed, fails its MAC.
             for cut in [1, payload.len() / 2, payload.len() - 1] {
-                prop_assert!(decode(&payload[..cut]).is_err());
+                let prefix = &payload[..cut];
+                let refused = match (keys, open(prefix)) {
+                    (_, Err(_)) => true,
+                    (Some(keys), Ok(s)) => keys.verify(s.header.key_id, s.signed, s.mac.unwrap()) != Some(true),
+                    (None, Ok(s)) => super::body(s.header.kind, s.body).is_err(),
+                };
+                prop_assert!(refused);
             }
         }
+    }
+
+    #[test]
+    fn a_test_payload_helper_builds_what_decode_reads() {
+        let mut body = Vec::new();
+        put_message(&mut body, &["x"], "\"y\"");
+        let payload = messages(1, 2, None, &body);
+        assert!(matches!(body_of(&payload), Body::Messages(m) if m.len() == 1));
     }
 }

@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::{ConnectOptions, Event};
+use async_nats::{ConnectOptions, Event, Subscriber};
 use mist_sdk::{Confirmation, Inbox, Outbox, SdkError};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::subject::{self, STAMP};
-use crate::{
-    backoff, reader, writer, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT,
-    SUBSCRIPTION_CAPACITY,
+use crate::settings::{
+    backoff, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT, SUBSCRIPTION_CAPACITY,
 };
+use crate::subject::{self, STAMP};
 
 /// Work for the reader task, in call order: subscription changes and the
 /// client's connection events.
@@ -52,6 +51,9 @@ pub(crate) struct Link {
     report: Mutex<()>,
     up: watch::Sender<bool>,
     pub(crate) stopped: watch::Sender<bool>,
+    /// Set by the writer once it has sent what was queued at `stop`: the
+    /// reader closes the connection only then.
+    pub(crate) writer_done: watch::Sender<bool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,7 +75,13 @@ fn random_id() -> u64 {
 }
 
 impl Link {
-    pub(crate) async fn connect(settings: &Settings, inbox: Inbox) -> Result<Arc<Link>, SdkError> {
+    /// Connects (in the background: the client retries), and returns the
+    /// link with what the reader task takes over (its work queue and the
+    /// probe subscription); the caller starts the tasks.
+    pub(crate) async fn connect(
+        settings: &Settings,
+        inbox: Inbox,
+    ) -> Result<(Arc<Link>, mpsc::UnboundedReceiver<Command>, Subscriber), SdkError> {
         let (commands, queue) = mpsc::unbounded_channel();
         let events = commands.clone();
         let options = ConnectOptions::new()
@@ -116,10 +124,9 @@ impl Link {
             report: Mutex::new(()),
             up: watch::Sender::new(false),
             stopped: watch::Sender::new(false),
+            writer_done: watch::Sender::new(false),
         });
-        reader::start(link.clone(), queue, probes);
-        writer::start(link.clone());
-        Ok(link)
+        Ok((link, queue, probes))
     }
 
     pub(crate) fn subscribe(&self, channels: Vec<String>) -> Confirmation {
@@ -220,9 +227,11 @@ impl Link {
         let _ = up.wait_for(|up| *up).await;
     }
 
+    /// Stops: no more publishes are taken; what is queued still goes
+    /// (the writer sends it, for a moment), then the reader closes.
     pub(crate) fn stop(&self) {
+        self.outbox.finish("the backplane is stopped");
         if !self.stopped.send_replace(true) {
-            self.outbox.close("the backplane is stopped");
             let _ = self.commands.send(Command::Stop);
         }
     }

@@ -14,6 +14,7 @@ use mist_sdk::SdkError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{Command, Link};
+use crate::settings::LAST_WORDS;
 use crate::subject::{self, STAMP};
 
 /// Passes over the subscriptions per wake-up before the reader yields.
@@ -85,6 +86,9 @@ impl Reader {
         for (_, mut subscription) in self.subscriptions.drain() {
             let _ = subscription.unsubscribe().await;
         }
+        // After the writer's last words (bounded by its own deadline).
+        let mut done = self.link.writer_done.subscribe();
+        let _ = tokio::time::timeout(LAST_WORDS * 2, done.wait_for(|done| *done)).await;
         let _ = self.link.client.drain().await;
     }
 

@@ -23,6 +23,12 @@ async fn round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sends_what_is_queued() {
+    let server = Nats::start();
+    backplane::stop_sends_what_is_queued(&opener(server.uri())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_across_channels() {
     let nats = Nats::start();
     backplane::order_across_channels(&opener(nats.uri())).await;

@@ -181,9 +181,11 @@ impl Link {
         let _ = up.wait_for(|up| *up).await;
     }
 
+    /// Stops: no more publishes are taken, what is queued still goes
+    /// (the publishing task sends it, for a moment, before it ends).
     pub(crate) fn stop(&self) {
+        self.outbox.finish("the backplane is stopped");
         self.stopped.send_replace(true);
-        self.outbox.close("the backplane is stopped");
     }
 
     pub(crate) fn is_stopped(&self) -> bool {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
 use crate::link::{Command, Link, Side};
-use crate::{Backoff, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT};
+use crate::settings::{Backoff, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT};
 
 pub(crate) fn start(link: Arc<Link>, client: redis::Client) {
     if let Some(commands) = link.take_commands() {

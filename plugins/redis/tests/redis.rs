@@ -23,6 +23,12 @@ async fn round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sends_what_is_queued() {
+    let server = Redis::start();
+    backplane::stop_sends_what_is_queued(&opener(server.uri())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_across_channels() {
     let redis = Redis::start();
     backplane::order_across_channels(&opener(redis.uri())).await;

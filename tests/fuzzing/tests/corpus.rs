@@ -75,3 +75,8 @@ fn http_publish_body_corpus() {
 fn websocket_frames_corpus() {
     replay("websocket_frames", mist_fuzzing::websocket_frames, 20);
 }
+
+#[test]
+fn cluster_payload_corpus() {
+    replay("cluster_payload", mist_fuzzing::cluster_payload, 8);
+}
