@@ -310,7 +310,9 @@ fn socket_of_peer(peer: SocketAddr) -> i32 {
         .lines()
         .skip(1)
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields[2] == wanted)
+        // A closed connection that used the same client port may linger
+        // in the table (TIME_WAIT) with no socket, inode 0: not ours.
+        .find(|fields| fields[2] == wanted && fields[9] != "0")
         .map(|fields| fields[9].to_string())
         .expect("the server's side of the connection");
     let link = format!("socket:[{inode}]");
