@@ -34,6 +34,8 @@
 //!   `plain` → `park`.
 //! - `tls.rs`: a TLS connection. It reads through rustls, which keeps
 //!   buffers of its own, and keeps its tasks.
+//! - `read_buffer.rs`: the per-thread buffer both read into, a burst at a
+//!   time.
 //! - `writer.rs`: a session's output to its socket, for both; no write
 //!   buffer while nothing is waiting.
 //!
@@ -46,6 +48,7 @@ use mist_sdk::{async_trait, Broker, Host, Listener, Plugin, SdkError};
 
 mod park;
 mod plain;
+mod read_buffer;
 #[cfg(test)]
 mod tests;
 mod tls;

@@ -12,7 +12,6 @@
 //! until the socket is first empty or full: tokio knows nothing of it
 //! until its reactor next turns.
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -30,16 +29,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::park::{self, Berth, Parkable, Parking, ParkingListener, Parts};
+use crate::read_buffer;
 use crate::writer::{write_output, Idle};
-
-/// Reads are this large at most. One read is one batch of publishes, and
-/// a subscriber is woken (and written to) once per batch: with publishes
-/// spread over many topics, a larger batch gives each subscriber more
-/// than one message a write (1 MiB: about 5,000 publishes, five a
-/// subscriber over 1,000 topics; routing was 30% slower with 256 KiB).
-/// The buffer is per thread, not per connection, and its pages are
-/// touched only as far as reads fill it.
-const READ_CHUNK: usize = 1024 * 1024;
 
 /// Starts a plain listener, whose idle connections park.
 pub(crate) fn start(
@@ -235,10 +226,6 @@ impl Parkable for Conn {
     }
 }
 
-thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-}
-
 /// Feeds the session what the client sends, until it is done.
 async fn read(session: &Session, reader: ReadHalf<'_>, idle: &Idle) -> io::Result<()> {
     // Straight from the socket until it first has nothing: one just back
@@ -254,12 +241,11 @@ async fn read(session: &Session, reader: ReadHalf<'_>, idle: &Idle) -> io::Resul
             Idle::set(&idle.reading, false);
             readable?;
         }
-        let fed = READ_BUFFER.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
+        let fed = read_buffer::with(|buffer| {
             let read = if direct {
-                (&*socket).read(&mut buffer)
+                (&*socket).read(buffer)
             } else {
-                reader.try_read(&mut buffer)
+                reader.try_read(buffer)
             };
             match read {
                 Ok(0) => Ok(None),

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::park::{self, Parking, ParkingListener};
 use crate::plain::{self, Conn};
+use crate::tls;
 
 /// A broker that keeps what its sessions are fed and queues what a
 /// test tells it to.
@@ -31,6 +32,8 @@ struct FakeBroker(Arc<Mutex<Vec<Arc<FakeSession>>>>);
 
 struct FakeSession {
     fed: Mutex<Vec<u8>>,
+    /// How many times the session was fed.
+    feeds: AtomicUsize,
     output: Mutex<Vec<u8>>,
     closed: AtomicBool,
     waker: OutputWakerBox,
@@ -61,6 +64,7 @@ impl SessionApi for FakeHandle {
     }
     fn feed(&self, bytes: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
         self.0.fed.lock().unwrap().extend_from_slice(&bytes);
+        self.0.feeds.fetch_add(1, Ordering::SeqCst);
         RNone
     }
     fn feed_message(&self, message: RSlice<'_, u8>) -> ROption<FfiFuture<()>> {
@@ -92,6 +96,7 @@ impl BrokerApi for FakeBroker {
     fn open_session(&self, _info: SessionInfo, waker: OutputWakerBox) -> SessionBox {
         let session = Arc::new(FakeSession {
             fed: Mutex::default(),
+            feeds: AtomicUsize::new(0),
             output: Mutex::default(),
             closed: AtomicBool::new(false),
             waker,
@@ -485,4 +490,32 @@ fn a_plain_connection_future_stays_small() {
     let size = future_size(Conn::run);
     // Unoptimized builds lay futures out larger than release builds.
     assert!(size <= 1152, "{size} bytes");
+}
+
+/// A TLS connection feeds the broker everything its stream holds at once
+/// (up to the per-thread buffer), not a record's worth at a time: one feed
+/// is one batch of publishes, and each subscriber is written to once per
+/// batch. Bytes before the end of the stream are fed too.
+#[tokio::test]
+async fn a_tls_connection_feeds_a_burst_at_once() {
+    let fake = FakeBroker::default();
+    let session = fake
+        .broker()
+        .open_session(SessionInfo::new("tls", "127.0.0.1:1"));
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    let burst: Vec<u8> = b"{\"command\":\"ping\"}\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(100 * 1024)
+        .collect();
+    client.write_all(&burst).await.unwrap();
+    client.shutdown().await.unwrap();
+    tokio::time::timeout(WAIT, tls::read_stream(&session, server))
+        .await
+        .expect("the stream's end was not seen")
+        .unwrap();
+    let fed = fake.0.lock().unwrap()[0].clone();
+    assert_eq!(*fed.fed.lock().unwrap(), burst);
+    assert_eq!(fed.feeds.load(Ordering::SeqCst), 1);
 }

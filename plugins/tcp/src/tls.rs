@@ -2,20 +2,19 @@
 //! is no parking to gain; the reader and the writer are plain tasks, the
 //! way any listener's would be.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 
 use mist_sdk::net::{stopping, Refusal, Serve, Stream};
 use mist_sdk::{Broker, Listener, SdkError, Session, SessionInfo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use crate::read_buffer;
 use crate::writer::{write_output, Idle};
-
-/// The read buffer of a TLS connection, which cannot use the per-thread
-/// one of plain connections (rustls decrypts into it across an await).
-const TLS_READ_CHUNK: usize = 16 * 1024;
 
 /// Starts a TLS listener (certificate parameters in [`mist_sdk::tls`]).
 pub(crate) fn start(uri: &str, broker: Broker) -> Result<Box<dyn Listener>, SdkError> {
@@ -79,13 +78,54 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Send + 'static>(
     session.close();
 }
 
-async fn read_stream<R: AsyncRead + Unpin>(session: &Session, mut reader: R) -> io::Result<()> {
-    let mut buffer = vec![0; TLS_READ_CHUNK];
+/// Feeds the session what the client sends, until it is done. Each feed is
+/// everything rustls has decrypted or can decrypt from what the socket
+/// holds at that moment (up to the per-thread buffer), not one TLS record
+/// (16 KiB) at a time: one feed is one batch of publishes, and each
+/// subscriber is woken and written to (one record, one syscall) once per
+/// batch, so small batches spread over many topics would cost every
+/// subscriber a record per message.
+pub(crate) async fn read_stream<R: AsyncRead + Unpin>(
+    session: &Session,
+    mut reader: R,
+) -> io::Result<()> {
     loop {
-        match reader.read(&mut buffer).await? {
-            0 => return Ok(()),
-            n => session.feed(&buffer[..n]).await,
+        let (fed, end) = poll_fn(|cx| {
+            read_buffer::with(|buffer| {
+                let mut filled = 0;
+                let mut end = None;
+                while filled < buffer.len() {
+                    let mut read = ReadBuf::new(&mut buffer[filled..]);
+                    match Pin::new(&mut reader).poll_read(cx, &mut read) {
+                        Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                            end = Some(Ok(()));
+                            break;
+                        }
+                        Poll::Ready(Ok(())) => filled += read.filled().len(),
+                        Poll::Ready(Err(e)) => {
+                            end = Some(Err(e));
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if filled == 0 && end.is_none() {
+                    return Poll::Pending;
+                }
+                // What came before the end is the client's too.
+                let fed = (filled > 0).then(|| session.feed(&buffer[..filled]));
+                Poll::Ready((fed, end))
+            })
+        })
+        .await;
+        if let Some(fed) = fed {
+            fed.await;
         }
+        if let Some(end) = end {
+            return end;
+        }
+        // As a plain connection does: let the subscribers' writers, woken
+        // onto this worker, run before the next burst.
         tokio::task::yield_now().await;
     }
 }
