@@ -168,6 +168,8 @@ async fn a_bare_library_name_is_the_file_next_to_its_plugins_file_and_no_other()
     ];
     c[0].subscribe(&["next-to-it"]).await;
     c[1].publish(&["next-to-it"], "loaded").await;
+    // The publisher's pong: the publish has been delivered.
+    c[1].expect_nothing().await;
     assert_eq!(c[0].sync().await, [delivery(&["next-to-it"], "loaded")]);
 
     // A bare name with nothing next to it is a start-up error naming the
