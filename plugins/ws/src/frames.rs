@@ -88,11 +88,18 @@ impl Budget for mist_sdk::Session {
 pub(crate) trait Buffered {
     /// The bytes read ahead and not yet handed out.
     fn buffered(&self) -> &[u8];
+
+    /// Reads ahead what is there now, without waiting; whether bytes came.
+    fn read_ahead(&mut self, cx: &mut std::task::Context<'_>) -> bool;
 }
 
-impl<R> Buffered for crate::lazy::LazyBufReader<R> {
+impl<R: AsyncRead + Unpin> Buffered for crate::lazy::LazyBufReader<R> {
     fn buffered(&self) -> &[u8] {
         crate::lazy::LazyBufReader::buffered(self)
+    }
+
+    fn read_ahead(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        crate::lazy::LazyBufReader::read_ahead(self, cx)
     }
 }
 
@@ -100,6 +107,10 @@ impl<R> Buffered for crate::lazy::LazyBufReader<R> {
 impl Buffered for &[u8] {
     fn buffered(&self) -> &[u8] {
         self
+    }
+
+    fn read_ahead(&mut self, _: &mut std::task::Context<'_>) -> bool {
+        false
     }
 }
 
@@ -163,6 +174,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // A fragment: `next` goes on to the frames after it.
             bytes = &bytes[end as usize..];
         }
+    }
+
+    /// Whether a whole message is buffered, after reading ahead what the
+    /// socket holds now (without waiting) if none was.
+    pub(crate) async fn message_ready(&mut self) -> bool
+    where
+        R: Buffered,
+    {
+        std::future::poll_fn(|cx| {
+            while !self.message_buffered() {
+                if !self.io.read_ahead(cx) {
+                    return std::task::Poll::Ready(false);
+                }
+            }
+            std::task::Poll::Ready(true)
+        })
+        .await
     }
 
     /// Whether `room` was told of a buffer since the last call: the caller

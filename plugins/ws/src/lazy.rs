@@ -32,6 +32,33 @@ impl<R> LazyBufReader<R> {
     pub(crate) fn buffered(&self) -> &[u8] {
         &self.buffer[self.taken..]
     }
+
+    /// Reads what the socket holds now, without waiting, behind what is
+    /// buffered (up to `capacity` in all). Whether bytes came; an error or
+    /// the end of the stream is left for the next read to meet.
+    pub(crate) fn read_ahead(&mut self, cx: &mut Context<'_>) -> bool
+    where
+        R: AsyncRead + Unpin,
+    {
+        if self.taken > 0 {
+            // What is not handed out (the start of a frame) to the front.
+            self.buffer.drain(..self.taken);
+            self.taken = 0;
+        }
+        if self.buffer.len() >= self.capacity {
+            return false;
+        }
+        self.buffer.reserve_exact(self.capacity - self.buffer.len());
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buffer) {
+            Poll::Ready(Ok(n)) => n > 0,
+            Poll::Ready(Err(_)) | Poll::Pending => {
+                if self.buffer.is_empty() {
+                    self.buffer = Vec::new();
+                }
+                false
+            }
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for LazyBufReader<R> {
@@ -89,6 +116,33 @@ mod tests {
         let mut end = Vec::new();
         reader.read_to_end(&mut end).await.unwrap();
         assert!(end.is_empty());
+        assert_eq!(reader.buffer.capacity(), 0);
+    }
+
+    /// Reading ahead keeps what was not handed out and adds what the
+    /// socket holds now, up to the capacity, without waiting; with nothing
+    /// there it holds no buffer once nothing is buffered.
+    #[tokio::test]
+    async fn reads_ahead_behind_what_is_buffered_without_waiting() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = LazyBufReader::with_capacity(16, server);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"0123456789abcdefghij")
+            .await
+            .unwrap();
+        let mut four = [0u8; 4];
+        reader.read_exact(&mut four).await.unwrap();
+        assert_eq!(reader.buffered(), b"456789abcdef");
+        let ahead = std::future::poll_fn(|cx| Poll::Ready(reader.read_ahead(cx))).await;
+        assert!(ahead);
+        assert_eq!(reader.buffered(), b"456789abcdefghij");
+        // Nothing more on the socket: no waiting, the bytes stay.
+        let ahead = std::future::poll_fn(|cx| Poll::Ready(reader.read_ahead(cx))).await;
+        assert!(!ahead);
+        assert_eq!(reader.buffered(), b"456789abcdefghij");
+        let mut rest = [0u8; 16];
+        reader.read_exact(&mut rest).await.unwrap();
+        let ahead = std::future::poll_fn(|cx| Poll::Ready(reader.read_ahead(cx))).await;
+        assert!(!ahead);
         assert_eq!(reader.buffer.capacity(), 0);
     }
 }
