@@ -252,7 +252,16 @@ async fn churn_leaves_nothing_behind() {
     let start = settle_rss(pid).await;
     let began = Instant::now();
     churn(&server, cycles).await;
-    let after = settle(&server).await;
+    let settled = settle(&server).await;
+    // A task may still be finishing a closed connection (the previous `who`
+    // connection's among them) when the count is read: wait for the count
+    // to come back down. A leaked task never does.
+    let base_tasks = figure(&baseline, "tasks");
+    let after = until_who(&server, Duration::from_secs(10), |w| {
+        figure(w, "connections") == 1 && figure(w, "tasks") <= base_tasks
+    })
+    .await;
+    eprintln!("settled: {settled}");
     let end = settle_rss(pid).await;
     eprintln!(
         "figure: churn of {cycles} cycles in {:.1} s: RSS {start} -> {end} MiB, tasks {} -> {}, {after}",
