@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mist_e2e::client::delivery;
 use mist_e2e::postgres::shared as postgres_server;
-use mist_e2e::spy::{control_channel, tag_channel, Spy};
+use mist_e2e::spy::{control_channel, node_channel, Spy};
 use mist_e2e::TIMEOUT;
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ use super::cluster::{
     ADMIN, REVOKED_WITHIN,
 };
 
-const HEADER: usize = 30;
+const HEADER: usize = 38;
 const MALFORMED: &str = "mist_cluster_malformed_total";
 const DUPLICATES: &str = "mist_cluster_duplicates_total";
 /// docs/cluster.md, "Revocation": a recheck the store cannot answer fails
@@ -45,8 +45,9 @@ fn unsigned(origin: u64, sequence: u64, tags: &[&str], data: &str) -> Vec<u8> {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let mut p = vec![2, 1, 0, 0, 0, 0];
+    let mut p = vec![3, 1, 0, 0, 0, 0];
     p.extend_from_slice(&origin.to_be_bytes());
+    p.extend_from_slice(&0u64.to_be_bytes()); // to every node
     p.extend_from_slice(&sequence.to_be_bytes());
     p.extend_from_slice(&now.to_be_bytes());
     varint(1, &mut p);
@@ -93,9 +94,16 @@ fn hostile_from(genuine: &[u8]) -> Vec<Vec<u8>> {
         hostile.push(genuine[..cut].to_vec());
     }
     let mut forged = genuine.to_vec();
-    forged[14..22].copy_from_slice(&u64::MAX.to_be_bytes());
+    forged[22..30].copy_from_slice(&u64::MAX.to_be_bytes());
     hostile.push(forged);
     hostile
+}
+
+/// Node 1's own channel (`who` names the node).
+async fn subscriber_channel(cluster: &Cluster) -> String {
+    let mut observer = cluster.client(1).await;
+    let who = await_nodes(&mut observer, 2).await;
+    node_channel("mist", who["node"].as_str().expect("who names the node"))
 }
 
 fn key_file(dir: &tempfile::TempDir) -> PathBuf {
@@ -146,7 +154,8 @@ async fn with_a_key_hostile_payloads_are_dropped_and_counted(kind: Kind) {
     let mut subscriber = cluster.client(1).await;
     subscriber.subscribe(&["h"]).await;
     let mut publisher = cluster.client(0).await;
-    let channel = tag_channel("mist", "h");
+    // What node 0 sends node 1 travels on node 1's own channel.
+    let channel = subscriber_channel(&cluster).await;
     let control = control_channel("mist");
     let mut spy = Spy::connect(&cluster.backplane.uri(), std::slice::from_ref(&channel)).await;
 
@@ -214,7 +223,7 @@ async fn without_a_key_lines_stay_whole_and_no_node_is_silenced(kind: Kind) {
     let mut subscriber = cluster.client(1).await;
     subscriber.subscribe(&["h"]).await;
     let mut publisher = cluster.client(0).await;
-    let channel = tag_channel("mist", "h");
+    let channel = subscriber_channel(&cluster).await;
     let mut spy = Spy::connect(&cluster.backplane.uri(), std::slice::from_ref(&channel)).await;
 
     publisher.publish(&["h"], "captured").await;

@@ -86,11 +86,15 @@ impl Service {
         let mut supervisor = self.supervisor.lock().unwrap();
         assert!(supervisor.is_none(), "{} is already running", self.name);
         let command: Vec<String> = self.argv.iter().map(|a| quote(a)).collect();
-        // The line read from stdin names the signal (TERM at `stop`, KILL at
-        // `kill`); end of input (the test process is gone) means TERM.
+        // Each line read from stdin names a signal: STOP and CONT (`pause`,
+        // `resume`) are sent and the next line read; TERM (`stop`) or KILL
+        // (`kill`) ends it, CONT after it so that a paused server dies too.
+        // End of input (the test process is gone) means TERM.
         let script = format!(
             "cd {dir}; {command} >>{log} 2>&1 & pid=$!; \
-             read sig; kill -${{sig:-TERM}} $pid; wait $pid",
+             while read sig; do kill -$sig $pid; \
+             case $sig in STOP|CONT) ;; *) break;; esac; done; \
+             kill -${{sig:-TERM}} $pid 2>/dev/null; kill -CONT $pid 2>/dev/null; wait $pid",
             dir = quote(&self.dir.path().display().to_string()),
             command = command.join(" "),
             log = quote(&self.log.display().to_string()),
@@ -127,6 +131,27 @@ impl Service {
     /// Stops the server gracefully (SIGTERM) and waits until it is gone.
     pub fn stop(&self) {
         self.signal("TERM");
+    }
+
+    /// Freezes the server (SIGSTOP): it holds its connections and answers
+    /// nothing until [`Service::resume`] (a server that cannot keep up).
+    pub fn pause(&self) {
+        self.tell("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.tell("CONT");
+    }
+
+    fn tell(&self, signal: &str) {
+        let mut supervisor = self.supervisor.lock().unwrap();
+        let stdin = supervisor
+            .as_mut()
+            .and_then(|child| child.stdin.as_mut())
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        writeln!(stdin, "{signal}").expect("the supervisor reads");
+        stdin.flush().expect("the supervisor reads");
     }
 
     /// Kills the server (SIGKILL): no goodbye to its clients.

@@ -3,24 +3,21 @@
 //! whatever it likes on them, as anyone able to reach the backplane server
 //! could (docs/cluster.md, "Threat model").
 //!
-//! It knows of Mist only what is visible on the wire: the channel of a tag
-//! is `PREFIX.t.` and the first 128 bits of the tag's SHA-256 in hex, the
-//! control channel is `PREFIX.control`, and on NATS every payload starts
+//! It knows of Mist only what is visible on the wire: a node's channel is
+//! `PREFIX.n.` and the node's id (`who`'s `node`), the control channel is
+//! `PREFIX.control`, and on NATS every payload starts
 //! with the plugin's 16-byte stamp (publisher id, sequence number), which
 //! the spy takes off what it reads and puts on what it sends (a stamp of
 //! its own).
 
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::TIMEOUT;
 
-/// The channel of `tag` under `prefix`.
-pub fn tag_channel(prefix: &str, tag: &str) -> String {
-    let digest = Sha256::digest(tag.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}.t.{hex}")
+/// The channel of the node `who` names `node` (16 hex digits).
+pub fn node_channel(prefix: &str, node: &str) -> String {
+    format!("{prefix}.n.{node}")
 }
 
 /// The control channel under `prefix`.

@@ -1,11 +1,12 @@
-//! Backplane channel names: each tag maps to a fixed-length name under the
-//! node's prefix, whatever the tag holds.
+//! Backplane names: each node has a channel, `PREFIX.n.<16 hex digits>`
+//! (its id), and every node hears `PREFIX.control`.
 //!
-//! `PREFIX.t.<32 hex digits>`: the first 128 bits of the tag's SHA-256. Any
-//! string is a safe tag (Redis and NATS see only hex), names have one
-//! length, and every node computes the same name for the same tag. Two tags
-//! whose names collide only cost traffic: receivers run the exact match.
-//! The control channel is `PREFIX.control`.
+//! Each tag also has a fixed-length name, `PREFIX.t.<32 hex digits>`: the
+//! first 128 bits of the tag's SHA-256. No channel has that name any more;
+//! [`super::interest`] keeps its anchors by it and the 128 bits are what
+//! crosses the backplane in announcements ([`tag_hash`]). Any string is a
+//! safe tag, every node computes the same hash, and two tags whose hashes
+//! collide only cost traffic: receivers run the exact match.
 
 use sha2::{Digest, Sha256};
 
@@ -81,6 +82,28 @@ impl Channels {
     pub fn control(&self) -> &str {
         &self.control
     }
+
+    /// The channel of one node, `PREFIX.n.<16 hex digits>`: what other
+    /// nodes send it alone (messages for its subscriptions, snapshots,
+    /// acknowledgements).
+    pub fn node(&self, id: u64) -> String {
+        format!("{}.n.{id:016x}", self.prefix)
+    }
+
+    /// The tag hash a [`Channels::hashed`] name was made of (its last 32
+    /// hex digits; zeros for a name not made by it).
+    pub fn hash_of(name: &str) -> TagHash {
+        let mut hash = [0u8; 16];
+        let hex = name.as_bytes();
+        if hex.len() >= 32 {
+            let hex = &hex[hex.len() - 32..];
+            for (i, byte) in hash.iter_mut().enumerate() {
+                let digit = |c: u8| char::from(c).to_digit(16).unwrap_or(0) as u8;
+                *byte = digit(hex[2 * i]) << 4 | digit(hex[2 * i + 1]);
+            }
+        }
+        hash
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +135,8 @@ mod tests {
             Channels::new("app.eu-1").unwrap().tag("a")
         );
         assert_eq!(channels.control(), "app.eu-1.control");
+        assert_eq!(channels.node(0xab), "app.eu-1.n.00000000000000ab");
+        assert_eq!(Channels::hash_of(&channels.tag("hello")), tag_hash("hello"));
         assert_ne!(channels.control(), channels.tag("control"));
     }
 

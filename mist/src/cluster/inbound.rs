@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::key::ClusterKeys;
 use super::peers::{Mode, Peers, Seen};
-use super::wire::{self, Body, Incoming, Kind, WireError};
+use super::wire::{self, Anchor, Body, Incoming, Kind, WireError};
 
 /// With a key, a payload whose sender's clock differs from this node's by
 /// more than this is refused: nodes' clocks must agree within it (NTP).
@@ -51,6 +51,8 @@ pub enum Refusal {
     /// An authenticated payload older than its origin's window.
     #[error("replayed: older than what its origin sent since")]
     Replayed,
+    #[error("addressed to another node ({0:016x})")]
+    Misrouted(u64),
 }
 
 /// What to do with a payload.
@@ -63,13 +65,34 @@ pub enum Verdict<'a> {
         refused: u64,
     },
     /// A heartbeat, taken into account.
-    Heartbeat,
+    Heartbeat { origin: u64 },
+    /// A heartbeat from a node that (re)joined: what this node knew of its
+    /// interest is void.
+    Hello { origin: u64 },
+    /// Changes of `origin`'s anchors, numbered from `first`.
+    Interest {
+        origin: u64,
+        first: u64,
+        changes: Vec<(bool, Anchor)>,
+    },
+    /// One part of `origin`'s anchors at `epoch`.
+    Snapshot {
+        origin: u64,
+        epoch: u64,
+        part: u64,
+        parts: u64,
+        anchors: Vec<Anchor>,
+    },
+    /// `origin` asks for this node's anchors.
+    SnapshotRequest { origin: u64 },
+    /// `origin` applied this node's interest up to `epoch`.
+    Ack { origin: u64, epoch: u64 },
     /// Another node changed this token (its SHA-256): recheck its sessions.
     TokenChanged([u8; 32]),
     /// Another node asks every node to recheck every token.
     RecheckAll,
     /// A node left, taken into account.
-    Leaving,
+    Leaving { origin: u64 },
     /// This node's own payload, back through a channel it holds.
     Own,
     /// A copy of a payload acted on already.
@@ -98,7 +121,12 @@ impl Default for MessageLimits {
 pub struct Inbound {
     me: u64,
     keys: Option<Arc<ClusterKeys>>,
+    /// Who is alive, and the window of what each sent to every node.
     peers: Peers,
+    /// The window of what each sent to this node alone (its own counter:
+    /// the two travel on different channels, whose relative order a
+    /// backplane need not keep).
+    direct: Peers,
     limits: MessageLimits,
 }
 
@@ -114,17 +142,20 @@ impl Inbound {
             me,
             keys,
             peers: Peers::new(mode),
+            direct: Peers::new(mode),
             limits,
         }
     }
 
     /// Checks with `keys` from now on (the key file was reloaded).
     pub fn set_keys(&mut self, keys: Option<Arc<ClusterKeys>>) {
-        self.peers.set_mode(if keys.is_some() {
+        let mode = if keys.is_some() {
             Mode::Authenticated
         } else {
             Mode::Open
-        });
+        };
+        self.peers.set_mode(mode);
+        self.direct.set_mode(mode);
         self.keys = keys;
     }
 
@@ -162,7 +193,15 @@ impl Inbound {
             }
         }
         let body = wire::body(header.kind, sealed.body)?;
-        match self.peers.admit(header.origin, header.sequence, now) {
+        if header.to != 0 && header.to != self.me {
+            return Err(Refusal::Misrouted(header.to));
+        }
+        let window = if header.to == 0 {
+            &mut self.peers
+        } else {
+            &mut self.direct
+        };
+        match window.admit(header.origin, header.sequence, now) {
             Seen::New => {}
             Seen::Copy => return Ok(Verdict::Copy),
             Seen::Replayed => return Err(Refusal::Replayed),
@@ -177,17 +216,48 @@ impl Inbound {
                     messages,
                 }
             }
-            Body::Heartbeat { interval_ms } => {
+            Body::Heartbeat { interval_ms } | Body::Hello { interval_ms } => {
                 // Bounded: a forged interval cannot list a node for long.
                 let interval = Duration::from_millis(interval_ms.clamp(100, 10_000));
                 self.peers.heartbeat(header.origin, interval, now);
-                Verdict::Heartbeat
+                let origin = header.origin;
+                if header.kind == Kind::Hello {
+                    Verdict::Hello { origin }
+                } else {
+                    Verdict::Heartbeat { origin }
+                }
             }
+            Body::Interest { first, changes } => Verdict::Interest {
+                origin: header.origin,
+                first,
+                changes,
+            },
+            Body::Snapshot {
+                epoch,
+                part,
+                parts,
+                anchors,
+            } => Verdict::Snapshot {
+                origin: header.origin,
+                epoch,
+                part,
+                parts,
+                anchors,
+            },
+            Body::SnapshotRequest => Verdict::SnapshotRequest {
+                origin: header.origin,
+            },
+            Body::Ack { epoch } => Verdict::Ack {
+                origin: header.origin,
+                epoch,
+            },
             Body::TokenChanged(digest) => Verdict::TokenChanged(digest),
             Body::RecheckAll => Verdict::RecheckAll,
             Body::Leaving => {
                 self.peers.leave(header.origin, now);
-                Verdict::Leaving
+                Verdict::Leaving {
+                    origin: header.origin,
+                }
             }
         })
     }
@@ -201,6 +271,7 @@ impl Inbound {
     /// Forgets the origins not heard for long.
     pub fn sweep(&mut self, now: Instant) {
         self.peers.sweep(now);
+        self.direct.sweep(now);
     }
 
     /// Whether payloads must be signed.
@@ -424,12 +495,37 @@ mod tests {
         let now = Instant::now();
         let hb = wire::heartbeat_body(u64::MAX);
         let heartbeat = seal(Kind::Heartbeat, 2, 1, 0, None, &[&hb]);
-        assert_eq!(inbound.check(&heartbeat, now, 0), Verdict::Heartbeat);
+        assert_eq!(
+            inbound.check(&heartbeat, now, 0),
+            Verdict::Heartbeat { origin: 2 }
+        );
         assert_eq!(inbound.nodes(now), [2]);
         // The forged interval was bounded to 10 s.
         assert!(inbound.nodes(now + Duration::from_secs(31)).is_empty());
         let leaving = seal(Kind::Leaving, 2, 2, 0, None, &[]);
-        assert_eq!(inbound.check(&leaving, now, 0), Verdict::Leaving);
-        assert!(inbound.nodes(now).is_empty());
+        assert_eq!(
+            inbound.check(&leaving, now, 0),
+            Verdict::Leaving { origin: 2 }
+        );
+        // Addressed to another node: refused; to this one: its own window.
+        let to_other = wire::seal_to(Kind::Ack, 3, 9, 1, 0, None, &[&[1]]);
+        assert_eq!(
+            inbound.check(&to_other, now, 0),
+            Verdict::Refused(Refusal::Misrouted(9))
+        );
+        let to_me = wire::seal_to(Kind::Ack, 3, 1, 1, 0, None, &[&[1]]);
+        assert_eq!(
+            inbound.check(&to_me, now, 0),
+            Verdict::Ack {
+                origin: 3,
+                epoch: 1
+            }
+        );
+        let everyone = seal(Kind::Heartbeat, 3, 1, 0, None, &[&hb]);
+        assert_eq!(
+            inbound.check(&everyone, now, 0),
+            Verdict::Heartbeat { origin: 3 }
+        );
+        assert_eq!(inbound.nodes(now), [3]);
     }
 }

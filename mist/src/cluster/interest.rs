@@ -1,20 +1,21 @@
-//! Which backplane channels this node needs, and why: every distinct tag
-//! set held by a local subscription has an *anchor*, one of its own tags,
-//! and the node subscribes to the channel of each anchor.
+//! Which anchors this node announces, and why: every distinct tag set held
+//! by a local subscription has an *anchor*, one of its own tags, and the
+//! node announces each anchor to the other nodes ([`super::remote`]).
 //!
-//! A publish of tag set T goes to the channel of every tag in T; a
+//! A publish of tag set T goes to every node that announced a tag in T; a
 //! subscription S matches only when S ⊆ T, so its anchor a(S) ∈ T, and the
 //! node holding S is reached. Tag sets are reference-counted (several local
-//! sessions may hold one), channels too (several tag sets may share an
-//! anchor). When a channel's count drops to zero it *lingers* for a while
-//! before it is unsubscribed, so that a client that unsubscribes and
+//! sessions may hold one), anchors too (several tag sets may share one;
+//! they are kept by their [`super::channel::Channels::tag`] name). When an
+//! anchor's count drops to zero it *lingers* for a while before its
+//! withdrawal is announced, so that a client that unsubscribes and
 //! subscribes again (or many short-lived subscriptions on one tag) do not
-//! churn the backplane.
+//! churn the announcements.
 //!
 //! The anchor is chosen to keep the traffic a node receives small:
 //!
-//! 1. a tag whose channel the node subscribes already (or that still
-//!    lingers): no new subscription, no new traffic;
+//! 1. a tag the node announced already (or that still lingers): no new
+//!    announcement, no new traffic;
 //! 2. otherwise the tag seen least often in publishes through this node (a
 //!    count-min sketch of the tags of local publishes and received
 //!    messages), then the longer tag, then the smaller one.
@@ -174,6 +175,12 @@ impl<C> Interest<C> {
     }
 
     /// Channels held or lingering.
+    /// Every channel held (lingering ones included): the anchors this node
+    /// announces.
+    pub fn channel_names(&self) -> impl Iterator<Item = &str> {
+        self.channels.keys().map(String::as_str)
+    }
+
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }

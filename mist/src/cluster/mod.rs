@@ -4,21 +4,25 @@
 //! its guarantees and its costs; in short:
 //!
 //! - **Routing by interest.** Each distinct tag set held by a local
-//!   subscription has an anchor, one of its tags ([`interest`]); the node
-//!   subscribes to the backplane channel of each anchor ([`channel`]). A
-//!   publish of tag set T is sent to the channel of every tag in T, so it
-//!   reaches every node with a subscription S ⊆ T (S's anchor is in T), and
-//!   no other node except through hash collisions.
-//! - **Exactly once, in order.** Receivers drop the copies that arrive
-//!   through several anchors by a per-origin sequence number ([`peers`]) and
+//!   subscription has an anchor, one of its tags ([`interest`]); each node
+//!   announces its anchors, numbered by epoch, and keeps the others'
+//!   ([`remote`]). A publish of tag set T goes once to each node that
+//!   announced an anchor in T, on that node's own channel ([`channel`]), so
+//!   it reaches every node with a subscription S ⊆ T (S's anchor is in T),
+//!   and no other node. A node whose anchors are not known for sure gets
+//!   everything until its snapshot arrives.
+//! - **The barrier.** A subscribe that announced a new anchor is confirmed
+//!   once every other node acknowledged its epoch.
+//! - **Exactly once, in order.** One copy per node; receivers drop what the
+//!   backplane delivers twice by per-origin sequence numbers ([`peers`]) and
 //!   hand the rest to the broker's exact local match; one publishing and
 //!   one subscribing connection per node keep each publisher's order.
 //! - **Nothing unchecked.** Every payload goes through [`inbound`] (frame,
 //!   MAC and clock with a cluster key ([`key`]), strict body, sequence
 //!   window, this node's limits) before anything acts on it.
-//! - **Batching.** Consecutive messages for the same channels travel as one
-//!   payload ([`outbound`], [`wire`]); the flusher takes whatever
-//!   accumulated while it was busy.
+//! - **Batching.** The messages for one node travel as one payload,
+//!   whatever their tag sets ([`outbound`], [`wire`]); the flusher takes
+//!   whatever accumulated while it was busy.
 //! - **Control channel.** Heartbeats (for `who`'s `nodes`), token changes
 //!   (the SHA-256 of the token, never the token: kept and offered again
 //!   until the backplane took them) and goodbyes.
@@ -63,6 +67,7 @@ pub mod interest;
 pub mod key;
 pub mod outbound;
 pub mod peers;
+pub mod remote;
 pub mod transport;
 pub mod wire;
 
@@ -71,6 +76,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -85,7 +91,7 @@ use mist_sdk::abi::{BackplaneBox, BackplaneInboxBox};
 use mist_sdk::{ErrorKind, SdkError};
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -98,8 +104,9 @@ pub use wire::{Incoming, Tags};
 
 use control::Control;
 use interest::{canonical, Interest, Sketch};
-use outbound::{Outbound, Run};
-use wire::Kind;
+use outbound::{Outbound, Run, EVERY_NODE};
+use remote::{Applied, Remote};
+use wire::{Anchor, Kind};
 
 /// How long an unused channel stays subscribed before it is unsubscribed.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -304,10 +311,29 @@ struct Node {
     transport: Arc<dyn Transport>,
     up: AtomicBool,
     stopped: AtomicBool,
-    /// Lock order: `interest`, then `sketch`.
-    interest: Mutex<Interest<Confirmation>>,
+    /// Lock order: `interest`, then `sketch`, then `acks`, then `inbound`.
+    interest: Mutex<Held>,
     sketch: Mutex<Sketch>,
+    /// Lock order: `outbound`, then `remote`, then `sketch`.
     outbound: Mutex<Outbound>,
+    /// The other nodes' interest: where a publish goes.
+    remote: RwLock<Remote>,
+    /// Acknowledgements owed and received, snapshots asked for.
+    acks: Mutex<Acks>,
+    /// The highest epoch of this node's interest every other node has
+    /// acknowledged (`u64::MAX` while the backplane is down: nothing is
+    /// waited for then). Confirmations wait on it.
+    confirmed: watch::Sender<u64>,
+    /// The epoch of this node's last interest change.
+    epoch: AtomicU64,
+    /// Whether this node has been connected long enough to have heard
+    /// every other node's heartbeat; until then it sends its messages to
+    /// every node (the control channel) and confirms nothing.
+    synced: AtomicBool,
+    /// When `synced` is due.
+    sync_at: Mutex<Instant>,
+    /// The next heartbeat is a hello (this node (re)joined).
+    hello: AtomicBool,
     /// Set when what waits in `outbound` passed [`CONGESTED_BYTES`] while
     /// the backplane is up; cleared below [`RELIEVED_BYTES`] or when it
     /// goes down. Sessions that publish stop being read meanwhile.
@@ -390,9 +416,16 @@ impl Cluster {
             local,
             transport,
             stopped: AtomicBool::new(false),
-            interest: Mutex::new(Interest::default()),
+            interest: Mutex::new(Held::default()),
             sketch: Mutex::new(Sketch::default()),
             outbound: Mutex::new(Outbound::default()),
+            remote: RwLock::new(Remote::default()),
+            acks: Mutex::new(Acks::default()),
+            confirmed: watch::Sender::new(0),
+            epoch: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+            sync_at: Mutex::new(Instant::now()),
+            hello: AtomicBool::new(true),
             congested: AtomicBool::new(false),
             room: Notify::new(),
             flush: Notify::new(),
@@ -404,9 +437,11 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
         });
         inbox.attach(&node);
-        let control = node
-            .transport
-            .subscribe(vec![node.names.control().to_string()]);
+        node.start_sync();
+        let control = node.transport.subscribe(vec![
+            node.names.control().to_string(),
+            node.names.node(node.id.0),
+        ]);
         match tokio::time::timeout(node.config.confirm_timeout, control).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("cluster control channel not confirmed yet: {e}"),
@@ -470,12 +505,20 @@ impl Cluster {
             return None;
         }
         let node = &self.node;
-        let mut interest = node.interest.lock();
+        let mut held = node.interest.lock();
         let sketch = node.sketch.lock();
-        // Under the lock: subscribes and unsubscribes reach the plugin in
-        // the order the interest changed.
+        // Under the lock: changes are numbered in the order the interest
+        // changed.
+        let Held {
+            interest,
+            epoch,
+            pending,
+        } = &mut *held;
         let added = interest.add(canonical(tags), &node.names, &sketch, |channel| {
-            node.confirm(channel)
+            *epoch += 1;
+            pending.push((true, Channels::hash_of(channel)));
+            node.epoch.store(*epoch, Ordering::Release);
+            node.confirm(*epoch)
         });
         let channel = match added {
             interest::Added::Held { channel }
@@ -491,14 +534,18 @@ impl Cluster {
     /// that set). Its channel, once unused, is unsubscribed after the
     /// linger.
     pub fn unsubscribe<S: AsRef<str>>(&self, tags: &[S]) {
-        let lingering = self.node.interest.lock().remove(&canonical(tags));
+        let lingering = self.node.interest.lock().interest.remove(&canonical(tags));
         if let Some((channel, generation)) = lingering {
             let node = self.node.clone();
             self.node.runtime.clone().spawn(async move {
                 tokio::time::sleep(node.config.linger).await;
-                let mut interest = node.interest.lock();
-                if interest.reap(&channel, generation) {
-                    node.transport.unsubscribe(vec![channel]);
+                let mut held = node.interest.lock();
+                if held.interest.reap(&channel, generation) {
+                    held.epoch += 1;
+                    held.pending.push((false, Channels::hash_of(&channel)));
+                    node.epoch.store(held.epoch, Ordering::Release);
+                    drop(held);
+                    node.flush.notify_one();
                 }
             });
         }
@@ -517,10 +564,29 @@ impl Cluster {
             node.dropped(1, "the backplane is down");
             return;
         }
+        let synced = node.synced.load(Ordering::Acquire);
         let (accepted, was_empty) = {
             let mut outbound = node.outbound.lock();
             let was_empty = outbound.is_empty();
-            let accepted = outbound.push(tags, data, &node.names);
+            let pushed = outbound.push_routed(tags, data, |anchors, to| {
+                let mut sketch = node.sketch.lock();
+                for anchor in anchors {
+                    sketch.add(anchor, 1);
+                }
+                drop(sketch);
+                if synced {
+                    node.remote.read().route(anchors, to);
+                } else {
+                    // Not every node is known yet: every node gets it.
+                    to.push(EVERY_NODE);
+                }
+            });
+            let accepted = match pushed {
+                outbound::Pushed::Queued => true,
+                outbound::Pushed::Full => false,
+                // No other node holds a matching subscription.
+                outbound::Pushed::Nowhere => return,
+            };
             if outbound.bytes() > CONGESTED_BYTES && !node.congested.swap(true, Ordering::Relaxed) {
                 node.counters.congestions.fetch_add(1, Ordering::Relaxed);
             }
@@ -631,7 +697,7 @@ impl Cluster {
             dropped: read(&c.dropped),
             congestions: read(&c.congestions),
             malformed: read(&c.malformed),
-            channels: self.node.interest.lock().channel_count() as u64,
+            channels: self.node.interest.lock().interest.channel_count() as u64,
             nodes: self.nodes().len() as u64,
         }
     }
@@ -653,11 +719,11 @@ impl Cluster {
             for run in node.send(&mut sender, runs) {
                 node.dropped(run.count, "the node is leaving");
             }
-            let control = node.names.control().to_string();
-            let _ = node.emit(&mut sender, Kind::Leaving, vec![control], &[]);
+            let _ = node.emit(&mut sender, Kind::Leaving, EVERY_NODE, &[]);
             sender.left = true;
         }
         node.relieve();
+        node.confirmed.send_replace(u64::MAX);
         for task in node.tasks.lock().drain(..) {
             task.abort();
         }
@@ -667,22 +733,25 @@ impl Cluster {
 }
 
 impl Node {
-    /// Subscribes `channel` on the backplane. The wait runs in a task on
-    /// the node's runtime (so it completes, and is logged, whether or not
-    /// anyone awaits it); the confirmation only awaits that task, which any
-    /// executor can do.
-    fn confirm(&self, channel: &str) -> Confirmation {
-        let confirmed = self.transport.subscribe(vec![channel.to_string()]);
+    /// Completes once every other node acknowledged this node's interest
+    /// up to `epoch` (so their publishes from then on reach it), the
+    /// backplane is down, or the confirmation timeout passed. The wait runs
+    /// in a task on the node's runtime (so it completes, and is logged,
+    /// whether or not anyone awaits it); the confirmation only awaits that
+    /// task, which any executor can do.
+    fn confirm(&self, epoch: u64) -> Confirmation {
         let limit = self.config.confirm_timeout;
-        let channel = channel.to_string();
+        let mut confirmed = self.confirmed.subscribe();
+        self.flush.notify_one();
         let waiting = self.runtime.spawn(async move {
-            let result = match tokio::time::timeout(limit, confirmed).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ClusterError::Unavailable(e.message.into_string())),
-                Err(_) => Err(ClusterError::Timeout(limit)),
-            };
+            let result =
+                match tokio::time::timeout(limit, confirmed.wait_for(|c| *c >= epoch)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(_)) => Err(ClusterError::Unavailable("the node stopped".into())),
+                    Err(_) => Err(ClusterError::Timeout(limit)),
+                };
             if let Err(e) = &result {
-                tracing::debug!("backplane channel {channel} not confirmed: {e}");
+                tracing::debug!("interest epoch {epoch} not acknowledged by every node: {e}");
             }
             result
         });
@@ -694,6 +763,35 @@ impl Node {
         .boxed()
         .shared();
         Confirmation(shared)
+    }
+
+    /// (Re)starts the wait for every other node's heartbeat: until it
+    /// passes, messages go to every node and nothing is confirmed.
+    fn start_sync(&self) {
+        self.synced.store(false, Ordering::Release);
+        *self.sync_at.lock() = Instant::now() + self.config.heartbeat * 3 / 2;
+        self.hello.store(true, Ordering::Release);
+    }
+
+    /// Sets `confirmed`: what every node listed acknowledged (everything
+    /// when there is none), nothing while not synced, everything while the
+    /// backplane is down.
+    fn recompute_confirmed(&self) {
+        let acks = self.acks.lock();
+        let value = if !self.up.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire) {
+            u64::MAX
+        } else if !self.synced.load(Ordering::Acquire) {
+            0
+        } else {
+            let nodes = self.inbound.lock().nodes(Instant::now());
+            let epoch = self.epoch.load(Ordering::Acquire);
+            nodes
+                .iter()
+                .map(|n| acks.acked.get(n).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(epoch)
+        };
+        self.confirmed.send_replace(value);
     }
 
     fn dropped(&self, messages: u64, why: &str) {
@@ -710,7 +808,9 @@ impl Node {
         }
     }
 
-    /// Hands the backplane what waits: token changes first, then the runs
+    /// Hands the backplane what waits: token changes first, then this
+    /// node's interest (a hello, its changes, the acknowledgements,
+    /// snapshot requests and snapshots other nodes wait for), then the runs
     /// of messages. Runs while the backplane's queue is full wait (and the
     /// publishers with them); token changes also wait while it is down.
     async fn flusher(self: Arc<Self>) {
@@ -723,16 +823,20 @@ impl Node {
                         return;
                     }
                     let control = self.send_control(&mut sender);
+                    let interest = self.send_interest(&mut sender);
                     let runs = self.outbound.lock().take();
                     let left = self.send(&mut sender, runs);
                     let full = !left.is_empty()
-                        || matches!(&control, Err(e) if e.kind == ErrorKind::OVERLOADED);
+                        || [&control, &interest]
+                            .iter()
+                            .any(|r| matches!(r, Err(e) if e.kind == ErrorKind::OVERLOADED));
                     if !left.is_empty() {
                         // New publishes queued behind them: the order holds.
                         self.outbound.lock().put_back(left);
                     }
                     full
                 };
+                self.recompute_confirmed();
                 self.relieve();
                 if !again {
                     break;
@@ -760,23 +864,38 @@ impl Node {
 
     /// Numbers, seals and hands one payload to the backplane: the only way
     /// anything is sent, under the sender lock, so that numbers go out in
-    /// order and none is used twice. A number is used only once the
-    /// backplane took its payload; nothing is sent once the node left.
+    /// order and none is used twice. `to` is one node (its channel) or
+    /// [`EVERY_NODE`] (the control channel); each has its own counter. A
+    /// number is used only once the backplane took its payload; nothing is
+    /// sent once the node left.
     fn emit(
         &self,
         sender: &mut Sender,
         kind: Kind,
-        channels: Vec<String>,
+        to: u64,
         body: &[&[u8]],
     ) -> Result<(), SdkError> {
         if sender.left {
             return Err(SdkError::unavailable("the node left the cluster"));
         }
-        let sequence = sender.sequence + 1;
+        let (counter, channel) = if to == EVERY_NODE {
+            (&mut sender.sequence, self.names.control().to_string())
+        } else {
+            (&mut sender.direct, self.names.node(to))
+        };
+        let sequence = *counter + 1;
         let keys = self.keys.read().clone();
-        let payload = wire::seal(kind, self.id.0, sequence, wall_ms(), keys.as_deref(), body);
-        self.transport.publish(channels, payload)?;
-        sender.sequence = sequence;
+        let payload = wire::seal_to(
+            kind,
+            self.id.0,
+            to,
+            sequence,
+            wall_ms(),
+            keys.as_deref(),
+            body,
+        );
+        self.transport.publish(vec![channel], payload)?;
+        *counter = sequence;
         Ok(())
     }
 
@@ -784,16 +903,15 @@ impl Node {
     /// stays for the next time (whatever the reason).
     fn send_control(&self, sender: &mut Sender) -> Result<(), SdkError> {
         let (digests, all) = self.control.lock().take();
-        let channel = || vec![self.names.control().to_string()];
         if all {
-            if let Err(e) = self.emit(sender, Kind::RecheckAll, channel(), &[]) {
+            if let Err(e) = self.emit(sender, Kind::RecheckAll, EVERY_NODE, &[]) {
                 self.control.lock().put_back(digests, true);
                 return Err(e);
             }
         }
         let mut digests = digests.into_iter();
         while let Some(digest) = digests.next() {
-            if let Err(e) = self.emit(sender, Kind::TokenChanged, channel(), &[&digest]) {
+            if let Err(e) = self.emit(sender, Kind::TokenChanged, EVERY_NODE, &[&digest]) {
                 self.control
                     .lock()
                     .put_back(std::iter::once(digest).chain(digests), false);
@@ -801,6 +919,106 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Sends what the interest protocol owes: a hello, this node's interest
+    /// changes, acknowledgements, snapshot requests and snapshots. What the
+    /// backplane's full queue refused stays for the next time; what a
+    /// backplane that is down refused is dropped (a reconnection starts
+    /// over with hellos and snapshots).
+    fn send_interest(&self, sender: &mut Sender) -> Result<(), SdkError> {
+        let keep = |e: &SdkError| e.kind == ErrorKind::OVERLOADED;
+        if self.hello.swap(false, Ordering::AcqRel) {
+            let body = wire::heartbeat_body(self.heartbeat_ms());
+            if let Err(e) = self.emit(sender, Kind::Hello, EVERY_NODE, &[&body]) {
+                self.hello.store(keep(&e), Ordering::Release);
+                return Err(e);
+            }
+        }
+        let (first, changes) = {
+            let mut held = self.interest.lock();
+            let first = held.epoch + 1 - held.pending.len() as u64;
+            (first, std::mem::take(&mut held.pending))
+        };
+        let mut at = 0;
+        while at < changes.len() {
+            let end = (at + wire::MAX_ANCHORS as usize).min(changes.len());
+            let body = wire::interest_body(first + at as u64, &changes[at..end]);
+            if let Err(e) = self.emit(sender, Kind::Interest, EVERY_NODE, &[&body]) {
+                if keep(&e) {
+                    let mut held = self.interest.lock();
+                    let mut left = changes[at..].to_vec();
+                    left.append(&mut held.pending);
+                    held.pending = left;
+                }
+                return Err(e);
+            }
+            at = end;
+        }
+        let owed = self.acks.lock().take_owed();
+        let Owed {
+            acks,
+            requests,
+            snapshots,
+        } = owed;
+        let mut failed = None;
+        let mut left = Owed::default();
+        for (node, epoch) in acks {
+            let mut body = Vec::new();
+            wire::put_varint(&mut body, epoch);
+            if failed.is_none() {
+                if let Err(e) = self.emit(sender, Kind::Ack, node, &[&body]) {
+                    failed = Some(e);
+                }
+            }
+            if failed.as_ref().is_some_and(keep) {
+                left.acks.push((node, epoch));
+            }
+        }
+        for node in requests {
+            if failed.is_none() {
+                if let Err(e) = self.emit(sender, Kind::SnapshotRequest, node, &[]) {
+                    failed = Some(e);
+                }
+            }
+            if failed.as_ref().is_some_and(keep) {
+                left.requests.push(node);
+            }
+        }
+        if !snapshots.is_empty() {
+            let (epoch, anchors) = {
+                let held = self.interest.lock();
+                let anchors: Vec<Anchor> = held
+                    .interest
+                    .channel_names()
+                    .map(Channels::hash_of)
+                    .collect();
+                (held.epoch, anchors)
+            };
+            let chunk = wire::MAX_ANCHORS as usize;
+            let parts = anchors.len().div_ceil(chunk).max(1) as u64;
+            for node in snapshots {
+                for part in 0..parts {
+                    if failed.is_some() {
+                        break;
+                    }
+                    let from = part as usize * chunk;
+                    let slice =
+                        &anchors[from.min(anchors.len())..(from + chunk).min(anchors.len())];
+                    let body = wire::snapshot_body(epoch, part, parts, slice);
+                    if let Err(e) = self.emit(sender, Kind::Snapshot, node, &[&body]) {
+                        failed = Some(e);
+                    }
+                }
+                if failed.as_ref().is_some_and(keep) {
+                    left.snapshots.push(node);
+                }
+            }
+        }
+        if failed.as_ref().is_some_and(keep) {
+            self.acks.lock().put_back(left);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Hands each run to the backplane as one payload, in order. Returns
@@ -811,22 +1029,12 @@ impl Node {
         let mut runs = runs.into_iter();
         while let Some(run) = runs.next() {
             let count_varint = wire::messages_count(run.count);
-            match self.emit(
-                sender,
-                Kind::Messages,
-                run.channels.to_vec(),
-                &[&count_varint, &run.body],
-            ) {
+            match self.emit(sender, Kind::Messages, run.to, &[&count_varint, &run.body]) {
                 Ok(()) => {
                     self.counters
                         .messages_sent
                         .fetch_add(run.count, Ordering::Relaxed);
                     self.counters.payloads_sent.fetch_add(1, Ordering::Relaxed);
-                    let count = u32::try_from(run.count).unwrap_or(u32::MAX);
-                    let mut sketch = self.sketch.lock();
-                    for hash in run.hashes.iter() {
-                        sketch.add(hash, count);
-                    }
                 }
                 Err(e) if e.kind == ErrorKind::OVERLOADED => {
                     let mut left = vec![run];
@@ -839,6 +1047,10 @@ impl Node {
         Vec::new()
     }
 
+    fn heartbeat_ms(&self) -> u64 {
+        u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn heartbeats(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.config.heartbeat);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -848,18 +1060,44 @@ impl Node {
             if self.stopped.load(Ordering::Relaxed) {
                 return;
             }
-            self.inbound.lock().sweep(Instant::now());
+            let now = Instant::now();
+            let alive = {
+                let mut inbound = self.inbound.lock();
+                inbound.sweep(now);
+                inbound.nodes(now)
+            };
+            // Nothing more goes to a node no longer listed, and nothing is
+            // waited from it.
+            self.remote.write().retain(&alive);
+            {
+                // Acknowledgements of nodes not listed are not waited for
+                // (`recompute_confirmed` asks only the listed ones) but are
+                // kept: one may arrive before its sender's first heartbeat.
+                let mut acks = self.acks.lock();
+                if acks.acked.len() > peers::MAX_PEERS {
+                    acks.acked.retain(|node, _| alive.contains(node));
+                }
+            }
+            if !self.synced.load(Ordering::Acquire) && now >= *self.sync_at.lock() {
+                self.synced.store(true, Ordering::Release);
+            }
+            self.recompute_confirmed();
             self.heartbeat();
         }
     }
 
+    /// Says this node is alive; a hello when it (re)joined.
     fn heartbeat(&self) {
         if self.up.load(Ordering::Relaxed) {
-            let interval = u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX);
-            let body = wire::heartbeat_body(interval);
-            let channel = vec![self.names.control().to_string()];
+            let body = wire::heartbeat_body(self.heartbeat_ms());
+            let hello = self.hello.swap(false, Ordering::AcqRel);
+            let kind = if hello { Kind::Hello } else { Kind::Heartbeat };
             let mut sender = self.sender.lock();
-            let _ = self.emit(&mut sender, Kind::Heartbeat, channel, &[&body]);
+            if let Err(e) = self.emit(&mut sender, kind, EVERY_NODE, &[&body]) {
+                if hello && e.kind == ErrorKind::OVERLOADED {
+                    self.hello.store(true, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -899,9 +1137,77 @@ impl Node {
             }
             Verdict::TokenChanged(digest) => self.local.token_changed(&TokenDigest(digest)),
             Verdict::RecheckAll => self.local.recheck_all(),
-            Verdict::Heartbeat | Verdict::Leaving | Verdict::Own => {}
+            Verdict::Heartbeat { origin } => {
+                if self.remote.write().heard(origin) {
+                    self.owe(|acks| acks.requests.insert(origin));
+                }
+            }
+            Verdict::Hello { origin } => {
+                // It (re)joined: what it holds is unknown until it says.
+                if self.remote.write().reset(origin) {
+                    self.owe(|acks| acks.requests.insert(origin));
+                }
+            }
+            Verdict::Interest {
+                origin,
+                first,
+                changes,
+            } => {
+                let applied = self.remote.write().changes(origin, first, &changes);
+                self.owe(|acks| {
+                    let (Applied::Ack(epoch) | Applied::Unknown(epoch)) = applied;
+                    let owed = acks.owed.entry(origin).or_default();
+                    *owed = (*owed).max(epoch);
+                    if matches!(applied, Applied::Unknown(_)) {
+                        acks.requests.insert(origin);
+                    }
+                });
+            }
+            Verdict::Snapshot {
+                origin,
+                epoch,
+                part,
+                parts,
+                anchors,
+            } => {
+                let mut remote = self.remote.write();
+                let installed = remote.snapshot(origin, epoch, part, parts, anchors);
+                let failed = installed.is_none() && part + 1 == parts && !remote.is_known(origin);
+                drop(remote);
+                if let Some(epoch) = installed {
+                    self.owe(|acks| {
+                        let owed = acks.owed.entry(origin).or_default();
+                        *owed = (*owed).max(epoch);
+                    });
+                } else if failed {
+                    self.owe(|acks| acks.requests.insert(origin));
+                }
+            }
+            Verdict::SnapshotRequest { origin } => {
+                self.owe(|acks| acks.snapshots.insert(origin));
+            }
+            Verdict::Ack { origin, epoch } => {
+                {
+                    let mut acks = self.acks.lock();
+                    let acked = acks.acked.entry(origin).or_default();
+                    *acked = (*acked).max(epoch);
+                }
+                self.recompute_confirmed();
+            }
+            Verdict::Leaving { origin } => {
+                self.remote.write().forget(origin);
+                self.acks.lock().acked.remove(&origin);
+                self.recompute_confirmed();
+            }
+            Verdict::Own => {}
             Verdict::Refused(why) => self.refused(channel, 1, &why.to_string()),
         }
+    }
+
+    /// Notes something the flusher owes another node, and wakes it.
+    fn owe<R>(&self, note: impl FnOnce(&mut Acks) -> R) {
+        note(&mut self.acks.lock());
+        self.flush.notify_one();
     }
 
     /// Counts what was refused; logged at the 1st, 2nd, 4th, 8th, ...
@@ -925,6 +1231,13 @@ impl Node {
         // Publishers waiting for room go on: while down, nothing is waited for.
         self.relieve();
         if up {
+            // Changes may have been missed both ways: this node says hello
+            // (the others ask for its snapshot) and asks every node it
+            // knows for theirs; until it has heard every node again, its
+            // messages go to every node.
+            self.start_sync();
+            let nodes = self.remote.write().reset_all();
+            self.acks.lock().requests.extend(nodes);
             let dropped = self.dropped_in_outage.swap(0, Ordering::Relaxed);
             tracing::info!(
                 "node {}: cluster backplane connected; cross-node delivery resumed \
@@ -936,7 +1249,9 @@ impl Node {
             self.flush.notify_one();
             // Those other nodes sent meanwhile are lost to this one.
             self.local.recheck_all();
+            self.recompute_confirmed();
         } else {
+            self.recompute_confirmed();
             tracing::warn!(
                 "node {}: cluster backplane lost; serving local clients only until it returns",
                 self.id
@@ -945,13 +1260,68 @@ impl Node {
     }
 }
 
-/// The one owner of a node's sequence number (see [`Node::emit`]).
+/// The one owner of a node's sequence numbers (see [`Node::emit`]).
 #[derive(Default)]
 struct Sender {
-    /// The last number used.
+    /// The last number used for every node (the control channel).
     sequence: u64,
+    /// The last number used for one node (its channel).
+    direct: u64,
     /// Set once the goodbye went: nothing more is sent.
     left: bool,
+}
+
+/// This node's interest: its tag sets and their anchors, and the anchors'
+/// changes numbered by epoch, those not yet sent in `pending`.
+#[derive(Default)]
+struct Held {
+    interest: Interest<Confirmation>,
+    /// The epoch of the last change.
+    epoch: u64,
+    /// Changes not yet sent: epochs `epoch - len + 1 ..= epoch`.
+    pending: Vec<(bool, Anchor)>,
+}
+
+/// The interest protocol's bookkeeping between other nodes and this one.
+#[derive(Default)]
+struct Acks {
+    /// Per node, the epoch of this node's interest it acknowledged.
+    acked: HashMap<u64, u64>,
+    /// Per node, the epoch of its interest this node applied and owes an
+    /// acknowledgement for.
+    owed: HashMap<u64, u64>,
+    /// Nodes to ask for a snapshot.
+    requests: HashSet<u64>,
+    /// Nodes that asked for this node's snapshot.
+    snapshots: HashSet<u64>,
+}
+
+/// What the flusher sends of [`Acks`].
+#[derive(Default)]
+struct Owed {
+    acks: Vec<(u64, u64)>,
+    requests: Vec<u64>,
+    snapshots: Vec<u64>,
+}
+
+impl Acks {
+    /// Takes what is owed (`acked` stays).
+    fn take_owed(&mut self) -> Owed {
+        Owed {
+            acks: self.owed.drain().collect(),
+            requests: self.requests.drain().collect(),
+            snapshots: self.snapshots.drain().collect(),
+        }
+    }
+
+    fn put_back(&mut self, left: Owed) {
+        for (node, epoch) in left.acks {
+            let owed = self.owed.entry(node).or_default();
+            *owed = (*owed).max(epoch);
+        }
+        self.requests.extend(left.requests);
+        self.snapshots.extend(left.snapshots);
+    }
 }
 
 /// This machine's clock, in ms since the UNIX epoch (0 before it).

@@ -1,30 +1,35 @@
-//! Outgoing messages waiting for the flusher: consecutive publishes whose
-//! tags map to the same channels form a *run*, sent as one backplane
-//! payload to those channels.
+//! Outgoing messages waiting for the flusher, batched per destination: the
+//! messages for one node (or, while this node does not yet know every
+//! other node, for every node through the control channel) form a *run*,
+//! sent as one backplane payload on that node's channel, whatever their
+//! tag sets.
 //!
-//! Runs keep the publish order (a run is only ever extended at the end), so
-//! batching never reorders; a run is closed at [`MAX_RUN_BYTES`] or
-//! [`wire::MAX_MESSAGES`] messages. What waits is bounded by
-//! [`MAX_PENDING_BYTES`]: past it, a publish is dropped and counted, as while
-//! the backplane is down.
+//! Each destination's runs keep the publish order (a run is only extended
+//! at its end, and a new run for a destination starts after its last), so
+//! batching never reorders what one node receives; a run is closed at
+//! [`MAX_RUN_BYTES`] or [`wire::MAX_MESSAGES`] messages. A run for every
+//! node and runs for single nodes are never extended across each other, so
+//! a node receiving both gets them in publish order too. What waits is
+//! bounded by [`MAX_PENDING_BYTES`]: past it, a publish is dropped and
+//! counted, as while the backplane is down.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use super::channel::{tag_hash, Channels, TagHash};
-use super::wire;
+use super::channel::tag_hash;
+use super::wire::{self, Anchor};
 
 /// A run is sent once its body reaches this size (NATS's default
 /// `max_payload` is 1 MiB; Redis takes up to 512 MiB).
 pub const MAX_RUN_BYTES: usize = 256 << 10;
 /// Bytes waiting for the flusher at most.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
+/// The destination "every node" (the control channel).
+pub const EVERY_NODE: u64 = 0;
 
-/// Consecutive messages for one set of channels.
+/// Consecutive messages for one destination.
 pub struct Run {
-    /// Sorted by tag hash, without duplicates.
-    pub channels: Arc<[String]>,
-    /// The tag hashes the channels are named after (same order).
-    pub hashes: Arc<[TagHash]>,
+    /// The node it goes to, or [`EVERY_NODE`].
+    pub to: u64,
     /// Messages as [`wire::put_message`] writes them.
     pub body: Vec<u8>,
     pub count: u64,
@@ -35,86 +40,137 @@ pub struct Run {
 pub struct Outbound {
     runs: Vec<Run>,
     bytes: usize,
-    /// The tags of the last publish and their channels: a publish with the
+    /// Each destination's run still open for more, by index in `runs`.
+    open: HashMap<u64, usize>,
+    /// One message encoded once, copied into each destination's run.
+    scratch: Vec<u8>,
+    /// The tags of the last publish and their anchors: a publish with the
     /// same tags (the usual burst) skips hashing them again.
     last_tags: Vec<String>,
-    last: Option<Destination>,
+    anchors: Vec<Anchor>,
+    /// Where the current publish goes (kept for its allocation).
+    to: Vec<u64>,
 }
 
-/// The channels of a message and the tag hashes they are named after.
-type Destination = (Arc<[String]>, Arc<[TagHash]>);
+/// What [`Outbound::push_routed`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// No destination: nothing to send.
+    Nowhere,
+    /// Over [`MAX_PENDING_BYTES`]: dropped.
+    Full,
+}
 
 impl Outbound {
-    /// Queues one message with its tags' channels under `names`. Returns
-    /// false when over the pending bound (the message is dropped).
-    pub fn push<S: AsRef<str>>(&mut self, tags: &[S], data: &str, names: &Channels) -> bool {
-        let size = data.len() + tags.iter().map(|t| t.as_ref().len() + 2).sum::<usize>() + 4;
-        if self.bytes + size > MAX_PENDING_BYTES {
-            return false;
-        }
-        let same_tags = self.last.is_some()
-            && self.last_tags.len() == tags.len()
+    /// Queues a message for the nodes `route` names given its tags'
+    /// anchors (sorted, without duplicates).
+    pub fn push_routed<S: AsRef<str>>(
+        &mut self,
+        tags: &[S],
+        data: &str,
+        route: impl FnOnce(&[Anchor], &mut Vec<u64>),
+    ) -> Pushed {
+        let same = self.last_tags.len() == tags.len()
             && self
                 .last_tags
                 .iter()
                 .zip(tags)
                 .all(|(a, b)| a == b.as_ref());
-        let (channels, hashes) = match (&self.last, same_tags) {
-            (Some(last), true) => last.clone(),
-            _ => {
-                let mut hashes: Vec<TagHash> = tags.iter().map(|t| tag_hash(t.as_ref())).collect();
-                hashes.sort_unstable();
-                hashes.dedup();
-                let channels: Arc<[String]> = hashes.iter().map(|h| names.hashed(h)).collect();
-                let hashes: Arc<[TagHash]> = hashes.into();
-                self.last_tags.clear();
-                self.last_tags
-                    .extend(tags.iter().map(|t| t.as_ref().to_string()));
-                self.last = Some((channels.clone(), hashes.clone()));
-                (channels, hashes)
-            }
+        if !same {
+            self.anchors.clear();
+            self.anchors
+                .extend(tags.iter().map(|t| tag_hash(t.as_ref())));
+            self.anchors.sort_unstable();
+            self.anchors.dedup();
+            self.last_tags.clear();
+            self.last_tags
+                .extend(tags.iter().map(|t| t.as_ref().to_string()));
+        }
+        let mut to = std::mem::take(&mut self.to);
+        to.clear();
+        route(&self.anchors, &mut to);
+        let pushed = if to.is_empty() {
+            Pushed::Nowhere
+        } else if self.push(tags, data, &to) {
+            Pushed::Queued
+        } else {
+            Pushed::Full
         };
-        let extend = matches!(self.runs.last(), Some(run)
-            if run.hashes == hashes
-                && run.body.len() < MAX_RUN_BYTES
-                && run.count < wire::MAX_MESSAGES);
-        if !extend {
-            self.runs.push(Run {
-                channels,
-                hashes,
-                body: Vec::new(),
-                count: 0,
-            });
+        self.to = to;
+        pushed
+    }
+
+    /// Queues a message for each node in `to` (or [`EVERY_NODE`] alone).
+    /// Returns false (nothing queued) when [`MAX_PENDING_BYTES`] would be
+    /// passed.
+    pub fn push<S: AsRef<str>>(&mut self, tags: &[S], data: &str, to: &[u64]) -> bool {
+        self.scratch.clear();
+        wire::put_message(&mut self.scratch, tags, data);
+        let size = self.scratch.len() * to.len();
+        if self.bytes + size > MAX_PENDING_BYTES {
+            return false;
         }
-        if let Some(run) = self.runs.last_mut() {
-            let before = run.body.len();
-            wire::put_message(&mut run.body, tags, data);
+        for &node in to {
+            // A run for every node and runs for one node do not batch across
+            // each other: each starts after the other's last.
+            let other_kind = if node == EVERY_NODE {
+                self.open.keys().any(|&n| n != EVERY_NODE)
+            } else {
+                self.open.contains_key(&EVERY_NODE)
+            };
+            if other_kind {
+                self.open.clear();
+            }
+            let index = match self.open.get(&node) {
+                Some(&i)
+                    if self.runs[i].body.len() < MAX_RUN_BYTES
+                        && self.runs[i].count < wire::MAX_MESSAGES =>
+                {
+                    i
+                }
+                _ => {
+                    self.runs.push(Run {
+                        to: node,
+                        body: Vec::new(),
+                        count: 0,
+                    });
+                    self.open.insert(node, self.runs.len() - 1);
+                    self.runs.len() - 1
+                }
+            };
+            let run = &mut self.runs[index];
+            run.body.extend_from_slice(&self.scratch);
             run.count += 1;
-            self.bytes += run.body.len() - before;
         }
+        self.bytes += size;
         true
     }
 
-    /// Everything waiting, oldest first.
+    /// Everything queued, in order; the queue is then empty.
     pub fn take(&mut self) -> Vec<Run> {
         self.bytes = 0;
+        self.open.clear();
         std::mem::take(&mut self.runs)
     }
 
-    /// Puts back, in front of what was queued since, the runs that
-    /// [`Outbound::take`] gave and the backplane could not take yet.
+    /// Runs the backplane could not take go back before what was queued
+    /// since (oldest first).
     pub fn put_back(&mut self, mut older: Vec<Run>) {
         self.bytes += older.iter().map(|run| run.body.len()).sum::<usize>();
+        let shift = older.len();
+        for index in self.open.values_mut() {
+            *index += shift;
+        }
         older.append(&mut self.runs);
         self.runs = older;
     }
 
-    /// The bytes of the messages waiting.
+    /// Bytes waiting.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
@@ -124,43 +180,23 @@ impl Outbound {
 mod tests {
     use super::*;
 
-    fn names() -> Channels {
-        Channels::new("c").unwrap()
-    }
-
-    fn channels(tags: &[&str]) -> Vec<String> {
-        tags.iter().map(|t| names().tag(t)).collect()
-    }
-
-    /// Each run's channels and message count.
-    fn shape(runs: &[Run]) -> Vec<(Vec<String>, u64)> {
-        runs.iter()
-            .map(|r| (r.channels.to_vec(), r.count))
-            .collect()
+    fn shape(runs: &[Run]) -> Vec<(u64, u64)> {
+        runs.iter().map(|r| (r.to, r.count)).collect()
     }
 
     #[test]
-    fn runs_group_consecutive_messages_for_the_same_channels() {
+    fn runs_batch_every_tag_set_per_destination_in_order() {
         let mut out = Outbound::default();
-        for (tags, data) in [
-            (&["a"][..], "\"1\""),
-            (&["a"], "\"2\""),
-            (&["a", "a"], "\"3\""), // same channels: same run
-            (&["b"], "\"4\""),
-            (&["a"], "\"5\""), // a new run: order is kept
+        for (tags, data, to) in [
+            (&["a"][..], "\"1\"", &[1u64][..]),
+            (&["b"], "\"2\"", &[2]),
+            (&["c", "d"], "\"3\"", &[1, 2]),
+            (&["a"], "\"4\"", &[1]),
         ] {
-            assert!(out.push(tags, data, &names()));
+            assert!(out.push(tags, data, to));
         }
         let runs = out.take();
-        let shape = shape(&runs);
-        assert_eq!(
-            shape,
-            [
-                (channels(&["a"]), 3),
-                (channels(&["b"]), 1),
-                (channels(&["a"]), 1)
-            ]
-        );
+        assert_eq!(shape(&runs), [(1, 3), (2, 2)]);
         assert!(out.is_empty());
         let count = wire::messages_count(runs[0].count);
         let payload = wire::seal(
@@ -175,8 +211,34 @@ mod tests {
             panic!()
         };
         let data: Vec<&str> = m.iter().map(|m| m.data).collect();
-        assert_eq!(data, ["\"1\"", "\"2\"", "\"3\""]);
-        assert_eq!(m[2].tags.to_vec(), ["a", "a"]);
+        assert_eq!(data, ["\"1\"", "\"3\"", "\"4\""]);
+        assert_eq!(m[1].tags.to_vec(), ["c", "d"]);
+    }
+
+    #[test]
+    fn routed_pushes_see_each_tag_sets_anchors_once_sorted() {
+        let mut out = Outbound::default();
+        let mut seen = Vec::new();
+        let pushed = out.push_routed(&["b", "a", "b"], "\"1\"", |anchors, to| {
+            seen = anchors.to_vec();
+            to.push(3);
+        });
+        assert_eq!(pushed, Pushed::Queued);
+        let mut want = vec![tag_hash("a"), tag_hash("b")];
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert_eq!(out.push_routed(&["c"], "\"2\"", |_, _| {}), Pushed::Nowhere);
+        assert_eq!(shape(&out.take()), [(3, 1)]);
+    }
+
+    #[test]
+    fn every_node_and_one_node_runs_do_not_batch_across_each_other() {
+        let mut out = Outbound::default();
+        assert!(out.push(&["a"], "\"1\"", &[1]));
+        assert!(out.push(&["a"], "\"2\"", &[EVERY_NODE]));
+        assert!(out.push(&["a"], "\"3\"", &[EVERY_NODE]));
+        assert!(out.push(&["a"], "\"4\"", &[1]));
+        assert_eq!(shape(&out.take()), [(1, 1), (EVERY_NODE, 2), (1, 1)]);
     }
 
     #[test]
@@ -184,7 +246,7 @@ mod tests {
         let mut out = Outbound::default();
         let big = format!("\"{}\"", "x".repeat(100 << 10));
         for _ in 0..5 {
-            assert!(out.push(&["a"], &big, &names()));
+            assert!(out.push(&["a"], &big, &[1]));
         }
         let runs = out.take();
         assert!(runs.len() >= 2, "{}", runs.len());
@@ -193,7 +255,7 @@ mod tests {
             .all(|r| r.body.len() < MAX_RUN_BYTES + big.len() + 16));
         let huge = format!("\"{}\"", "x".repeat(1 << 20));
         let mut accepted = 0;
-        while out.push(&["a"], &huge, &names()) {
+        while out.push(&["a"], &huge, &[1]) {
             accepted += 1;
             assert!(accepted <= 64, "pending is unbounded");
         }
@@ -203,27 +265,17 @@ mod tests {
     #[test]
     fn runs_put_back_go_before_what_was_queued_since() {
         let mut out = Outbound::default();
-        assert!(out.push(&["a"], "\"1\"", &names()));
-        assert!(out.push(&["b"], "\"2\"", &names()));
+        assert!(out.push(&["a"], "\"1\"", &[1]));
+        assert!(out.push(&["b"], "\"2\"", &[2]));
         let mut taken = out.take();
         assert_eq!(out.bytes(), 0);
-        // The backplane took the first run only.
         let left = taken.split_off(1);
-        assert!(out.push(&["b"], "\"3\"", &names()));
-        assert!(out.push(&["c"], "\"4\"", &names()));
+        assert!(out.push(&["b"], "\"3\"", &[2]));
+        assert!(out.push(&["c"], "\"4\"", &[3]));
         out.put_back(left);
+        assert!(out.push(&["c"], "\"5\"", &[3]));
         let runs = out.take();
-        let shape = shape(&runs);
-        // Put back in front, and not merged with the newer run on the same
-        // channels: each run is one payload with its own sequence number.
-        assert_eq!(
-            shape,
-            [
-                (channels(&["b"]), 1),
-                (channels(&["b"]), 1),
-                (channels(&["c"]), 1)
-            ]
-        );
+        assert_eq!(shape(&runs), [(2, 1), (2, 1), (3, 2)]);
         let bytes: usize = runs.iter().map(|r| r.body.len()).sum();
         out.put_back(runs);
         assert_eq!(out.bytes(), bytes);

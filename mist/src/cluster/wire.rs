@@ -1,20 +1,28 @@
-//! The bytes of a backplane payload, version 2.
+//! The bytes of a backplane payload, version 3.
 //!
 //! ```text
-//! byte 0       version (2)
+//! byte 0       version (3)
 //! byte 1       kind: 1 messages, 2 heartbeat, 3 token changed, 4 leaving,
-//!              5 recheck every token
+//!              5 recheck every token, 6 hello, 7 interest, 8 snapshot,
+//!              9 snapshot request, 10 ack
 //! bytes 2-5    key id, u32 big-endian: 0 unsigned, else the key that signed
 //! bytes 6-13   origin node id, u64 big-endian
-//! bytes 14-21  sequence number, u64 big-endian: one counter per origin
-//!              over every kind, so every payload can be told from a replay
-//! bytes 22-29  the sender's clock, milliseconds since the UNIX epoch
+//! bytes 14-21  addressee node id, u64 big-endian: 0 for every node (the
+//!              control channel), else the one node whose channel it is sent on
+//! bytes 22-29  sequence number, u64 big-endian: one counter per origin for
+//!              payloads to every node and one for payloads to one node, so
+//!              every payload can be told from a replay
+//! bytes 30-37  the sender's clock, milliseconds since the UNIX epoch
 //! then, by kind:
 //!   messages:      count, then per message: tag count, each tag (length,
 //!                  UTF-8 bytes), data (length, bytes: one JSON string token)
-//!   heartbeat:     the sender's heartbeat interval in milliseconds
+//!   heartbeat, hello: the sender's heartbeat interval in milliseconds
 //!   token changed: the SHA-256 of the token (32 bytes), never the token
-//!   leaving, recheck every token: nothing
+//!   interest:      the epoch of the first change, a count, then per change
+//!                  one byte (1 added, 0 removed) and an anchor (16 bytes)
+//!   snapshot:      epoch, part, parts, a count, then that many anchors
+//!   ack:           the epoch of the addressee's interest acknowledged
+//!   leaving, recheck every token, snapshot request: nothing
 //! last, when the key id is not 0: HMAC-SHA256 of every byte before it
 //!   (32 bytes) under that key
 //! ```
@@ -42,15 +50,20 @@ use thiserror::Error;
 use super::key::{ClusterKeys, MAC_BYTES};
 
 /// The version this node writes and reads.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes before the body.
-pub const HEADER: usize = 30;
+pub const HEADER: usize = 38;
 /// Payloads larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 64 << 20;
 /// Messages in one payload at most.
 pub const MAX_MESSAGES: u64 = 65_536;
 /// Tags of one message at most (the broker's own limit is lower).
 pub const MAX_TAGS: u64 = 65_536;
+/// Anchors in one interest or snapshot payload at most (16 bytes each:
+/// 512 KiB, under NATS's default 1 MiB payload limit).
+pub const MAX_ANCHORS: u64 = 32_768;
+/// Parts of one snapshot at most (2^20 anchors in all).
+pub const MAX_PARTS: u64 = 32;
 
 /// Why a payload was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -84,6 +97,17 @@ pub enum Kind {
     TokenChanged = 3,
     Leaving = 4,
     RecheckAll = 5,
+    /// A heartbeat from a node that (re)joined: forget what you knew of its
+    /// interest and ask it again.
+    Hello = 6,
+    /// Changes of the sender's anchors, numbered by epoch.
+    Interest = 7,
+    /// All of the sender's anchors at an epoch (to the node that asked).
+    Snapshot = 8,
+    /// "Send me your snapshot" (to one node).
+    SnapshotRequest = 9,
+    /// "I have applied your interest up to this epoch" (to one node).
+    Ack = 10,
 }
 
 impl Kind {
@@ -94,6 +118,11 @@ impl Kind {
             3 => Kind::TokenChanged,
             4 => Kind::Leaving,
             5 => Kind::RecheckAll,
+            6 => Kind::Hello,
+            7 => Kind::Interest,
+            8 => Kind::Snapshot,
+            9 => Kind::SnapshotRequest,
+            10 => Kind::Ack,
             other => return Err(WireError::Kind(other)),
         })
     }
@@ -106,6 +135,8 @@ pub struct Header {
     /// The key that signed the payload; 0: unsigned.
     pub key_id: u32,
     pub origin: u64,
+    /// The node it is addressed to; 0: every node.
+    pub to: u64,
     pub sequence: u64,
     /// The sender's clock when it sent the payload, ms since the UNIX epoch.
     pub time_ms: u64,
@@ -133,11 +164,35 @@ pub struct Frame<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body<'a> {
     Messages(Vec<Incoming<'a>>),
-    Heartbeat { interval_ms: u64 },
+    Heartbeat {
+        interval_ms: u64,
+    },
     TokenChanged([u8; 32]),
     Leaving,
     RecheckAll,
+    Hello {
+        interval_ms: u64,
+    },
+    /// Changes from `first` on: `(added, anchor)`, one epoch each.
+    Interest {
+        first: u64,
+        changes: Vec<(bool, Anchor)>,
+    },
+    Snapshot {
+        epoch: u64,
+        part: u64,
+        parts: u64,
+        anchors: Vec<Anchor>,
+    },
+    SnapshotRequest,
+    Ack {
+        epoch: u64,
+    },
 }
+
+/// An anchor as it crosses the backplane: the first 128 bits of its tag's
+/// SHA-256 ([`super::channel::tag_hash`]).
+pub type Anchor = [u8; 16];
 
 /// One message from another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,12 +348,26 @@ pub fn seal(
     keys: Option<&ClusterKeys>,
     body: &[&[u8]],
 ) -> Vec<u8> {
+    seal_to(kind, origin, 0, sequence, time_ms, keys, body)
+}
+
+/// [`seal`] for a payload addressed to node `to` (0: every node).
+pub fn seal_to(
+    kind: Kind,
+    origin: u64,
+    to: u64,
+    sequence: u64,
+    time_ms: u64,
+    keys: Option<&ClusterKeys>,
+    body: &[&[u8]],
+) -> Vec<u8> {
     let body_len: usize = body.iter().map(|part| part.len()).sum();
     let mut out = Vec::with_capacity(HEADER + body_len + MAC_BYTES);
     out.push(VERSION);
     out.push(kind as u8);
     out.extend_from_slice(&keys.map_or(0, ClusterKeys::signing_id).to_be_bytes());
     out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&to.to_be_bytes());
     out.extend_from_slice(&sequence.to_be_bytes());
     out.extend_from_slice(&time_ms.to_be_bytes());
     for part in body {
@@ -399,6 +468,7 @@ pub fn open(payload: &[u8]) -> Result<Sealed<'_>, WireError> {
         kind,
         key_id,
         origin: r.uint(8)?,
+        to: r.uint(8)?,
         sequence: r.uint(8)?,
         time_ms: r.uint(8)?,
     };
@@ -470,11 +540,87 @@ pub fn body(kind: Kind, body: &[u8]) -> Result<Body<'_>, WireError> {
         }
         Kind::Leaving => Body::Leaving,
         Kind::RecheckAll => Body::RecheckAll,
+        Kind::Hello => Body::Hello {
+            interval_ms: r.varint()?,
+        },
+        Kind::Interest => {
+            let first = r.varint()?;
+            let count = r.varint()?;
+            if count == 0 || count > MAX_ANCHORS {
+                return Err(WireError::Range("change count"));
+            }
+            first.checked_add(count).ok_or(WireError::Range("epoch"))?;
+            let mut changes = Vec::with_capacity((count as usize).min(r.bytes.len() / 17));
+            for _ in 0..count {
+                let added = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Range("change")),
+                };
+                changes.push((added, anchor(&mut r)?));
+            }
+            Body::Interest { first, changes }
+        }
+        Kind::Snapshot => {
+            let epoch = r.varint()?;
+            let part = r.varint()?;
+            let parts = r.varint()?;
+            if parts == 0 || parts > MAX_PARTS || part >= parts {
+                return Err(WireError::Range("snapshot part"));
+            }
+            let count = r.varint()?;
+            if count > MAX_ANCHORS {
+                return Err(WireError::Range("anchor count"));
+            }
+            let mut anchors = Vec::with_capacity((count as usize).min(r.bytes.len() / 16));
+            for _ in 0..count {
+                anchors.push(anchor(&mut r)?);
+            }
+            Body::Snapshot {
+                epoch,
+                part,
+                parts,
+                anchors,
+            }
+        }
+        Kind::SnapshotRequest => Body::SnapshotRequest,
+        Kind::Ack => Body::Ack { epoch: r.varint()? },
     };
     if !r.bytes.is_empty() {
         return Err(WireError::Trailing(r.bytes.len()));
     }
     Ok(body)
+}
+
+fn anchor(r: &mut Reader<'_>) -> Result<Anchor, WireError> {
+    let mut anchor = [0u8; 16];
+    anchor.copy_from_slice(r.take(16)?);
+    Ok(anchor)
+}
+
+/// The body of an interest payload: changes numbered from `first`.
+pub fn interest_body(first: u64, changes: &[(bool, Anchor)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + changes.len() * 17);
+    put_varint(&mut out, first);
+    put_varint(&mut out, changes.len() as u64);
+    for (added, anchor) in changes {
+        out.push(u8::from(*added));
+        out.extend_from_slice(anchor);
+    }
+    out
+}
+
+/// The body of one part of a snapshot.
+pub fn snapshot_body(epoch: u64, part: u64, parts: u64, anchors: &[Anchor]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + anchors.len() * 16);
+    put_varint(&mut out, epoch);
+    put_varint(&mut out, part);
+    put_varint(&mut out, parts);
+    put_varint(&mut out, anchors.len() as u64);
+    for anchor in anchors {
+        out.extend_from_slice(anchor);
+    }
+    out
 }
 
 /// [`open`] then [`body`], the MAC left unchecked (for tests and tools;
@@ -525,6 +671,7 @@ mod tests {
                     kind: Kind::Messages,
                     key_id: keys.map_or(0, ClusterKeys::signing_id),
                     origin: 7,
+                    to: 0,
                     sequence: 42,
                     time_ms: 1234
                 }
@@ -569,6 +716,70 @@ mod tests {
             body_of(&seal(Kind::RecheckAll, 3, 4, 0, Some(&keys()), &[])),
             Body::RecheckAll
         );
+    }
+
+    #[test]
+    fn interest_payloads_round_trip_and_bad_ones_are_refused() {
+        let changes = [(true, [1; 16]), (false, [2; 16])];
+        let body = interest_body(7, &changes);
+        let payload = seal_to(Kind::Interest, 1, 0, 5, 0, Some(&keys()), &[&body]);
+        assert_eq!(
+            body_of(&payload),
+            Body::Interest {
+                first: 7,
+                changes: changes.to_vec()
+            }
+        );
+        let snapshot = snapshot_body(9, 1, 2, &[[3; 16]]);
+        let payload = seal_to(Kind::Snapshot, 1, 42, 6, 0, None, &[&snapshot]);
+        assert_eq!(open(&payload).unwrap().header.to, 42);
+        assert_eq!(
+            body_of(&payload),
+            Body::Snapshot {
+                epoch: 9,
+                part: 1,
+                parts: 2,
+                anchors: vec![[3; 16]]
+            }
+        );
+        let mut ack = Vec::new();
+        put_varint(&mut ack, 12);
+        assert_eq!(
+            body_of(&seal_to(Kind::Ack, 1, 2, 7, 0, None, &[&ack])),
+            Body::Ack { epoch: 12 }
+        );
+        assert_eq!(
+            body_of(&seal_to(Kind::SnapshotRequest, 1, 2, 8, 0, None, &[])),
+            Body::SnapshotRequest
+        );
+        let hello = heartbeat_body(1000);
+        assert_eq!(
+            body_of(&seal(Kind::Hello, 1, 9, 0, None, &[&hello])),
+            Body::Hello { interval_ms: 1000 }
+        );
+        // A change that is neither added nor removed, an empty change list,
+        // a part past the count, an epoch that overflows, a short anchor.
+        let mut bad_change = interest_body(1, &[(true, [0; 16])]);
+        bad_change[2] = 2;
+        let mut overflow = Vec::new();
+        put_varint(&mut overflow, u64::MAX);
+        put_varint(&mut overflow, 1);
+        overflow.push(1);
+        overflow.extend_from_slice(&[0; 16]);
+        let short = &snapshot_body(1, 0, 1, &[[5; 16]])[..10];
+        for (kind, bad) in [
+            (Kind::Interest, bad_change),
+            (Kind::Interest, interest_body(1, &[])),
+            (Kind::Interest, overflow),
+            (Kind::Snapshot, snapshot_body(1, 2, 2, &[])),
+            (Kind::Snapshot, snapshot_body(1, 0, MAX_PARTS + 1, &[])),
+            (Kind::Snapshot, short.to_vec()),
+        ] {
+            assert!(
+                decode(&seal(kind, 1, 1, 0, None, &[&bad])).is_err(),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]
@@ -621,7 +832,7 @@ mod tests {
         let cases: Vec<(Vec<u8>, WireError)> = vec![
             (vec![], WireError::Truncated),
             (vec![1], WireError::Version(1)),
-            (header(9), WireError::Kind(9)),
+            (header(11), WireError::Kind(11)),
             (header(0), WireError::Kind(0)),
             (header(1), WireError::Truncated),
             (header(1)[..HEADER - 1].to_vec(), WireError::Truncated),

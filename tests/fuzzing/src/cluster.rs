@@ -16,7 +16,9 @@
 //!
 //! - mode & 3 = 0: `bytes` as they are;
 //! - 1: sealed by the harness from `[kind, origin, seq_lo, seq_hi, skew,
-//!   body...]` (origin 1 is the node itself; skew × 500 ms from the node's
+//!   body...]` (kind byte % 10 picks the kind, / 10 % 3 the addressee:
+//!   every node, this node or another; origin 1 is the node itself; skew
+//!   × 500 ms from the node's
 //!   clock), signed with the cluster key (with another key when mode bit 5
 //!   is set, or unsigned when bit 6 is);
 //! - 2: the same, then one byte (at `len_lo % payload length`) altered;
@@ -78,7 +80,7 @@ pub fn cluster_payload(input: &[u8]) {
     let start = Instant::now();
     let mut clock_ms = 0u64;
     let mut sent: Vec<Vec<u8>> = Vec::new();
-    let mut acted: HashSet<(u64, u64)> = HashSet::new();
+    let mut acted: HashSet<(u64, u64, u64)> = HashSet::new();
     let mut numbers_used: HashMap<u64, HashSet<u64>> = HashMap::new();
     let mut top_acted: HashMap<u64, u64> = HashMap::new();
 
@@ -110,21 +112,18 @@ pub fn cluster_payload(input: &[u8]) {
             },
         };
         let header = wire::open(&payload).ok().map(|s| s.header);
-        if let Some(h) = header {
+        if let Some(h) = header.filter(|h| h.to == 0) {
             numbers_used.entry(h.origin).or_default().insert(h.sequence);
         }
         let verdict = node.check(&payload, now, wall_ms);
         if header.is_some_and(|h| h.origin == ME) {
             assert_eq!(verdict, Verdict::Own, "the node's own id was acted on");
         }
-        let acted_on = matches!(
-            verdict,
-            Verdict::Messages { .. }
-                | Verdict::Heartbeat
-                | Verdict::TokenChanged(_)
-                | Verdict::RecheckAll
-                | Verdict::Leaving
-        );
+        let acted_on = !matches!(verdict, Verdict::Own | Verdict::Copy | Verdict::Refused(_));
+        if acted_on {
+            let to = header.map_or(0, |h| h.to);
+            assert!(to == 0 || to == ME, "acted on a payload for {to}");
+        }
         if acted_on {
             let h = header.expect("acted on a payload whose header does not read");
             if keyed {
@@ -144,12 +143,14 @@ pub fn cluster_payload(input: &[u8]) {
                     h.time_ms.abs_diff(wall_ms)
                 );
                 assert!(
-                    acted.insert((h.origin, h.sequence)),
+                    acted.insert((h.origin, h.to, h.sequence)),
                     "with a key, a payload was acted on twice: {verdict:?}"
                 );
             }
-            let top = top_acted.entry(h.origin).or_default();
-            *top = (*top).max(h.sequence);
+            if h.to == 0 {
+                let top = top_acted.entry(h.origin).or_default();
+                *top = (*top).max(h.sequence);
+            }
         }
         if let Verdict::Messages { messages, .. } = &verdict {
             for message in messages {
@@ -177,12 +178,23 @@ fn seal(
     other: &ClusterKeys,
 ) -> Option<Vec<u8>> {
     let (head, body) = bytes.split_at_checked(5)?;
-    let kind = match head[0] % 5 {
+    let kind = match head[0] % 10 {
         0 => Kind::Messages,
         1 => Kind::Heartbeat,
         2 => Kind::TokenChanged,
         3 => Kind::Leaving,
-        _ => Kind::RecheckAll,
+        4 => Kind::RecheckAll,
+        5 => Kind::Hello,
+        6 => Kind::Interest,
+        7 => Kind::Snapshot,
+        8 => Kind::SnapshotRequest,
+        _ => Kind::Ack,
+    };
+    // Addressed to every node, to this one, or to another.
+    let to = match head[0] / 10 % 3 {
+        0 => 0,
+        1 => ME,
+        _ => ME + 1,
     };
     let origin = u64::from(head[1] % 4) + 1;
     let sequence = u64::from(u16::from_le_bytes([head[2], head[3]]));
@@ -195,7 +207,15 @@ fn seal(
     } else {
         Some(keys)
     };
-    Some(wire::seal(kind, origin, sequence, time, signer, &[body]))
+    Some(wire::seal_to(
+        kind,
+        origin,
+        to,
+        sequence,
+        time,
+        signer,
+        &[body],
+    ))
 }
 
 /// The delivery line the broker writes for a message (tags written by
