@@ -10,6 +10,7 @@ mod bench;
 mod browser;
 mod cli;
 mod cluster;
+mod cluster_ha;
 mod cluster_trust;
 mod example_plugin;
 mod http;

@@ -21,6 +21,41 @@ impl Nats {
         }
     }
 
+    /// `n` servers joined into one NATS cluster (each routes to every
+    /// other), each on free client and cluster ports, each restartable on
+    /// its ports. The routes form in the background: a test makes sure of
+    /// them by a message that crosses.
+    pub fn cluster(n: usize) -> Vec<Nats> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let port = free_port();
+                let others: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                let args = [
+                    "-a".to_string(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                    "--cluster_name".into(),
+                    "mist-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    others.join(","),
+                ]
+                .to_vec();
+                Nats {
+                    service: Service::start("nats-server", program(), args, port),
+                }
+            })
+            .collect()
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn uri(&self) -> String {
         format!("nats://127.0.0.1:{}", self.service.port)

@@ -85,6 +85,14 @@ mod tests {
         assert_eq!(c.uri, "redis://u:pw@10.0.0.1:6379/2?prefix=app.eu");
         let c = ClusterConfig::from_uri("NATS://127.0.0.1:4222").unwrap();
         assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("nats", "mist"));
+        // A list of servers: the parameters come once, after the last one,
+        // and the whole list goes to the plugin.
+        let list = "redis://a:6379,redis://b:6379?prefix=app";
+        let c = ClusterConfig::from_uri(list).unwrap();
+        assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("redis", "app"));
+        assert_eq!(c.uri, list);
+        let c = ClusterConfig::from_uri("nats://a:4222,b:4222,c:4222").unwrap();
+        assert_eq!((c.scheme.as_str(), c.prefix.as_str()), ("nats", "mist"));
         for bad in [
             "redis",
             "://x",

@@ -1,5 +1,6 @@
 //! Mist's NATS cluster backplane: `--cluster nats://[user:pass@]host:port`
-//! (NATS core: subjects, no JetStream).
+//! (NATS core: subjects, no JetStream), or several servers of one NATS
+//! cluster: `nats://a:4222,nats://b:4222` (or `nats://a:4222,b:4222`).
 //!
 //! One `async-nats` connection per node carries both directions: a host
 //! channel is a NATS subject, `subscribe` sends a `SUB` and confirms it with
@@ -21,14 +22,25 @@
 //! means every earlier one is already in its queue: the final pass finds
 //! them, and the group holds every predecessor of its members.
 //!
-//! `async-nats` reconnects by itself (backoff capped at 250 ms here) and
-//! sends the `SUB`s again; the plugin tells the host `connection(true)` once
-//! a probe has made the round trip on the new connection.
+//! `async-nats` reconnects by itself (backoff capped at 250 ms here), to
+//! another server of the list (or one the cluster advertised) when the one
+//! in use is gone, and sends the `SUB`s again; the plugin tells the host
+//! `connection(false)` at the loss and `connection(true)` once a probe has
+//! made the round trip on the new connection.
+//!
+//! The stamp is the plugin's, not the server's: the publisher id is drawn
+//! once per backplane and the sequence number runs on across reconnects,
+//! so a connection that moves to another server goes on with the same id
+//! and higher numbers, and its receivers' sorting holds across the move.
+//! The queues the reader polls belong to the client's subscriptions, which
+//! outlive the move: what came from the old server is in them before
+//! anything from the new one.
 //!
 //! Query parameters: `buffer=BYTES` bounds the outgoing queue (default
 //! 16 MiB); `prefix` is the host's (channel names) and is ignored here.
 
 mod link;
+mod list;
 mod reader;
 mod settings;
 mod subject;

@@ -10,7 +10,8 @@ use mist_sdk::{Confirmation, Inbox, Outbox, SdkError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::settings::{
-    backoff, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT, SUBSCRIPTION_CAPACITY,
+    backoff, Credentials, Settings, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT,
+    SUBSCRIPTION_CAPACITY,
 };
 use crate::subject::{self, STAMP};
 
@@ -37,7 +38,7 @@ pub(crate) struct Link {
     /// Bounded by the URI's `buffer`: when full, `publish` is refused and
     /// the host counts the payload as dropped. Open while up.
     pub(crate) outbox: Outbox,
-    /// `host:port`, for messages.
+    /// `host:port` (each server's, comma-separated), for messages.
     pub(crate) place: String,
     /// This connection's id in the stamp of what it publishes.
     pub(crate) publisher: u64,
@@ -84,7 +85,18 @@ impl Link {
     ) -> Result<(Arc<Link>, mpsc::UnboundedReceiver<Command>, Subscriber), SdkError> {
         let (commands, queue) = mpsc::unbounded_channel();
         let events = commands.clone();
-        let options = ConnectOptions::new()
+        let options = match &settings.credentials {
+            None => ConnectOptions::new(),
+            Some(Credentials::UserAndPassword(user, pass)) => {
+                ConnectOptions::with_user_and_password(user.clone(), pass.clone())
+            }
+            Some(Credentials::Token(token)) => ConnectOptions::with_token(token.clone()),
+        };
+        // With several servers the client tries them in a random order (so
+        // the nodes spread over the cluster), learns the cluster's other
+        // servers from the one it reaches, and on a failure goes on to the
+        // next with the same backoff, sending every `SUB` again there.
+        let options = options
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(backoff)
@@ -96,7 +108,7 @@ impl Link {
                 async {}
             });
         let client = options
-            .connect(settings.server.as_str())
+            .connect(settings.servers.clone())
             .await
             .map_err(|e| {
                 SdkError::invalid_input(format!("cannot use NATS at {}: {e}", settings.place))

@@ -213,8 +213,17 @@ impl Reader {
     async fn event(&mut self, event: Event) {
         match event {
             Event::Connected => {
-                let max = self.link.client.server_info().max_payload;
-                self.link.max_payload.store(max, Ordering::Relaxed);
+                let info = self.link.client.server_info();
+                self.link
+                    .max_payload
+                    .store(info.max_payload, Ordering::Relaxed);
+                tracing::info!(
+                    "NATS: on server {} ({}:{}) of {}",
+                    info.server_name,
+                    info.host,
+                    info.port,
+                    self.link.place
+                );
                 // The client sends its SUBs again before anything queued
                 // after this event: the probe confirms them all.
                 self.probe(Waiter::Up).await;

@@ -28,6 +28,8 @@
 //! ```
 
 mod link;
+mod list;
+mod placement;
 mod publisher;
 mod settings;
 mod subscriber;
@@ -67,29 +69,36 @@ impl Plugin for Redis {
     }
 }
 
-/// A backplane connection to one Redis server.
+/// A backplane connection to one Redis server, or to several.
 pub struct RedisBackplane {
     link: Arc<Link>,
 }
 
 impl RedisBackplane {
-    /// Starts connecting to the server `uri` names. Waits a little for the
+    /// Starts connecting to the server (or servers) `uri` names. Waits a little for the
     /// first connection; a server that is down is not an error (the node
     /// serves its own clients and the backplane connects when it can), a
     /// malformed URI is.
     pub async fn open(uri: &str, inbox: Inbox) -> Result<RedisBackplane, SdkError> {
         let settings = settings(uri)?;
-        let link = Link::new(inbox, settings.buffer, settings.place.clone());
-        subscriber::start(link.clone(), settings.client.clone());
-        publisher::start(link.clone(), settings.client);
+        let places = settings.places();
+        let link = Link::new(
+            inbox,
+            settings.buffer,
+            settings.servers.iter().map(|s| s.place.clone()).collect(),
+        );
+        for (index, server) in settings.servers.iter().enumerate() {
+            subscriber::start(link.clone(), index, server.client.clone());
+        }
+        publisher::start(
+            link.clone(),
+            settings.servers.into_iter().map(|s| s.client).collect(),
+        );
         if tokio::time::timeout(FIRST_CONNECT_WAIT, link.wait_up())
             .await
             .is_err()
         {
-            tracing::warn!(
-                "Redis at {} is not reachable yet; connecting in the background",
-                settings.place
-            );
+            tracing::warn!("Redis at {places} is not reachable yet; connecting in the background");
         }
         Ok(RedisBackplane { link })
     }

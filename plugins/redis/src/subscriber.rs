@@ -1,6 +1,6 @@
-//! The subscribing connection: Redis pub/sub on a connection of its own,
-//! read by one task so that payloads reach the inbox in the order Redis sent
-//! them.
+//! The subscribing connection: Redis pub/sub on a connection of its own
+//! (one per instance), read by one task so that payloads reach the inbox in
+//! the order Redis sent them.
 //!
 //! Each channel is subscribed with a `SUBSCRIBE` of its own: the `redis`
 //! crate matches one confirmation to one request, and Redis answers a
@@ -21,14 +21,16 @@ use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use crate::link::{Command, Link, Side};
 use crate::settings::{Backoff, CONNECT_TIMEOUT, PING_EVERY, RESPONSE_TIMEOUT};
 
-pub(crate) fn start(link: Arc<Link>, client: redis::Client) {
-    if let Some(commands) = link.take_commands() {
-        tokio::spawn(run(link, client, commands));
+/// Starts the subscribing connection to instance `index`.
+pub(crate) fn start(link: Arc<Link>, index: usize, client: redis::Client) {
+    if let Some(commands) = link.take_commands(index) {
+        tokio::spawn(run(link, index, client, commands));
     }
 }
 
 async fn run(
     link: Arc<Link>,
+    index: usize,
     client: redis::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -38,12 +40,12 @@ async fn run(
         let reason = tokio::select! {
             biased;
             _ = stopped.wait_for(|s| *s) => return,
-            reason = serve(&link, &client, &mut commands, &mut backoff) => reason,
+            reason = serve(&link, index, &client, &mut commands, &mut backoff) => reason,
         };
         if link.is_stopped() {
             return;
         }
-        link.set(Side::Subscriber, false, &reason);
+        link.set(index, Side::Subscriber, false, &reason);
         // The publishing connection has most likely lost the server too.
         link.check_publisher.notify_one();
         let wait = sleep(backoff.next());
@@ -87,6 +89,7 @@ async fn each(sink: &PubSubSink, channels: Vec<String>, subscribe: bool) -> Resu
 /// connection fails; returns why it ended.
 async fn serve(
     link: &Arc<Link>,
+    index: usize,
     client: &redis::Client,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     backoff: &mut Backoff,
@@ -100,7 +103,7 @@ async fn serve(
     if let Err(reason) = each(&sink, link.desired(), true).await {
         return reason;
     }
-    link.set(Side::Subscriber, true, "");
+    link.set(index, Side::Subscriber, true, "");
     backoff.reset();
     // Confirmations and pings in flight; an `Err` ends the connection.
     let mut pending: FuturesUnordered<BoxFuture<'static, Result<(), String>>> =
@@ -111,9 +114,9 @@ async fn serve(
     loop {
         tokio::select! {
             message = stream.next() => match message {
-                Some(message) => link
-                    .inbox
-                    .receive(message.get_channel_name(), message.get_payload_bytes()),
+                Some(message) => {
+                    link.receive(message.get_channel_name(), message.get_payload_bytes())
+                }
                 None => return "the connection closed".into(),
             },
             command = commands.recv() => {
