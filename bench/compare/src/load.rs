@@ -38,8 +38,14 @@ pub enum Scenario {
     /// A reconnect storm: a publisher and a subscriber already connected,
     /// publishing at --rate; then --subs clients connect at once and each
     /// subscribes to its own topic. The time until every one is subscribed,
-    /// the failures, and the paced pair's latency during the storm.
+    /// the failures, and the paced pair's latency during the storm. The
+    /// storming clients run in a process of their own (`storm-clients`),
+    /// so the pair's latency is not the driver queueing it behind them.
     Storm,
+    /// The storm's clients alone (run by `storm`): prints `started`, then
+    /// one JSON line once every client is subscribed or has failed, and
+    /// holds the connections until its stdin closes.
+    StormClients,
 }
 
 /// Flags of `mist-compare load`.
@@ -249,6 +255,7 @@ pub async fn run(a: &LoadArgs) -> anyhow::Result<()> {
     match a.scenario {
         Scenario::Conns => return conns(a, &dialer, subs).await,
         Scenario::Storm => return storm(a, &dialer, subs, start, cap).await,
+        Scenario::StormClients => return storm_clients(a, &dialer, subs, cap).await,
         _ => {}
     }
 
@@ -367,6 +374,91 @@ async fn conns(a: &LoadArgs, dialer: &Dialer, subs: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What the storm's clients did: the figures `storm-clients` prints.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Stormed {
+    /// Clients that tried to connect and subscribe.
+    clients: usize,
+    /// Of them, the ones whose subscription was confirmed.
+    subscribed: usize,
+    /// The ones that failed (connect, handshake, subscribe, or the cap).
+    errors: usize,
+    first_error: Option<String>,
+    /// From the storm's start until the last client was subscribed.
+    storm_ms: f64,
+    /// Each client's time from the storm's start until it was subscribed.
+    subscribe_p50_ms: Option<f64>,
+    subscribe_p99_ms: Option<f64>,
+}
+
+/// The storm's clients (see [`Scenario::StormClients`]).
+async fn storm_clients(
+    a: &LoadArgs,
+    dialer: &Dialer,
+    clients: usize,
+    cap: Instant,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    println!("started");
+    std::io::stdout().flush()?;
+    // Everyone at once: each client is its own task from the start.
+    let storm_start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (dialer, addr, proto) = (dialer.clone(), a.addr.clone(), a.proto);
+            tokio::spawn(async move {
+                let topic = routing_topic(i);
+                let subscribed = subscribe(proto, &dialer, &addr, &topic);
+                match tokio::time::timeout_at(cap.into(), subscribed).await {
+                    Ok(Ok(sub)) => Ok((Instant::now(), sub)),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err("not subscribed within --timeout".to_owned()),
+                }
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(clients);
+    let mut took = Vec::with_capacity(clients);
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok((at, sub)) => {
+                took.push(u64::try_from((at - storm_start).as_nanos()).unwrap_or(u64::MAX));
+                held.push(sub);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    took.sort_unstable();
+    let ms = |us: Option<f64>| us.map(|us| round2(us / 1000.0));
+    let line = Stormed {
+        clients,
+        subscribed: took.len(),
+        errors,
+        first_error,
+        storm_ms: round2(took.last().copied().unwrap_or(0) as f64 / 1e6),
+        subscribe_p50_ms: ms(percentile_us(&took, 0.5)),
+        subscribe_p99_ms: ms(percentile_us(&took, 0.99)),
+    };
+    println!("{}", serde_json::to_string(&line)?);
+    std::io::stdout().flush()?;
+    // Hold the connections until the pair is done.
+    let _ =
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await;
+    drop(held);
+    Ok(())
+}
+
+/// What the `storm-clients` process says, and when this process heard it.
+enum Heard {
+    Started(Instant),
+    Done(String),
+}
+
 /// The storm scenario (see [`Scenario::Storm`]).
 async fn storm(
     a: &LoadArgs,
@@ -375,6 +467,8 @@ async fn storm(
     start: Instant,
     cap: Instant,
 ) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
     if a.rate == 0 {
         bail!("the storm's paced pair needs --rate");
     }
@@ -398,80 +492,97 @@ async fn storm(
     };
     tokio::time::sleep(Duration::from_millis(a.warmup_ms)).await;
 
-    // Everyone at once: each client is its own task from the start.
-    let storm_start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let (dialer, addr, proto) = (dialer.clone(), a.addr.clone(), a.proto);
-            tokio::spawn(async move {
-                let topic = routing_topic(i);
-                match tokio::time::timeout_at(cap.into(), subscribe(proto, &dialer, &addr, &topic))
-                    .await
-                {
-                    Ok(Ok(sub)) => Ok((Instant::now(), sub)),
-                    Ok(Err(e)) => Err(format!("{e:#}")),
-                    Err(_) => Err("not subscribed within --timeout".to_owned()),
-                }
-            })
-        })
-        .collect();
-    let mut held = Vec::with_capacity(clients);
-    let mut took = Vec::with_capacity(clients);
-    let (mut errors, mut first_error) = (0, None);
-    for task in tasks {
-        match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok((at, sub)) => {
-                took.push((at - storm_start).as_nanos() as u64);
-                held.push(sub);
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args([
+            "load",
+            "--scenario",
+            "storm-clients",
+            "--proto",
+            a.proto.name(),
+        ])
+        .args(["--addr", &a.addr, "--subs", &clients.to_string()])
+        .args(["--transport", a.transport.name()])
+        .args(["--timeout", &a.timeout.to_string()]);
+    if let Some(ca) = &a.tls_ca {
+        command.arg("--tls-ca").arg(ca);
+    }
+    if let Some(path) = &a.ws_path {
+        command.args(["--ws-path", path]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the storm's clients")?;
+    let stdout = child.stdout.take().context("the storm's stdout")?;
+    let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let at = Instant::now();
+            let said = if line.trim() == "started" {
+                Heard::Started(at)
+            } else {
+                Heard::Done(line)
+            };
+            if heard.send(said).is_err() {
+                break;
             }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(e);
+        }
+    });
+    let (mut storm_start, mut stormed) = (None, None);
+    while let Some(said) = hearing.recv().await {
+        match said {
+            Heard::Started(at) => storm_start = Some(at),
+            Heard::Done(line) => {
+                stormed = Some(line);
+                break;
             }
         }
     }
-    let storm_ns = took.iter().copied().max().unwrap_or(0);
-    let storm_end = storm_start + Duration::from_nanos(storm_ns);
-
     stop.store(true, Ordering::Relaxed);
     let done = publisher
         .await
-        .map_err(|e| anyhow!("the publisher failed: {e}"))??;
-    let _ = published.send(Some(done.count));
-    let r = receiver
-        .await
-        .map_err(|e| anyhow!("the paced subscriber failed: {e}"))?;
-    drop(held);
+        .map_err(|e| anyhow!("the publisher failed: {e}"))?;
+    let r = receiver_result(done, &published, receiver).await;
+    // Closing its stdin lets the storm's clients go.
+    drop(child.stdin.take());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let (done, r) = r?;
+    let (Some(storm_start), Some(stormed)) = (storm_start, stormed) else {
+        bail!("the storm's clients ended ({status}) without their figures");
+    };
+    let stormed: Stormed = serde_json::from_str(&stormed)
+        .with_context(|| format!("the storm's clients said {stormed:?}"))?;
 
     let since = |t: Instant| u64::try_from((t - start).as_nanos()).unwrap_or(u64::MAX);
-    let (from, to) = (since(storm_start), since(storm_end));
-    let mut during: Vec<u64> = r
-        .samples
-        .iter()
-        .filter(|(sent, _)| (from..=to).contains(sent))
-        .map(|&(_, ns)| ns)
-        .collect();
-    let mut before: Vec<u64> = r
-        .samples
-        .iter()
-        .filter(|(sent, _)| *sent < from)
-        .map(|&(_, ns)| ns)
-        .collect();
-    during.sort_unstable();
-    before.sort_unstable();
-    took.sort_unstable();
-    let ms = |ns: Option<f64>| ns.map(|us| round2(us / 1000.0));
+    let from = since(storm_start);
+    let to = from + (stormed.storm_ms * 1e6) as u64;
+    let pick = |keep: &dyn Fn(u64) -> bool| {
+        let mut ns: Vec<u64> = r
+            .samples
+            .iter()
+            .filter(|(sent, _)| keep(*sent))
+            .map(|&(_, ns)| ns)
+            .collect();
+        ns.sort_unstable();
+        ns
+    };
+    let during = pick(&|sent| (from..=to).contains(&sent));
+    let before = pick(&|sent| sent < from);
     let line = Storm {
         proto: a.proto,
         transport: a.transport,
         scenario: a.scenario,
-        clients,
-        subscribed: took.len(),
-        errors,
-        first_error,
-        storm_ms: round2(storm_ns as f64 / 1e6),
-        subscribe_p50_ms: ms(percentile_us(&took, 0.5)),
-        subscribe_p99_ms: ms(percentile_us(&took, 0.99)),
+        clients: stormed.clients,
+        subscribed: stormed.subscribed,
+        errors: stormed.errors,
+        first_error: stormed.first_error,
+        storm_ms: stormed.storm_ms,
+        subscribe_p50_ms: stormed.subscribe_p50_ms,
+        subscribe_p99_ms: stormed.subscribe_p99_ms,
         rate: a.rate,
         size: a.size,
         msgs: done.count,
@@ -486,6 +597,20 @@ async fn storm(
     };
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
+}
+
+/// Tells the receiver how many were published and waits for it.
+async fn receiver_result(
+    done: anyhow::Result<Published>,
+    published: &watch::Sender<Option<usize>>,
+    receiver: tokio::task::JoinHandle<Received>,
+) -> anyhow::Result<(Published, Received)> {
+    let done = done?;
+    let _ = published.send(Some(done.count));
+    let r = receiver
+        .await
+        .map_err(|e| anyhow!("the paced subscriber failed: {e}"))?;
+    Ok((done, r))
 }
 
 /// Connects a publisher and publishes as `plan` says.

@@ -172,6 +172,10 @@ struct Cert {
     key: PathBuf,
 }
 
+/// nats-server's TLS and WebSocket handshake timeout: Mist's default
+/// `--handshake-timeout`.
+const HANDSHAKE_SECS: u64 = 10;
+
 /// Sockets a driver or target needs besides its clients'.
 const FD_MARGIN: usize = 1024;
 
@@ -465,12 +469,22 @@ fn start(
     let mut command = match target {
         Target::Nats => {
             let mut c = Command::new(&args.nats_server);
+            // Over TLS and WebSocket nats-server gets Mist's default
+            // handshake timeout (10 s; its own is 2 s): a storm of 10,000
+            // TLS handshakes on two cores takes longer than 2 s, and the
+            // storm would measure the timeout instead of the broker.
             match (&reach.transport, &reach.cert) {
                 (Transport::Tls, Some(cert)) => {
-                    c.args(["-a", "127.0.0.1", "-p", &port, "--tls", "--tlscert"])
-                        .arg(&cert.cert)
-                        .arg("--tlskey")
-                        .arg(&cert.key);
+                    let conf = out.join("nats-tls.conf");
+                    fs::write(
+                        &conf,
+                        format!(
+                            "listen: \"{addr}\"\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: {HANDSHAKE_SECS}\n}}\n",
+                            cert.cert.display().to_string(),
+                            cert.key.display().to_string()
+                        ),
+                    )?;
+                    c.arg("-c").arg(conf);
                 }
                 (Transport::Ws, _) => {
                     // Clients come in on the websocket listener; the plain
@@ -479,7 +493,7 @@ fn start(
                     fs::write(
                         &conf,
                         format!(
-                            "listen: \"127.0.0.1:{}\"\nwebsocket {{\n  listen: \"{addr}\"\n  no_tls: true\n}}\n",
+                            "listen: \"127.0.0.1:{}\"\nwebsocket {{\n  listen: \"{addr}\"\n  no_tls: true\n  handshake_timeout: \"{HANDSHAKE_SECS}s\"\n}}\n",
                             free_port()?.port()
                         ),
                     )?;
