@@ -397,11 +397,10 @@ fn connections_beyond_the_port_range_or_from_foreign_addresses_fail_before_diall
     }
 }
 
-/// `mist-compare run` with tiny sizes: every target it starts (Mist,
-/// nats-server, redis-server, the raw relay) answers every scenario, all of
-/// it delivered, and the table names every figure.
-#[test]
-fn the_comparison_harness_drives_every_target_through_every_scenario() {
+/// Runs `mist-compare run` against the debug `mist` with tiny sizes (one
+/// round, 200 storm clients) and `extra`; returns its results.jsonl rows
+/// and the table it printed. Panics if it fails or takes too long.
+fn compare(extra: &[&str]) -> (Vec<Value>, String) {
     let out = tempfile::tempdir().unwrap();
     let mist = artifacts().mist();
     let child = Command::new(artifacts().dir.join("mist-compare"))
@@ -410,14 +409,9 @@ fn the_comparison_harness_drives_every_target_through_every_scenario() {
         .arg(&mist)
         .args(["--runs", "1", "--fanout-msgs", "200", "--pair-msgs", "500"])
         .args(["--subs", "5", "--conns", "20", "--route-subs", "20"])
-        .args([
-            "--route-msgs",
-            "200",
-            "--paced-msgs",
-            "100",
-            "--timeout",
-            "20",
-        ])
+        .args(["--route-msgs", "200", "--paced-msgs", "100"])
+        .args(["--storm-clients", "200", "--timeout", "20"])
+        .args(extra)
         .arg("--out")
         .arg(out.path())
         .stdin(Stdio::null())
@@ -432,61 +426,140 @@ fn the_comparison_harness_drives_every_target_through_every_scenario() {
         Ok(output) => output.unwrap(),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("mist-compare did not finish in time");
+            panic!("mist-compare {extra:?} did not finish in time");
         }
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "mist-compare failed: {stderr}");
-
+    assert!(
+        output.status.success(),
+        "mist-compare {extra:?} failed: {stderr}"
+    );
     let rows: Vec<Value> = std::fs::read_to_string(out.path().join("results.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let find = |target: &str, scenario: &str, paced: bool| {
-        rows.iter()
-            .find(|r| {
-                r["target"] == target
-                    && r["scenario"] == scenario
-                    && r.get("paced").is_some() == paced
-            })
-            .unwrap_or_else(|| panic!("no {target} {scenario} row in {rows:#?}"))
-    };
+    assert!(out.path().join("summary.md").is_file());
+    (rows, String::from_utf8(output.stdout).unwrap())
+}
+
+/// The row of `target` and `scenario` (paced or not).
+fn row_of<'a>(rows: &'a [Value], target: &str, scenario: &str, paced: bool) -> &'a Value {
+    rows.iter()
+        .find(|r| {
+            r["target"] == target && r["scenario"] == scenario && r.get("paced").is_some() == paced
+        })
+        .unwrap_or_else(|| panic!("no {target} {scenario} row in {rows:#?}"))
+}
+
+/// Every throughput scenario delivered all of it, with a rate and a
+/// latency; the conns figure is there; every storm client subscribed.
+fn check_target(rows: &[Value], target: &str, transport: &str) {
+    for (scenario, paced, delivered) in [
+        ("fanout", false, 1000),
+        ("pair", false, 500),
+        ("fanout", true, 1000),
+        ("routing", false, 200),
+    ] {
+        if target == "raw" && scenario == "routing" {
+            continue;
+        }
+        let row = row_of(rows, target, scenario, paced);
+        assert_eq!(row["transport"], transport, "{row}");
+        assert_eq!(row["delivered"], delivered, "{row}");
+        assert_eq!(row["delivered_fraction"], 1.0, "{row}");
+        assert!(row["delivered_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["lat_p99_us"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    if target == "raw" {
+        return;
+    }
+    let row = row_of(rows, target, "conns", false);
+    assert_eq!(row["conns"], 20, "{row}");
+    assert!(row["kib_per_conn"].as_f64().is_some(), "{row}");
+
+    let row = row_of(rows, target, "storm", false);
+    assert_eq!(row["transport"], transport, "{row}");
+    assert_eq!(row["clients"], 200, "{row}");
+    assert_eq!(row["subscribed"], 200, "{row}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert!(row["storm_ms"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["subscribe_p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+    // The pair published throughout (at 5,000 msgs/s, 500 ms before the
+    // storm alone) and every message arrived.
+    assert!(row["msgs"].as_u64().unwrap() >= 2000, "{row}");
+    assert_eq!(row["delivered"], row["msgs"], "{row}");
+    assert_eq!(row["delivered_fraction"], 1.0, "{row}");
+    assert!(row["lat_samples"].as_u64().unwrap() > 0, "{row}");
+    for key in ["lat_p50_us", "lat_p99_us", "base_p50_us", "base_p99_us"] {
+        assert!(row[key].as_f64().unwrap() > 0.0, "{key}: {row}");
+    }
+}
+
+/// `mist-compare run` with tiny sizes: every target it starts (Mist,
+/// nats-server, redis-server, the raw relay) answers every scenario, all of
+/// it delivered, every storm client subscribed, and the table names every
+/// figure.
+#[test]
+fn the_comparison_harness_drives_every_target_through_every_scenario() {
+    let (rows, table) = compare(&[]);
     for target in ["mist", "nats", "redis", "raw"] {
-        for (scenario, paced, delivered) in [
-            ("fanout", false, 1000),
-            ("pair", false, 500),
-            ("fanout", true, 1000),
-            ("routing", false, 200),
-        ] {
-            if target == "raw" && scenario == "routing" {
-                continue;
-            }
-            let row = find(target, scenario, paced);
-            assert_eq!(row["delivered"], delivered, "{row}");
-            assert_eq!(row["delivered_fraction"], 1.0, "{row}");
-            assert!(row["delivered_per_s"].as_f64().unwrap() > 0.0, "{row}");
-            assert!(row["lat_p99_us"].as_f64().unwrap() > 0.0, "{row}");
-        }
-        if target != "raw" {
-            let row = find(target, "conns", false);
-            assert_eq!(row["conns"], 20, "{row}");
-            assert!(row["kib_per_conn"].as_f64().is_some(), "{row}");
-        }
+        check_target(&rows, target, "plain");
     }
     assert!(rows
         .iter()
-        .all(|r| r["target"] != "raw" || r["scenario"] != "routing"));
-
-    let table = String::from_utf8(output.stdout).unwrap();
+        .all(|r| r["target"] != "raw"
+            || !matches!(r["scenario"].as_str(), Some("routing" | "storm"))));
     for needle in [
         "| scenario | mist | nats-server | redis-server | raw relay | mist / nats |",
         "| fanout 1→5, flood, delivered msgs/s |",
         "| routing 1→20 topics, flood, delivered msgs/s |",
         "| idle subscribed connection, broker RSS (20 on a fresh broker) |",
+        "| storm: 200 clients connect and subscribe at once, ms until all are subscribed |",
+        "| storm: the same pair, latency p50 / p99 during the storm |",
         "Every run delivered 100% of its messages.",
+        "Every storm client connected and subscribed.",
     ] {
         assert!(table.contains(needle), "no {needle:?} in:\n{table}");
     }
-    assert!(out.path().join("summary.md").is_file());
+}
+
+/// Checks a `--transport tls` or `ws` run: Mist and nats-server only,
+/// every scenario over that transport, all of it delivered.
+fn check_transport(transport: &str, heading: &str) {
+    let (rows, table) = compare(&["--transport", transport]);
+    for target in ["mist", "nats"] {
+        check_target(&rows, target, transport);
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r["target"] == "mist" || r["target"] == "nats"),
+        "{rows:#?}"
+    );
+    for needle in [
+        heading,
+        "| scenario | mist | nats-server | mist / nats |",
+        "| storm: 200 clients connect and subscribe at once, ms until all are subscribed |",
+        "Every run delivered 100% of its messages.",
+        "Every storm client connected and subscribed.",
+    ] {
+        assert!(
+            table.contains(needle),
+            "{transport}: no {needle:?} in:\n{table}"
+        );
+    }
+}
+
+/// `mist-compare run --transport tls`: Mist's tls:// listener beside
+/// nats-server --tls, one certificate the harness made.
+#[test]
+fn the_comparison_harness_runs_over_tls() {
+    check_transport("tls", "Over TLS:");
+}
+
+/// `mist-compare run --transport ws`: Mist's ws:// listener beside
+/// nats-server's websocket listener.
+#[test]
+fn the_comparison_harness_runs_over_websocket() {
+    check_transport("ws", "Over WebSocket:");
 }

@@ -51,6 +51,25 @@ pub fn artifacts() -> &'static Artifacts {
             .args(["build", "--workspace", "--lib", "--bins", "--examples"])
             .arg("--target-dir")
             .arg(target);
+        // Cargo gave this test process the test package's CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR and the like; build scripts that rerun when
+        // those change (ring's) would then rebuild here, and again in the
+        // next `cargo test`, every time.
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || matches!(name, "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR")
+            {
+                build.env_remove(name);
+            }
+        }
         if profile == "release" {
             build.arg("--release");
         }

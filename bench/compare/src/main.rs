@@ -3,10 +3,13 @@
 //! `mist-compare run` starts nats-server, redis-server, the raw relay and
 //! (with `--mist-bin`) Mist on loopback ports, and drives each with the same
 //! load driver and scenarios, one fresh driver process per run; it prints a
-//! table of medians and ratios and keeps every run's JSON line. `scripts/compare`
+//! table of medians and ratios and keeps every run's JSON line. With
+//! `--transport tls` or `ws` only Mist and nats-server run, every client
+//! over TLS or WebSocket. `scripts/compare`
 //! builds and runs it. The other subcommands are its parts: `load` runs one
 //! scenario against one target, `relay` is the no-parse relay.
 
+mod conn;
 mod load;
 mod proto;
 mod relay;
@@ -71,21 +74,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Raises the open-files limit to at least `needed`, beyond the hard limit
 /// when the process may (root); the targets `run` starts inherit it.
 fn raise_fd_limit(needed: usize) -> anyhow::Result<()> {
+    let got = fd_limit_toward(needed)?;
+    if got >= needed {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{needed} open files are needed but the limit is {got} and could not be raised \
+         (raise it with `ulimit -n`, as root beyond the hard limit)"
+    )
+}
+
+/// Raises the open-files limit toward `needed` as far as it goes (to the
+/// hard limit, or beyond it as root) and returns the soft limit it has now.
+fn fd_limit_toward(needed: usize) -> anyhow::Result<usize> {
     use rlimit::Resource;
     let needed = needed as u64;
     let (soft, hard) = Resource::NOFILE.get()?;
     if soft >= needed {
-        return Ok(());
+        return Ok(usize::try_from(soft).unwrap_or(usize::MAX));
     }
-    let result = if hard >= needed {
-        Resource::NOFILE.set(hard, hard)
+    let got = if hard < needed && Resource::NOFILE.set(needed, needed).is_ok() {
+        needed
     } else {
-        Resource::NOFILE.set(needed, needed)
+        Resource::NOFILE.set(hard, hard).map_or(soft, |()| hard)
     };
-    result.map_err(|e| {
-        anyhow::anyhow!(
-            "{needed} open files are needed but the limit is {soft} and raising it failed: {e} \
-             (raise it with `ulimit -n`, as root beyond the hard limit)"
-        )
-    })
+    Ok(usize::try_from(got).unwrap_or(usize::MAX))
 }

@@ -5,7 +5,16 @@
 //! target while it is fresh: after a flood the allocator keeps the pages
 //! the queues used, and new connections then cost nothing visible. The
 //! throughput runs then go target after target within each round, so a
-//! round's figures share the machine's weather.
+//! round's figures share the machine's weather. A storm goes last in a
+//! target's round, and the next target waits a second for its 10,000
+//! connections to close.
+//!
+//! `--transport tls` makes one self-signed P-256 certificate (rcgen) for
+//! `localhost` and 127.0.0.1 in the output directory, serves it from Mist's
+//! `tls://` listener and `nats-server --tls`, and has the driver trust it
+//! alone. `--transport ws` uses Mist's `ws://` listener and nats-server's
+//! websocket listener (`no_tls`). Redis and the raw relay have neither, so
+//! those runs are Mist and nats-server only.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -19,6 +28,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+use crate::conn::{Transport, TLS_NAME};
 use crate::proto::Proto;
 use crate::summary;
 
@@ -66,6 +76,11 @@ pub enum Scenario {
     /// --conns idle subscribed connections on a fresh target: its memory
     /// per connection. Not for the raw relay.
     Conns,
+    /// A reconnect storm: --storm-clients connect at once and each
+    /// subscribes to its own topic, while a pair connected before it runs
+    /// at --storm-rate msgs/s. Time until all are subscribed, failures, the
+    /// pair's latency during it. Not for the raw relay.
+    Storm,
 }
 
 /// Flags of `mist-compare run`.
@@ -105,6 +120,17 @@ pub struct RunArgs {
     /// Messages in a paced run (10 subscribers, 20,000 msgs/s).
     #[arg(long, default_value_t = 40_000)]
     pub paced_msgs: usize,
+    /// Clients of the storm scenario (fewer if the open-files limit cannot
+    /// hold them; the run says so and the results give the number used).
+    #[arg(long, default_value_t = 10_000)]
+    pub storm_clients: usize,
+    /// The storm's paced pair, msgs/s.
+    #[arg(long, default_value_t = 5_000)]
+    pub storm_rate: u64,
+    /// How every client reaches the targets: plain TCP, TLS, or WebSocket.
+    /// With tls or ws only Mist and nats-server run.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub transport: Transport,
     /// Wall-clock cap of one load run, seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -129,8 +155,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 struct Running {
     target: Target,
     child: Child,
+    /// Where clients connect (the websocket listener, with ws).
     addr: SocketAddr,
 }
+
+/// How the targets are reached, for the load runs.
+struct Reach {
+    transport: Transport,
+    /// The certificate the targets serve (tls).
+    cert: Option<Cert>,
+}
+
+/// A certificate and its key, as PEM files.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// nats-server's TLS and WebSocket handshake timeout: Mist's default
+/// `--handshake-timeout`.
+const HANDSHAKE_SECS: u64 = 10;
+
+/// Sockets a driver or target needs besides its clients'.
+const FD_MARGIN: usize = 1024;
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -153,13 +200,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // The targets inherit the limit: 10,000 routing subscribers are
     // 10,000 descriptors in the driver and as many in the target.
-    let most = args.conns.max(args.route_subs).max(args.subs);
-    crate::raise_fd_limit(most + 1024)?;
+    let mut most = args.conns.max(args.route_subs).max(args.subs);
+    crate::raise_fd_limit(most + FD_MARGIN)?;
+    let storm_clients = if scenarios.contains(&Scenario::Storm) {
+        let limit = crate::fd_limit_toward(args.storm_clients + FD_MARGIN)?;
+        let fits = args
+            .storm_clients
+            .min(limit.saturating_sub(FD_MARGIN))
+            .max(1);
+        if fits < args.storm_clients {
+            eprintln!(
+                "mist-compare: the open-files limit is {limit}: the storm uses {fits} clients, \
+                 not {} (raise the hard limit with `ulimit -Hn` as root for more)",
+                args.storm_clients
+            );
+        }
+        most = most.max(fits);
+        fits
+    } else {
+        0
+    };
     let me = std::env::current_exe().context("finding mist-compare's own path")?;
+    let reach = Reach {
+        transport: args.transport,
+        cert: match args.transport {
+            Transport::Tls => Some(make_cert(&out)?),
+            Transport::Plain | Transport::Ws => None,
+        },
+    };
 
     let mut running = Vec::new();
     for &target in &targets {
-        running.push(start(target, args, &me, &out, most)?);
+        running.push(start(target, args, &reach, &me, &out, most)?);
     }
     let results_path = out.join("results.jsonl");
     let mut results = File::create(&results_path)?;
@@ -186,6 +258,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 &me,
                 r,
                 args,
+                &reach,
                 &[
                     "--scenario",
                     "conns",
@@ -206,6 +279,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.subs.to_string(),
     );
     let (route_subs, route_msgs) = (args.route_subs.to_string(), args.route_msgs.to_string());
+    let storm = (storm_clients.to_string(), args.storm_rate.to_string());
     let paced = (
         PACED.0.to_string(),
         args.paced_msgs.to_string(),
@@ -219,6 +293,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     &me,
                     r,
                     args,
+                    &reach,
                     &[
                         "--scenario",
                         "fanout",
@@ -231,7 +306,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 record(r.target, false, line)?;
             }
             if scenarios.contains(&Scenario::Pair) {
-                let line = load(&me, r, args, &["--scenario", "pair", "--msgs", &pair_msgs])?;
+                let line = load(
+                    &me,
+                    r,
+                    args,
+                    &reach,
+                    &["--scenario", "pair", "--msgs", &pair_msgs],
+                )?;
                 record(r.target, false, line)?;
             }
             if scenarios.contains(&Scenario::Paced) {
@@ -239,6 +320,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     &me,
                     r,
                     args,
+                    &reach,
                     &[
                         "--scenario",
                         "fanout",
@@ -257,6 +339,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     &me,
                     r,
                     args,
+                    &reach,
                     &[
                         "--scenario",
                         "routing",
@@ -267,6 +350,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     ],
                 )?;
                 record(r.target, false, line)?;
+            }
+            if scenarios.contains(&Scenario::Storm) && r.target != Target::Raw {
+                let line = load(
+                    &me,
+                    r,
+                    args,
+                    &reach,
+                    &[
+                        "--scenario",
+                        "storm",
+                        "--subs",
+                        &storm.0,
+                        "--rate",
+                        &storm.1,
+                    ],
+                )?;
+                record(r.target, false, line)?;
+                // Let its connections close before the next target's runs.
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
@@ -284,6 +386,22 @@ fn chosen_targets(args: &RunArgs) -> anyhow::Result<Vec<Target>> {
         targets = Target::value_variants().iter().copied().collect();
         if args.mist_bin.is_none() {
             targets.remove(&Target::Mist);
+        }
+        if args.transport != Transport::Plain {
+            targets.remove(&Target::Redis);
+            targets.remove(&Target::Raw);
+        }
+    }
+    if args.transport != Transport::Plain {
+        if let Some(t) = targets
+            .iter()
+            .find(|t| matches!(t, Target::Redis | Target::Raw))
+        {
+            bail!(
+                "--transport {} is for mist and nats only, not {}",
+                args.transport.name(),
+                t.name()
+            );
         }
     }
     if targets.contains(&Target::Mist) && args.mist_bin.is_none() {
@@ -319,9 +437,29 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Makes a self-signed P-256 certificate for `localhost` and 127.0.0.1
+/// (no CA: the driver trusts this one certificate) in `dir`.
+fn make_cert(dir: &Path) -> anyhow::Result<Cert> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![TLS_NAME.to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, TLS_NAME);
+    let cert = params.self_signed(&key)?;
+    let files = Cert {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    fs::write(&files.cert, cert.pem())?;
+    fs::write(&files.key, key.serialize_pem())?;
+    Ok(files)
+}
+
 fn start(
     target: Target,
     args: &RunArgs,
+    reach: &Reach,
     me: &Path,
     out: &Path,
     clients: usize,
@@ -331,7 +469,40 @@ fn start(
     let mut command = match target {
         Target::Nats => {
             let mut c = Command::new(&args.nats_server);
-            c.args(["-a", "127.0.0.1", "-p", &port]);
+            // Over TLS and WebSocket nats-server gets Mist's default
+            // handshake timeout (10 s; its own is 2 s): a storm of 10,000
+            // TLS handshakes on two cores takes longer than 2 s, and the
+            // storm would measure the timeout instead of the broker.
+            match (&reach.transport, &reach.cert) {
+                (Transport::Tls, Some(cert)) => {
+                    let conf = out.join("nats-tls.conf");
+                    fs::write(
+                        &conf,
+                        format!(
+                            "listen: \"{addr}\"\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: {HANDSHAKE_SECS}\n}}\n",
+                            cert.cert.display().to_string(),
+                            cert.key.display().to_string()
+                        ),
+                    )?;
+                    c.arg("-c").arg(conf);
+                }
+                (Transport::Ws, _) => {
+                    // Clients come in on the websocket listener; the plain
+                    // one is required and unused.
+                    let conf = out.join("nats-ws.conf");
+                    fs::write(
+                        &conf,
+                        format!(
+                            "listen: \"127.0.0.1:{}\"\nwebsocket {{\n  listen: \"{addr}\"\n  no_tls: true\n  handshake_timeout: \"{HANDSHAKE_SECS}s\"\n}}\n",
+                            free_port()?.port()
+                        ),
+                    )?;
+                    c.arg("-c").arg(conf);
+                }
+                _ => {
+                    c.args(["-a", "127.0.0.1", "-p", &port]);
+                }
+            }
             c
         }
         Target::Redis => {
@@ -362,14 +533,25 @@ fn start(
             let Some(bin) = &args.mist_bin else {
                 bail!("no --mist-bin");
             };
+            let scheme = match reach.transport {
+                Transport::Plain => "tcp",
+                Transport::Tls => "tls",
+                Transport::Ws => "ws",
+            };
             let mut c = Command::new(bin);
             c.args([
                 "--server",
                 "--listeners",
-                &format!("tcp://{addr}"),
+                &format!("{scheme}://{addr}"),
                 "--log-level",
                 "ERROR",
             ]);
+            if let Some(cert) = &reach.cert {
+                c.arg("--tls-cert")
+                    .arg(&cert.cert)
+                    .arg("--tls-key")
+                    .arg(&cert.key);
+            }
             c
         }
     };
@@ -408,8 +590,15 @@ fn start(
 
 /// Runs `mist-compare load` against `r` in a fresh process and returns its
 /// JSON line.
-fn load(me: &Path, r: &Running, args: &RunArgs, extra: &[&str]) -> anyhow::Result<Value> {
-    let mut child = Command::new(me)
+fn load(
+    me: &Path,
+    r: &Running,
+    args: &RunArgs,
+    reach: &Reach,
+    extra: &[&str],
+) -> anyhow::Result<Value> {
+    let mut command = Command::new(me);
+    command
         .args([
             "load",
             "--proto",
@@ -418,6 +607,11 @@ fn load(me: &Path, r: &Running, args: &RunArgs, extra: &[&str]) -> anyhow::Resul
             &r.addr.to_string(),
         ])
         .args(["--timeout", &args.timeout.to_string()])
+        .args(["--transport", reach.transport.name()]);
+    if let Some(cert) = &reach.cert {
+        command.arg("--tls-ca").arg(&cert.cert);
+    }
+    let mut child = command
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,6 +1,8 @@
 //! The table a run ends with: per scenario and target the median of the
 //! rounds (min–max), and Mist's figure over nats-server's. Markdown, to be
-//! pasted into BENCHMARKS.md as it is.
+//! pasted into BENCHMARKS.md as it is. Mist and nats-server always have a
+//! column, redis-server and the raw relay when they ran; a TLS or
+//! WebSocket run says so above the table.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -34,9 +36,15 @@ pub fn print_file(path: &Path) -> anyhow::Result<()> {
 #[derive(Clone, Copy)]
 enum Figure {
     Rate,
-    Latency,
+    /// p50 and p99, in µs, under these keys.
+    Latency(&'static str, &'static str),
     Memory,
+    /// A duration in ms under this key (lower is better).
+    Millis(&'static str),
 }
+
+/// The usual latency keys.
+const LATENCY: Figure = Figure::Latency("lat_p50_us", "lat_p99_us");
 
 struct Row {
     label: String,
@@ -92,6 +100,12 @@ fn size_of(results: &[Value], scenario: &str, paced: bool, key: &str) -> Option<
 /// The Markdown table of `results`.
 pub fn table(results: &[Value]) -> String {
     let count = |n: Option<u64>| n.map_or("N".to_owned(), grouped);
+    let columns: Vec<(&str, &str)> = COLUMNS
+        .into_iter()
+        .filter(|(target, _)| {
+            matches!(*target, "mist" | "nats") || results.iter().any(|r| r["target"] == *target)
+        })
+        .collect();
     let rows = [
         Row {
             label: format!(
@@ -112,7 +126,7 @@ pub fn table(results: &[Value]) -> String {
             label: "pair 1→1, flood, latency p50 / p99".into(),
             scenario: "pair",
             paced: false,
-            figure: Figure::Latency,
+            figure: LATENCY,
         },
         Row {
             label: format!(
@@ -122,7 +136,7 @@ pub fn table(results: &[Value]) -> String {
             ),
             scenario: "fanout",
             paced: true,
-            figure: Figure::Latency,
+            figure: LATENCY,
         },
         Row {
             label: format!(
@@ -142,14 +156,49 @@ pub fn table(results: &[Value]) -> String {
             paced: false,
             figure: Figure::Memory,
         },
+        Row {
+            label: format!(
+                "storm: {} clients connect and subscribe at once, ms until all are subscribed",
+                count(size_of(results, "storm", false, "clients"))
+            ),
+            scenario: "storm",
+            paced: false,
+            figure: Figure::Millis("storm_ms"),
+        },
+        Row {
+            label: format!(
+                "storm: a pair at {} msgs/s, latency p50 / p99 before the storm",
+                count(size_of(results, "storm", false, "rate"))
+            ),
+            scenario: "storm",
+            paced: false,
+            figure: Figure::Latency("base_p50_us", "base_p99_us"),
+        },
+        Row {
+            label: "storm: the same pair, latency p50 / p99 during the storm".into(),
+            scenario: "storm",
+            paced: false,
+            figure: LATENCY,
+        },
     ];
     let mut out = String::new();
+    match results.iter().find_map(|r| r["transport"].as_str()) {
+        Some("tls") => out.push_str(
+            "Over TLS: Mist's tls:// listener and nats-server --tls, one self-signed \
+             P-256 certificate that the driver trusts.\n\n",
+        ),
+        Some("ws") => out.push_str(
+            "Over WebSocket: Mist's ws:// listener (one JSON command per text frame) and \
+             nats-server's websocket listener (no_tls; its protocol in binary frames).\n\n",
+        ),
+        _ => {}
+    }
     out.push_str("| scenario |");
-    for (_, heading) in COLUMNS {
+    for (_, heading) in &columns {
         let _ = write!(out, " {heading} |");
     }
     out.push_str(" mist / nats |\n|---|");
-    for _ in COLUMNS {
+    for _ in &columns {
         out.push_str("---|");
     }
     out.push_str("---|\n");
@@ -159,14 +208,14 @@ pub fn table(results: &[Value]) -> String {
         }
         let _ = write!(out, "| {} |", row.label);
         let mut main = Vec::new();
-        for (target, _) in COLUMNS {
+        for (target, _) in &columns {
             let (cell, figure) = cell(results, target, row);
             main.push(figure);
             let _ = write!(out, " {cell} |");
         }
         let ratio = match (main[0], main[1]) {
             (Some(mist), Some(nats)) if nats > 0.0 => match row.figure {
-                Figure::Latency => format!("p99 {:.2}×", mist / nats),
+                Figure::Latency(..) => format!("p99 {:.2}×", mist / nats),
                 _ => format!("{:.2}×", mist / nats),
             },
             _ => "—".into(),
@@ -178,7 +227,9 @@ pub fn table(results: &[Value]) -> String {
         .iter()
         .filter(|row| !matches!(row.figure, Figure::Memory))
         .flat_map(|row| {
-            COLUMNS.map(|(target, _)| rows_of(results, target, row.scenario, row.paced).count())
+            columns
+                .iter()
+                .map(|(target, _)| rows_of(results, target, row.scenario, row.paced).count())
         })
         .max()
         .unwrap_or(0);
@@ -208,6 +259,32 @@ pub fn table(results: &[Value]) -> String {
     } else {
         let _ = writeln!(out, "Runs that lost messages: {}.", short.join("; "));
     }
+    let storms: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["scenario"] == "storm")
+        .collect();
+    let failed: Vec<String> = storms
+        .iter()
+        .filter(|r| r["errors"].as_u64().is_some_and(|n| n > 0))
+        .map(|r| {
+            format!(
+                "{} {} of {} (first: {})",
+                r["target"].as_str().unwrap_or("?"),
+                r["errors"],
+                r["clients"],
+                r["first_error"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(
+            out,
+            "Storm clients that failed to connect or subscribe: {}.",
+            failed.join("; ")
+        );
+    } else if !storms.is_empty() {
+        out.push_str("Every storm client connected and subscribed.\n");
+    }
     out
 }
 
@@ -226,9 +303,9 @@ fn cell(results: &[Value], target: &str, row: &Row) -> (String, Option<f64>) {
             ),
             None => ("—".into(), None),
         },
-        Figure::Latency => {
-            let p50 = spread(values(results, target, row, "lat_p50_us"));
-            let p99 = spread(values(results, target, row, "lat_p99_us"));
+        Figure::Latency(p50, p99) => {
+            let p50 = spread(values(results, target, row, p50));
+            let p99 = spread(values(results, target, row, p99));
             match (p50, p99) {
                 (Some((p50, ..)), Some((p99, ..))) => (latency(p50, p99), Some(p99)),
                 _ => ("—".into(), None),
@@ -239,6 +316,14 @@ fn cell(results: &[Value], target: &str, row: &Row) -> (String, Option<f64>) {
                 (format!("{median:.2} KiB ({min:.2}–{max:.2})"), Some(median))
             }
             Some((median, ..)) => (format!("{median:.2} KiB"), Some(median)),
+            None => ("—".into(), None),
+        },
+        Figure::Millis(key) => match spread(values(results, target, row, key)) {
+            Some((median, min, max)) if min < max => (
+                format!("{} ms ({}–{})", millis(median), millis(min), millis(max)),
+                Some(median),
+            ),
+            Some((median, ..)) => (format!("{} ms", millis(median)), Some(median)),
             None => ("—".into(), None),
         },
     }
@@ -254,6 +339,15 @@ fn latency(p50_us: f64, p99_us: f64) -> String {
             grouped(p50_us.round() as u64),
             grouped(p99_us.round() as u64)
         )
+    }
+}
+
+/// Milliseconds: `1234.5` → `1,235`, `12.34` → `12.3`.
+fn millis(ms: f64) -> String {
+    if ms >= 100.0 {
+        grouped(ms.round() as u64)
+    } else {
+        format!("{ms:.1}")
     }
 }
 
@@ -301,8 +395,12 @@ mod tests {
         results.push(json!({"target":"nats","scenario":"fanout","paced":true,"subs":10,"rate":20000,"lat_p50_us":375.0,"lat_p99_us":1180.0,"delivered_fraction":0.5}));
         results.push(json!({"target":"mist","scenario":"conns","conns":2000,"kib_per_conn":2.73}));
         let table = table(&results);
-        assert!(table.contains("| fanout 1→100, flood, delivered msgs/s | 5,500,000 (5.00M–6.00M) | 2,500,000 (2.00M–3.00M) | — | — | 2.20× |"), "{table}");
-        assert!(table.contains("| paced 1→10 at 20,000 msgs/s, latency p50 / p99 | 283 / 590 µs | 375 / 1,180 µs | — | — | p99 0.50× |"), "{table}");
+        assert!(
+            table.contains("| scenario | mist | nats-server | mist / nats |"),
+            "{table}"
+        );
+        assert!(table.contains("| fanout 1→100, flood, delivered msgs/s | 5,500,000 (5.00M–6.00M) | 2,500,000 (2.00M–3.00M) | 2.20× |"), "{table}");
+        assert!(table.contains("| paced 1→10 at 20,000 msgs/s, latency p50 / p99 | 283 / 590 µs | 375 / 1,180 µs | p99 0.50× |"), "{table}");
         assert!(table.contains("2.73 KiB"), "{table}");
         assert!(table.contains("Medians of 3 run(s)"), "{table}");
         assert!(
@@ -310,6 +408,29 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("pair"), "{table}");
+        assert!(!table.contains("storm"), "{table}");
+        assert!(!table.contains("Over TLS"), "{table}");
+    }
+
+    #[test]
+    fn storms_and_transports_are_named() {
+        let mut results = Vec::new();
+        for (target, ms, errors) in [("mist", 850.0, 0), ("nats", 1700.0, 2)] {
+            results.push(json!({"target":target,"transport":"tls","scenario":"storm","clients":10000,"subscribed":10000 - errors,"errors":errors,"first_error":"TLS handshake with 127.0.0.1:1: reset","storm_ms":ms,"rate":5000,"delivered_fraction":1.0,"lat_p50_us":300.0,"lat_p99_us":12000.0,"base_p50_us":100.0,"base_p99_us":200.0}));
+        }
+        let table = table(&results);
+        assert!(table.starts_with("Over TLS:"), "{table}");
+        assert!(
+            table.contains("| scenario | mist | nats-server | mist / nats |"),
+            "{table}"
+        );
+        assert!(table.contains("| storm: 10,000 clients connect and subscribe at once, ms until all are subscribed | 850 ms | 1,700 ms | 0.50× |"), "{table}");
+        assert!(table.contains("| storm: a pair at 5,000 msgs/s, latency p50 / p99 before the storm | 100 / 200 µs | 100 / 200 µs | p99 1.00× |"), "{table}");
+        assert!(table.contains("| storm: the same pair, latency p50 / p99 during the storm | 0.3 / 12.0 ms | 0.3 / 12.0 ms | p99 1.00× |"), "{table}");
+        assert!(
+            table.contains("failed to connect or subscribe: nats 2 of 10000 (first: TLS handshake"),
+            "{table}"
+        );
     }
 
     #[test]
