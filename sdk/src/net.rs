@@ -334,12 +334,41 @@ where
     }))
 }
 
+/// Connections the kernel queues before they are accepted (it caps the
+/// figure at `net.core.somaxconn`, 4096 by default on Linux). std's
+/// listeners ask for 128: a reconnect storm of 10,000 clients then waited
+/// for SYN retries, a second or more, however fast the accept loop was.
+const BACKLOG: u32 = 4096;
+
 fn bind(uri: &str) -> Result<TcpListener, SdkError> {
+    use std::net::ToSocketAddrs;
     let addr = socket_address(uri)?;
-    std::net::TcpListener::bind(&addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(TcpListener::from_std)
-        .map_err(|e| SdkError::unavailable(format!("cannot listen on {addr}: {e}")))
+    let listen = |at: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's listeners do: a restarted server binds its port at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(at)?;
+        socket.listen(BACKLOG)
+    };
+    // Each address the name resolves to in turn, as std's `bind` does.
+    let mut last = None;
+    for at in addr
+        .to_socket_addrs()
+        .map_err(|e| SdkError::unavailable(format!("cannot listen on {addr}: {e}")))?
+    {
+        match listen(at) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    let why = last.map_or_else(|| "no address to listen on".to_string(), |e| e.to_string());
+    Err(SdkError::unavailable(format!(
+        "cannot listen on {addr}: {why}"
+    )))
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, SdkError> {
@@ -549,6 +578,31 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A storm of connections before the first is accepted: every one
+    /// completes its handshake into the kernel's queue. With std's backlog
+    /// of 128 the rest would wait for SYN retries and, nothing accepting,
+    /// never complete.
+    #[tokio::test]
+    async fn listeners_queue_a_storm_of_connections() {
+        let listener = bind("tcp://127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..1000)
+            .map(|_| {
+                tokio::spawn(tokio::time::timeout(
+                    Duration::from_secs(10),
+                    TcpStream::connect(addr),
+                ))
+            })
+            .collect();
+        let mut streams = Vec::new();
+        for connect in connects {
+            let stream = connect.await.unwrap().expect("connected in time");
+            streams.push(stream.unwrap());
+        }
+        assert_eq!(streams.len(), 1000);
+        drop(listener);
+    }
 
     #[test]
     fn refusals_are_one_line_or_one_response() {
