@@ -33,7 +33,7 @@
 //! - [`plugins`]: `plugins.toml`, loading libraries, the registry.
 //! - [`builtin`]: the first-party plugins linked into the binary.
 //! - [`cluster`]: the node's side of a cluster over a backplane plugin
-//!   (anchors, channel names, payloads, duplicates, heartbeats).
+//!   (announced interest, channel names, payloads, duplicates, heartbeats).
 
 pub mod broker;
 pub mod builtin;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::key::ClusterKeys;
 use super::peers::{Mode, Peers, Seen};
-use super::wire::{self, Anchor, Body, Incoming, Kind, WireError};
+use super::wire::{self, Body, Incoming, Kind, Tags, WireError};
 
 /// With a key, a payload whose sender's clock differs from this node's by
 /// more than this is refused: nodes' clocks must agree within it (NTP).
@@ -69,21 +69,21 @@ pub enum Verdict<'a> {
     /// A heartbeat from a node that (re)joined: what this node knew of its
     /// interest is void.
     Hello { origin: u64 },
-    /// Changes of `origin`'s anchors, numbered from `first`.
+    /// Changes of `origin`'s tag sets, numbered from `first`.
     Interest {
         origin: u64,
         first: u64,
-        changes: Vec<(bool, Anchor)>,
+        changes: Vec<(bool, Tags<'a>)>,
     },
-    /// One part of `origin`'s anchors at `epoch`.
+    /// One part of `origin`'s tag sets at `epoch`.
     Snapshot {
         origin: u64,
         epoch: u64,
         part: u64,
         parts: u64,
-        anchors: Vec<Anchor>,
+        sets: Vec<Tags<'a>>,
     },
-    /// `origin` asks for this node's anchors.
+    /// `origin` asks for this node's tag sets.
     SnapshotRequest { origin: u64 },
     /// `origin` applied this node's interest up to `epoch`.
     Ack { origin: u64, epoch: u64 },
@@ -236,13 +236,13 @@ impl Inbound {
                 epoch,
                 part,
                 parts,
-                anchors,
+                sets,
             } => Verdict::Snapshot {
                 origin: header.origin,
                 epoch,
                 part,
                 parts,
-                anchors,
+                sets,
             },
             Body::SnapshotRequest => Verdict::SnapshotRequest {
                 origin: header.origin,

@@ -3,15 +3,13 @@
 //! backplane plugin (Redis, NATS). `docs/cluster.md` explains the design,
 //! its guarantees and its costs; in short:
 //!
-//! - **Routing by interest.** Each distinct tag set held by a local
-//!   subscription has an anchor, one of its tags ([`interest`]); each node
-//!   announces its anchors, numbered by epoch, and keeps the others'
-//!   ([`remote`]). A publish of tag set T goes once to each node that
-//!   announced an anchor in T, on that node's own channel ([`channel`]), so
-//!   it reaches every node with a subscription S ⊆ T (S's anchor is in T),
-//!   and no other node. A node whose anchors are not known for sure gets
-//!   everything until its snapshot arrives.
-//! - **The barrier.** A subscribe that announced a new anchor is confirmed
+//! - **Routing by interest.** Each node announces the distinct tag sets
+//!   its sessions hold ([`interest`]), numbered by epoch, and files the
+//!   others' in a subset index ([`remote`]). A publish of tag set T goes
+//!   once to each node holding a set S ⊆ T, on that node's own channel
+//!   ([`channel`]), and to no other node. A node whose sets are not known
+//!   for sure gets everything until its snapshot arrives.
+//! - **The barrier.** A subscribe that announced a new set is confirmed
 //!   once every other node acknowledged its epoch.
 //! - **Exactly once, in order.** One copy per node; receivers drop what the
 //!   backplane delivers twice by per-origin sequence numbers ([`peers`]) and
@@ -103,10 +101,10 @@ pub use transport::{ClusterInbox, Transport};
 pub use wire::{Incoming, Tags};
 
 use control::Control;
-use interest::{canonical, Interest, Sketch};
+use interest::{canonical, Interest, TagSet};
 use outbound::{Outbound, Run, EVERY_NODE};
-use remote::{Applied, Remote};
-use wire::{Anchor, Kind};
+use remote::{Applied, Remote, Route};
+use wire::Kind;
 
 /// How long an unused channel stays subscribed before it is unsubscribed.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
@@ -267,7 +265,7 @@ pub struct ClusterFigures {
     pub messages_received: u64,
     /// Payloads from other nodes, copies included.
     pub payloads_received: u64,
-    /// Copies dropped because they arrived through a second anchor.
+    /// Payloads dropped because the backplane delivered them twice.
     pub duplicates: u64,
     /// Messages not sent: the backplane was down, or more than
     /// [`outbound::MAX_PENDING_BYTES`] waited for it.
@@ -311,11 +309,12 @@ struct Node {
     transport: Arc<dyn Transport>,
     up: AtomicBool,
     stopped: AtomicBool,
-    /// Lock order: `interest`, then `sketch`, then `acks`, then `inbound`.
+    /// Lock order: `interest`, then `acks`, then `inbound`.
     interest: Mutex<Held>,
-    sketch: Mutex<Sketch>,
-    /// Lock order: `outbound`, then `remote`, then `sketch`.
+    /// Lock order: `outbound`, then `route`, then `remote`.
     outbound: Mutex<Outbound>,
+    /// The room to work out where a publish goes.
+    route: Mutex<Route>,
     /// The other nodes' interest: where a publish goes.
     remote: RwLock<Remote>,
     /// Acknowledgements owed and received, snapshots asked for.
@@ -417,7 +416,7 @@ impl Cluster {
             transport,
             stopped: AtomicBool::new(false),
             interest: Mutex::new(Held::default()),
-            sketch: Mutex::new(Sketch::default()),
+            route: Mutex::new(Route::default()),
             outbound: Mutex::new(Outbound::default()),
             remote: RwLock::new(Remote::default()),
             acks: Mutex::new(Acks::default()),
@@ -505,8 +504,8 @@ impl Cluster {
             return None;
         }
         let node = &self.node;
+        let set = canonical(tags);
         let mut held = node.interest.lock();
-        let sketch = node.sketch.lock();
         // Under the lock: changes are numbered in the order the interest
         // changed.
         let Held {
@@ -514,35 +513,30 @@ impl Cluster {
             epoch,
             pending,
         } = &mut *held;
-        let added = interest.add(canonical(tags), &node.names, &sketch, |channel| {
+        interest.add(set.clone(), |set| {
             *epoch += 1;
-            pending.push((true, Channels::hash_of(channel)));
+            pending.push((true, set.clone()));
             node.epoch.store(*epoch, Ordering::Release);
             node.confirm(*epoch)
         });
-        let channel = match added {
-            interest::Added::Held { channel }
-            | interest::Added::Revived { channel }
-            | interest::Added::New { channel } => channel,
-        };
-        interest
-            .channel(&channel)
-            .and_then(|held| held.attached.pending())
+        // A set held already may still wait for its confirmation.
+        interest.get(&set).and_then(|held| held.attached.pending())
     }
 
     /// A local session no longer holds a subscription to `tags` (exactly
-    /// that set). Its channel, once unused, is unsubscribed after the
-    /// linger.
+    /// that set). Once no session holds it, its withdrawal is announced
+    /// after the linger.
     pub fn unsubscribe<S: AsRef<str>>(&self, tags: &[S]) {
-        let lingering = self.node.interest.lock().interest.remove(&canonical(tags));
-        if let Some((channel, generation)) = lingering {
+        let set = canonical(tags);
+        let lingering = self.node.interest.lock().interest.remove(&set);
+        if let Some(generation) = lingering {
             let node = self.node.clone();
             self.node.runtime.clone().spawn(async move {
                 tokio::time::sleep(node.config.linger).await;
                 let mut held = node.interest.lock();
-                if held.interest.reap(&channel, generation) {
+                if held.interest.reap(&set, generation) {
                     held.epoch += 1;
-                    held.pending.push((false, Channels::hash_of(&channel)));
+                    held.pending.push((false, set));
                     node.epoch.store(held.epoch, Ordering::Release);
                     drop(held);
                     node.flush.notify_one();
@@ -568,14 +562,10 @@ impl Cluster {
         let (accepted, was_empty) = {
             let mut outbound = node.outbound.lock();
             let was_empty = outbound.is_empty();
-            let pushed = outbound.push_routed(tags, data, |anchors, to| {
-                let mut sketch = node.sketch.lock();
-                for anchor in anchors {
-                    sketch.add(anchor, 1);
-                }
-                drop(sketch);
+            let pushed = outbound.push_routed(tags, data, |to| {
                 if synced {
-                    node.remote.read().route(anchors, to);
+                    let mut route = node.route.lock();
+                    node.remote.read().route(tags, &mut route, to);
                 } else {
                     // Not every node is known yet: every node gets it.
                     to.push(EVERY_NODE);
@@ -697,7 +687,7 @@ impl Cluster {
             dropped: read(&c.dropped),
             congestions: read(&c.congestions),
             malformed: read(&c.malformed),
-            channels: self.node.interest.lock().interest.channel_count() as u64,
+            channels: self.node.interest.lock().interest.len() as u64,
             nodes: self.nodes().len() as u64,
         }
     }
@@ -942,8 +932,12 @@ impl Node {
         };
         let mut at = 0;
         while at < changes.len() {
-            let end = (at + wire::MAX_ANCHORS as usize).min(changes.len());
-            let body = wire::interest_body(first + at as u64, &changes[at..end]);
+            let end = chunk_end(&changes, at, |(_, set)| set);
+            let chunk: Vec<(bool, &[String])> = changes[at..end]
+                .iter()
+                .map(|(added, set)| (*added, &set[..]))
+                .collect();
+            let body = wire::interest_body(first + at as u64, &chunk);
             if let Err(e) = self.emit(sender, Kind::Interest, EVERY_NODE, &[&body]) {
                 if keep(&e) {
                     let mut held = self.interest.lock();
@@ -986,26 +980,30 @@ impl Node {
             }
         }
         if !snapshots.is_empty() {
-            let (epoch, anchors) = {
+            let (epoch, sets) = {
                 let held = self.interest.lock();
-                let anchors: Vec<Anchor> = held
-                    .interest
-                    .channel_names()
-                    .map(Channels::hash_of)
-                    .collect();
-                (held.epoch, anchors)
+                let sets: Vec<TagSet> = held.interest.sets().cloned().collect();
+                (held.epoch, sets)
             };
-            let chunk = wire::MAX_ANCHORS as usize;
-            let parts = anchors.len().div_ceil(chunk).max(1) as u64;
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < sets.len() {
+                let end = chunk_end(&sets, at, |set| set);
+                chunks.push(at..end);
+                at = end;
+            }
+            if chunks.is_empty() {
+                chunks.push(0..0);
+            }
+            let parts = chunks.len() as u64;
             for node in snapshots {
-                for part in 0..parts {
+                for (part, range) in chunks.iter().enumerate() {
                     if failed.is_some() {
                         break;
                     }
-                    let from = part as usize * chunk;
-                    let slice =
-                        &anchors[from.min(anchors.len())..(from + chunk).min(anchors.len())];
-                    let body = wire::snapshot_body(epoch, part, parts, slice);
+                    let chunk: Vec<&[String]> =
+                        sets[range.clone()].iter().map(|s| &s[..]).collect();
+                    let body = wire::snapshot_body(epoch, part as u64, parts, &chunk);
                     if let Err(e) = self.emit(sender, Kind::Snapshot, node, &[&body]) {
                         failed = Some(e);
                     }
@@ -1153,7 +1151,10 @@ impl Node {
                 first,
                 changes,
             } => {
-                let applied = self.remote.write().changes(origin, first, &changes);
+                let changes = changes
+                    .iter()
+                    .map(|(added, tags)| (*added, tags.iter().collect::<Vec<&str>>()));
+                let applied = self.remote.write().changes(origin, first, changes);
                 self.owe(|acks| {
                     let (Applied::Ack(epoch) | Applied::Unknown(epoch)) = applied;
                     let owed = acks.owed.entry(origin).or_default();
@@ -1168,10 +1169,11 @@ impl Node {
                 epoch,
                 part,
                 parts,
-                anchors,
+                sets,
             } => {
+                let sets: Vec<TagSet> = sets.iter().map(|t| canonical(&t.to_vec())).collect();
                 let mut remote = self.remote.write();
-                let installed = remote.snapshot(origin, epoch, part, parts, anchors);
+                let installed = remote.snapshot(origin, epoch, part, parts, sets);
                 let failed = installed.is_none() && part + 1 == parts && !remote.is_known(origin);
                 drop(remote);
                 if let Some(epoch) = installed {
@@ -1271,15 +1273,15 @@ struct Sender {
     left: bool,
 }
 
-/// This node's interest: its tag sets and their anchors, and the anchors'
-/// changes numbered by epoch, those not yet sent in `pending`.
+/// This node's interest: its tag sets, and their changes numbered by
+/// epoch, those not yet sent in `pending`.
 #[derive(Default)]
 struct Held {
     interest: Interest<Confirmation>,
     /// The epoch of the last change.
     epoch: u64,
     /// Changes not yet sent: epochs `epoch - len + 1 ..= epoch`.
-    pending: Vec<(bool, Anchor)>,
+    pending: Vec<(bool, TagSet)>,
 }
 
 /// The interest protocol's bookkeeping between other nodes and this one.
@@ -1322,6 +1324,22 @@ impl Acks {
         self.requests.extend(left.requests);
         self.snapshots.extend(left.snapshots);
     }
+}
+
+/// Where a chunk of `items` starting at `at` ends so that an interest or
+/// snapshot payload stays within [`wire::MAX_SETS`] sets and
+/// [`wire::MAX_SET_BYTES`] bytes (one set at least).
+fn chunk_end<T>(items: &[T], at: usize, set: impl Fn(&T) -> &TagSet) -> usize {
+    let mut bytes = 0;
+    let mut end = at;
+    while end < items.len() && end - at < wire::MAX_SETS as usize {
+        bytes += set(&items[end]).iter().map(|t| t.len() + 2).sum::<usize>() + 3;
+        if bytes > wire::MAX_SET_BYTES && end > at {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// This machine's clock, in ms since the UNIX epoch (0 before it).

@@ -15,8 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::channel::tag_hash;
-use super::wire::{self, Anchor};
+use super::wire;
 
 /// A run is sent once its body reaches this size (NATS's default
 /// `max_payload` is 1 MiB; Redis takes up to 512 MiB).
@@ -44,10 +43,6 @@ pub struct Outbound {
     open: HashMap<u64, usize>,
     /// One message encoded once, copied into each destination's run.
     scratch: Vec<u8>,
-    /// The tags of the last publish and their anchors: a publish with the
-    /// same tags (the usual burst) skips hashing them again.
-    last_tags: Vec<String>,
-    anchors: Vec<Anchor>,
     /// Where the current publish goes (kept for its allocation).
     to: Vec<u64>,
 }
@@ -63,33 +58,16 @@ pub enum Pushed {
 }
 
 impl Outbound {
-    /// Queues a message for the nodes `route` names given its tags'
-    /// anchors (sorted, without duplicates).
+    /// Queues a message for the nodes `route` names.
     pub fn push_routed<S: AsRef<str>>(
         &mut self,
         tags: &[S],
         data: &str,
-        route: impl FnOnce(&[Anchor], &mut Vec<u64>),
+        route: impl FnOnce(&mut Vec<u64>),
     ) -> Pushed {
-        let same = self.last_tags.len() == tags.len()
-            && self
-                .last_tags
-                .iter()
-                .zip(tags)
-                .all(|(a, b)| a == b.as_ref());
-        if !same {
-            self.anchors.clear();
-            self.anchors
-                .extend(tags.iter().map(|t| tag_hash(t.as_ref())));
-            self.anchors.sort_unstable();
-            self.anchors.dedup();
-            self.last_tags.clear();
-            self.last_tags
-                .extend(tags.iter().map(|t| t.as_ref().to_string()));
-        }
         let mut to = std::mem::take(&mut self.to);
         to.clear();
-        route(&self.anchors, &mut to);
+        route(&mut to);
         let pushed = if to.is_empty() {
             Pushed::Nowhere
         } else if self.push(tags, data, &to) {
@@ -216,18 +194,11 @@ mod tests {
     }
 
     #[test]
-    fn routed_pushes_see_each_tag_sets_anchors_once_sorted() {
+    fn routed_pushes_go_where_the_route_says() {
         let mut out = Outbound::default();
-        let mut seen = Vec::new();
-        let pushed = out.push_routed(&["b", "a", "b"], "\"1\"", |anchors, to| {
-            seen = anchors.to_vec();
-            to.push(3);
-        });
+        let pushed = out.push_routed(&["b", "a"], "\"1\"", |to| to.push(3));
         assert_eq!(pushed, Pushed::Queued);
-        let mut want = vec![tag_hash("a"), tag_hash("b")];
-        want.sort_unstable();
-        assert_eq!(seen, want);
-        assert_eq!(out.push_routed(&["c"], "\"2\"", |_, _| {}), Pushed::Nowhere);
+        assert_eq!(out.push_routed(&["c"], "\"2\"", |_| {}), Pushed::Nowhere);
         assert_eq!(shape(&out.take()), [(3, 1)]);
     }
 

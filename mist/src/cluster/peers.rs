@@ -1,5 +1,5 @@
 //! What this node knows of the others: which payloads of each it has seen
-//! (to drop the copies that arrive through several anchors, and replays)
+//! (to drop the copies a backplane delivers twice, and replays)
 //! and which nodes are alive (for `who`'s `nodes`).
 //!
 //! # Seen payloads
@@ -67,7 +67,7 @@ pub enum Mode {
 pub enum Seen {
     /// Not seen before: act on it.
     New,
-    /// Seen already (a copy through another anchor, or a replay within
+    /// Seen already (a copy the backplane delivered twice, or a replay within
     /// the window).
     Copy,
     /// Older than the window of an authenticated origin: a replay.

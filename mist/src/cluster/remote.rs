@@ -1,45 +1,52 @@
 //! What this node knows of the other nodes' interest, and where a publish
 //! must go.
 //!
-//! Each node announces its anchors (one tag of each tag set its sessions
-//! hold, [`super::interest`]) on the control channel, numbered by an epoch
-//! per node: changes one by one (`interest` payloads), or all of them at
-//! once to a node that asks (`snapshot`). A publish of tag set T goes to
-//! each node that announced an anchor in T, on that node's own channel.
+//! Each node announces the tag sets its sessions hold ([`super::interest`])
+//! on the control channel, numbered by an epoch per node: changes one by
+//! one (`interest` payloads), or all of them at once to a node that asks
+//! (`snapshot`). Every node files the others' sets in one subset index
+//! (the broker's own matcher, [`crate::tags::Index`], a node standing for a
+//! session), so a publish of tag set T goes to exactly the nodes holding a
+//! set S ⊆ T, on each node's own channel: traffic in proportion to
+//! interest, as NATS routes do with subjects.
 //!
-//! A node whose interest this node does not know for sure is *unknown*
-//! and is sent every publish: one it just heard of, one that said hello
-//! again (its backplane reconnected), one whose changes arrived with a gap
-//! (a payload lost), or one past [`MAX_ANCHORS_PER_NODE`]. Unknown costs
+//! A node whose interest this node does not know for sure is *unknown* and
+//! is sent every publish: one it just heard of, one that said hello again
+//! (its backplane reconnected), one whose changes arrived with a gap (a
+//! payload lost), or one past [`MAX_SETS_PER_NODE`]. Unknown costs
 //! traffic, never a message; this node asks it for a snapshot, which makes
 //! it known again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use super::wire::Anchor;
+use super::interest::TagSet;
+use crate::tags::{Index, MatchScratch};
 
-/// Anchors kept per node; past it the node is sent everything (a bound
+/// Tag sets kept per node; past it the node is sent everything (a bound
 /// against a node, or a forger without the cluster key, announcing
 /// without end).
-pub const MAX_ANCHORS_PER_NODE: usize = 1 << 20;
+pub const MAX_SETS_PER_NODE: usize = 1 << 20;
 
 /// The other nodes' interest.
 #[derive(Default)]
 pub struct Remote {
     nodes: HashMap<u64, NodeInterest>,
-    /// Which known nodes hold each anchor.
-    holders: HashMap<Anchor, Vec<u64>>,
+    /// Every known node's sets, a node's slot standing for a session.
+    index: Index,
+    /// Node ids by slot (`u64::MAX`: free).
+    slots: Vec<u64>,
     /// Nodes sent everything, sorted.
     unknown: Vec<u64>,
 }
 
-#[derive(Default)]
 struct NodeInterest {
+    slot: u32,
     /// Set once a snapshot was installed and every change since applied.
     known: bool,
     /// The epoch applied (known), or the highest heard (unknown).
     epoch: u64,
-    anchors: HashSet<Anchor>,
+    /// Sets filed in the index (while known).
+    sets: usize,
     /// A snapshot being received: its epoch, the parts in hand.
     loading: Option<Loading>,
 }
@@ -48,7 +55,7 @@ struct Loading {
     epoch: u64,
     parts: u64,
     next: u64,
-    anchors: Vec<Anchor>,
+    sets: Vec<TagSet>,
 }
 
 /// What an `interest` payload did.
@@ -62,6 +69,14 @@ pub enum Applied {
     Unknown(u64),
 }
 
+/// Where one publish goes, and the room to work it out (kept between
+/// publishes for its allocations).
+#[derive(Default)]
+pub struct Route {
+    scratch: MatchScratch,
+    slots: Vec<u32>,
+}
+
 impl Remote {
     /// `node` was heard (a heartbeat, any payload). Returns true when it is
     /// new: it is unknown, ask it for a snapshot.
@@ -69,19 +84,38 @@ impl Remote {
         if self.nodes.contains_key(&node) {
             return false;
         }
-        self.nodes.insert(node, NodeInterest::default());
+        let slot = match self.slots.iter().position(|n| *n == u64::MAX) {
+            Some(free) => {
+                self.slots[free] = node;
+                free
+            }
+            None => {
+                self.slots.push(node);
+                self.slots.len() - 1
+            }
+        };
+        self.nodes.insert(
+            node,
+            NodeInterest {
+                slot: slot as u32,
+                known: false,
+                epoch: 0,
+                sets: 0,
+                loading: None,
+            },
+        );
         self.set_unknown(node, true);
         true
     }
 
     /// What this node knew of `node` is void (it said hello again, or this
     /// node's own backplane reconnected): it is sent everything until its
-    /// snapshot arrives. Returns true when a snapshot must be asked for.
+    /// snapshot arrives. Returns true: ask it for a snapshot.
     pub fn reset(&mut self, node: u64) -> bool {
         if self.heard(node) {
             return true;
         }
-        self.forget_anchors(node);
+        self.unfile(node);
         if let Some(entry) = self.nodes.get_mut(&node) {
             entry.known = false;
             entry.loading = None;
@@ -102,8 +136,10 @@ impl Remote {
 
     /// `node` left or is no longer listed: nothing more goes to it.
     pub fn forget(&mut self, node: u64) {
-        self.forget_anchors(node);
-        self.nodes.remove(&node);
+        self.unfile(node);
+        if let Some(entry) = self.nodes.remove(&node) {
+            self.slots[entry.slot as usize] = u64::MAX;
+        }
         self.set_unknown(node, false);
     }
 
@@ -120,11 +156,16 @@ impl Remote {
         }
     }
 
-    /// Changes of `node`'s anchors, numbered from `first`.
-    pub fn changes(&mut self, node: u64, first: u64, changes: &[(bool, Anchor)]) -> Applied {
+    /// Changes of `node`'s sets, numbered from `first`.
+    pub fn changes<'t, I>(&mut self, node: u64, first: u64, changes: I) -> Applied
+    where
+        I: ExactSizeIterator<Item = (bool, Vec<&'t str>)>,
+    {
         let last = first + changes.len() as u64 - 1;
         if self.heard(node) {
-            self.nodes.entry(node).or_default().epoch = last;
+            if let Some(entry) = self.nodes.get_mut(&node) {
+                entry.epoch = last;
+            }
             return Applied::Unknown(last);
         }
         let Some(entry) = self.nodes.get_mut(&node) else {
@@ -145,18 +186,22 @@ impl Remote {
         }
         let skip = (entry.epoch + 1 - first) as usize;
         entry.epoch = last;
+        let slot = entry.slot;
         let mut over = false;
-        for &(added, anchor) in &changes[skip..] {
+        for (added, set) in changes.skip(skip) {
+            let Some(entry) = self.nodes.get_mut(&node) else {
+                break;
+            };
             if added {
-                if entry.anchors.len() >= MAX_ANCHORS_PER_NODE {
+                if entry.sets >= MAX_SETS_PER_NODE {
                     over = true;
                     break;
                 }
-                if entry.anchors.insert(anchor) {
-                    self.holders.entry(anchor).or_default().push(node);
+                if self.index.subscribe(slot, &set) {
+                    entry.sets += 1;
                 }
-            } else if entry.anchors.remove(&anchor) {
-                unhold(&mut self.holders, &anchor, node);
+            } else if self.index.unsubscribe(slot, &set) {
+                entry.sets -= 1;
             }
         }
         if over {
@@ -174,7 +219,7 @@ impl Remote {
         epoch: u64,
         part: u64,
         parts: u64,
-        anchors: Vec<Anchor>,
+        sets: Vec<TagSet>,
     ) -> Option<u64> {
         self.heard(node);
         let entry = self.nodes.get_mut(&node)?;
@@ -183,7 +228,7 @@ impl Remote {
                 epoch,
                 parts,
                 next: 0,
-                anchors: Vec::new(),
+                sets: Vec::new(),
             });
         }
         let loading = entry.loading.as_mut()?;
@@ -191,11 +236,11 @@ impl Remote {
             entry.loading = None; // a part lost: ask again (it stays unknown)
             return None;
         }
-        if loading.anchors.len() + anchors.len() > MAX_ANCHORS_PER_NODE {
+        if loading.sets.len() + sets.len() > MAX_SETS_PER_NODE {
             entry.loading = None;
             return None;
         }
-        loading.anchors.extend(anchors);
+        loading.sets.extend(sets);
         loading.next += 1;
         if loading.next < parts {
             return None;
@@ -204,27 +249,33 @@ impl Remote {
         if entry.known && entry.epoch >= epoch {
             return Some(entry.epoch); // an older answer
         }
-        self.forget_anchors(node);
+        self.unfile(node);
         let entry = self.nodes.get_mut(&node)?;
         entry.known = true;
         entry.epoch = epoch;
-        entry.anchors = loading.anchors.into_iter().collect();
-        for anchor in &entry.anchors {
-            self.holders.entry(*anchor).or_default().push(node);
+        let slot = entry.slot;
+        let mut filed = 0;
+        for set in &loading.sets {
+            if self.index.subscribe(slot, set) {
+                filed += 1;
+            }
+        }
+        if let Some(entry) = self.nodes.get_mut(&node) {
+            entry.sets = filed;
         }
         self.set_unknown(node, false);
         Some(epoch)
     }
 
-    /// The nodes a publish whose tags have these anchors goes to: the
-    /// unknown ones and those holding one of them, each once, appended to
-    /// `out` (sorted).
-    pub fn route(&self, anchors: &[Anchor], out: &mut Vec<u64>) {
+    /// Appends to `out` the nodes a publish of `tags` goes to: the unknown
+    /// ones and those holding a set ⊆ `tags`, each once, sorted.
+    pub fn route<S: AsRef<str>>(&self, tags: &[S], room: &mut Route, out: &mut Vec<u64>) {
         out.extend_from_slice(&self.unknown);
-        for anchor in anchors {
-            if let Some(nodes) = self.holders.get(anchor) {
-                out.extend_from_slice(nodes);
-            }
+        if !self.index.is_empty() {
+            room.slots.clear();
+            self.index
+                .matches(tags, None, &mut room.scratch, &mut room.slots);
+            out.extend(room.slots.iter().map(|&s| self.slots[s as usize]));
         }
         if out.len() > 1 {
             out.sort_unstable();
@@ -242,12 +293,11 @@ impl Remote {
         self.nodes.get(&node).is_some_and(|n| n.known)
     }
 
-    fn forget_anchors(&mut self, node: u64) {
-        let Some(entry) = self.nodes.get_mut(&node) else {
-            return;
-        };
-        for anchor in std::mem::take(&mut entry.anchors) {
-            unhold(&mut self.holders, &anchor, node);
+    /// Takes `node`'s sets out of the index.
+    fn unfile(&mut self, node: u64) {
+        if let Some(entry) = self.nodes.get_mut(&node) {
+            self.index.remove_session(entry.slot);
+            entry.sets = 0;
         }
     }
 
@@ -262,26 +312,21 @@ impl Remote {
     }
 }
 
-fn unhold(holders: &mut HashMap<Anchor, Vec<u64>>, anchor: &Anchor, node: u64) {
-    if let Some(nodes) = holders.get_mut(anchor) {
-        nodes.retain(|n| *n != node);
-        if nodes.is_empty() {
-            holders.remove(anchor);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn a(n: u8) -> Anchor {
-        [n; 16]
+    fn set(tags: &[&str]) -> TagSet {
+        super::super::interest::canonical(tags)
     }
 
-    fn route(remote: &Remote, anchors: &[Anchor]) -> Vec<u64> {
+    fn change(added: bool, tags: &[&'static str]) -> (bool, Vec<&'static str>) {
+        (added, tags.to_vec())
+    }
+
+    fn route(remote: &Remote, tags: &[&str]) -> Vec<u64> {
         let mut out = Vec::new();
-        remote.route(anchors, &mut out);
+        remote.route(tags, &mut Route::default(), &mut out);
         out
     }
 
@@ -290,14 +335,14 @@ mod tests {
         let mut remote = Remote::default();
         assert!(remote.heard(7));
         assert!(!remote.heard(7));
-        assert_eq!(route(&remote, &[a(1)]), [7]);
-        assert_eq!(route(&remote, &[]), [7]);
-        assert_eq!(remote.snapshot(7, 3, 0, 2, vec![a(1)]), None);
-        assert_eq!(remote.snapshot(7, 3, 1, 2, vec![a(2)]), Some(3));
+        assert_eq!(route(&remote, &["a"]), [7]);
+        assert_eq!(remote.snapshot(7, 3, 0, 2, vec![set(&["a"])]), None);
+        assert_eq!(remote.snapshot(7, 3, 1, 2, vec![set(&["b", "c"])]), Some(3));
         assert!(remote.is_known(7));
-        assert_eq!(route(&remote, &[a(1), a(9)]), [7]);
-        assert_eq!(route(&remote, &[a(2)]), [7]);
-        assert!(route(&remote, &[a(3)]).is_empty());
+        assert_eq!(route(&remote, &["a", "z"]), [7]);
+        assert_eq!(route(&remote, &["c", "b"]), [7]);
+        // A subset, not a shared tag: "b" alone matches nothing.
+        assert!(route(&remote, &["b", "z"]).is_empty());
     }
 
     #[test]
@@ -305,36 +350,46 @@ mod tests {
         let mut remote = Remote::default();
         remote.heard(7);
         remote.snapshot(7, 0, 0, 1, vec![]);
+        let applied = remote.changes(
+            7,
+            1,
+            [change(true, &["a"]), change(true, &["b"])].into_iter(),
+        );
+        assert_eq!(applied, Applied::Ack(2));
+        assert_eq!(route(&remote, &["b"]), [7]);
+        // Seen already, partly seen: the rest applies.
         assert_eq!(
-            remote.changes(7, 1, &[(true, a(1)), (true, a(2))]),
+            remote.changes(7, 2, [change(true, &["b"])].into_iter()),
             Applied::Ack(2)
         );
-        assert_eq!(route(&remote, &[a(2)]), [7]);
-        // Seen already, partly seen: the rest applies.
-        assert_eq!(remote.changes(7, 2, &[(true, a(2))]), Applied::Ack(2));
-        assert_eq!(
-            remote.changes(7, 2, &[(true, a(2)), (false, a(1))]),
-            Applied::Ack(3)
+        let applied = remote.changes(
+            7,
+            2,
+            [change(true, &["b"]), change(false, &["a"])].into_iter(),
         );
-        assert!(route(&remote, &[a(1)]).is_empty());
+        assert_eq!(applied, Applied::Ack(3));
+        assert!(route(&remote, &["a"]).is_empty());
         // Epoch 4 was lost: unknown, everything goes to it.
-        assert_eq!(remote.changes(7, 5, &[(false, a(2))]), Applied::Unknown(5));
+        assert_eq!(
+            remote.changes(7, 5, [change(false, &["b"])].into_iter()),
+            Applied::Unknown(5)
+        );
         assert!(!remote.is_known(7));
-        assert_eq!(route(&remote, &[a(5)]), [7]);
+        assert_eq!(route(&remote, &["q"]), [7]);
         // Its snapshot makes it known again.
-        assert_eq!(remote.snapshot(7, 5, 0, 1, vec![a(5)]), Some(5));
-        assert_eq!(route(&remote, &[a(5)]), [7]);
-        assert!(route(&remote, &[a(2)]).is_empty());
+        assert_eq!(remote.snapshot(7, 5, 0, 1, vec![set(&["q"])]), Some(5));
+        assert_eq!(route(&remote, &["q"]), [7]);
+        assert!(route(&remote, &["b"]).is_empty());
     }
 
     #[test]
     fn a_snapshot_with_a_missing_part_is_not_installed() {
         let mut remote = Remote::default();
         remote.heard(7);
-        assert_eq!(remote.snapshot(7, 3, 0, 3, vec![a(1)]), None);
-        assert_eq!(remote.snapshot(7, 3, 2, 3, vec![a(2)]), None);
+        assert_eq!(remote.snapshot(7, 3, 0, 3, vec![set(&["a"])]), None);
+        assert_eq!(remote.snapshot(7, 3, 2, 3, vec![set(&["b"])]), None);
         assert!(!remote.is_known(7));
-        assert_eq!(route(&remote, &[]), [7]);
+        assert_eq!(route(&remote, &["z"]), [7]);
     }
 
     #[test]
@@ -342,18 +397,21 @@ mod tests {
         let mut remote = Remote::default();
         for node in [5, 9] {
             remote.heard(node);
-            remote.snapshot(node, 1, 0, 1, vec![a(1), a(2)]);
+            remote.snapshot(node, 1, 0, 1, vec![set(&["a"]), set(&["b"])]);
         }
-        assert_eq!(route(&remote, &[a(1), a(2)]), [5, 9]);
+        assert_eq!(route(&remote, &["a", "b"]), [5, 9]);
         remote.retain(&[9]);
-        assert_eq!(route(&remote, &[a(1), a(2)]), [9]);
+        assert_eq!(route(&remote, &["a", "b"]), [9]);
         remote.forget(9);
-        assert!(route(&remote, &[a(1)]).is_empty());
+        assert!(route(&remote, &["a"]).is_empty());
         assert!(remote.is_empty());
-        // Reset: unknown again, asked again.
+        // A slot freed is used again, for another node's sets only.
         remote.heard(4);
-        remote.snapshot(4, 1, 0, 1, vec![a(1)]);
+        remote.snapshot(4, 1, 0, 1, vec![set(&["c"])]);
+        assert!(route(&remote, &["a"]).is_empty());
+        assert_eq!(route(&remote, &["c"]), [4]);
+        // Reset: unknown again, asked again.
         assert_eq!(remote.reset_all(), [4]);
-        assert_eq!(route(&remote, &[a(3)]), [4]);
+        assert_eq!(route(&remote, &["z"]), [4]);
     }
 }

@@ -267,18 +267,18 @@ async fn traffic_goes_only_to_nodes_with_a_matching_interest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_through_several_anchors_are_delivered_once() {
+async fn a_message_matching_several_subscriptions_of_a_node_crosses_once() {
     let hub = Hub::new();
     let a = TestNode::start(&hub).await;
     let b = TestNode::start(&hub).await;
-    // Two subscriptions anchored on different tags.
+    // Two subscriptions the message matches.
     let on_b = b.client(&[&["x"], &["y"]]).await;
     assert_eq!(b.cluster.figures().channels, 2);
     a.cluster.publish(&["x", "y"], "\"once\"");
     a.cluster.publish(&["x"], "\"barrier\"");
     b.wait_for(on_b, "barrier").await;
     assert_eq!(b.got(on_b), ["once", "barrier"]);
-    // One copy per node, whatever its anchors in the tags: nothing to drop.
+    // One copy per node, however many of its sets match: nothing to drop.
     let figures = b.cluster.figures();
     assert_eq!(figures.duplicates, 0);
     assert!(figures.payloads_received <= 2, "{figures:?}");
@@ -355,46 +355,51 @@ async fn a_subscribe_waits_for_the_backplanes_confirmation() {
     assert!(a.cluster.subscribe(&["q"]).is_none());
 }
 
-/// This node's anchor changes as its announcements show them.
-fn announced(hub: &Hub, node: &TestNode) -> Vec<(bool, wire::Anchor)> {
+/// This node's tag set changes as its announcements show them.
+fn announced(hub: &Hub, node: &TestNode) -> Vec<(bool, Vec<String>)> {
     hub.published()
         .iter()
-        .filter_map(|p| wire::decode(p).ok())
-        .filter(|f| f.header.origin == node.cluster.node().0)
-        .filter_map(|f| match f.body {
-            wire::Body::Interest { changes, .. } => Some(changes),
-            _ => None,
+        .filter_map(|p| {
+            let frame = wire::decode(p).ok()?;
+            let wire::Body::Interest { changes, .. } = frame.body else {
+                return None;
+            };
+            (frame.header.origin == node.cluster.node().0).then(|| {
+                changes
+                    .iter()
+                    .map(|(added, tags)| (*added, tags.to_vec()))
+                    .collect::<Vec<_>>()
+            })
         })
         .flatten()
         .collect()
 }
 
 #[tokio::test(start_paused = true)]
-async fn unused_anchors_linger_before_they_are_withdrawn() {
+async fn unused_tag_sets_linger_before_they_are_withdrawn() {
     let hub = Hub::new();
     let a = TestNode::start(&hub).await;
-    let anchor = channel::tag_hash("a");
+    let set = || vec!["a".to_string(), "b".to_string()];
     let names = Channels::new("test").unwrap();
     let calls = hub.subscribe_calls();
-    if let Some(confirmed) = a.cluster.subscribe(&["a"]) {
+    if let Some(confirmed) = a.cluster.subscribe(&["b", "a"]) {
         confirmed.await.unwrap();
     }
-    assert_eq!(announced(&hub, &a), [(true, anchor)]);
+    assert_eq!(announced(&hub, &a), [(true, set())]);
     // Announced, not subscribed: the node holds its own channel and the
     // control channel, whatever its clients hold.
     assert_eq!(hub.subscribe_calls(), calls);
     assert!(hub.holds(&a.transport, &names.node(a.cluster.node().0)));
     assert!(hub.holds(&a.transport, names.control()));
-    assert!(!hub.holds(&a.transport, &names.tag("a")));
-    a.cluster.unsubscribe(&["a"]);
+    a.cluster.unsubscribe(&["a", "b"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Taken back within the linger: no new announcement, nothing to wait for.
-    assert!(a.cluster.subscribe(&["a"]).is_none());
+    assert!(a.cluster.subscribe(&["a", "b", "a"]).is_none());
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(announced(&hub, &a), [(true, anchor)], "withdrawn too early");
-    a.cluster.unsubscribe(&["a"]);
+    assert_eq!(announced(&hub, &a), [(true, set())], "withdrawn too early");
+    a.cluster.unsubscribe(&["b", "a"]);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(announced(&hub, &a), [(true, anchor), (false, anchor)]);
+    assert_eq!(announced(&hub, &a), [(true, set()), (false, set())]);
     assert_eq!(a.cluster.figures().channels, 0);
     assert_eq!(hub.unsubscribe_calls(), 0);
 }
@@ -529,7 +534,7 @@ async fn a_forged_huge_sequence_does_not_silence_a_node() {
     let a = TestNode::start(&hub).await;
     let b = TestNode::start(&hub).await;
     let on_b = b.client(&[&["x"]]).await;
-    let channel = Channels::new("test").unwrap().tag("x");
+    let channel = Channels::new("test").unwrap().control().to_string();
     a.cluster.publish(&["x"], "\"1\"");
     b.wait_for(on_b, "1").await;
     hub.inject(

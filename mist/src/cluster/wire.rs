@@ -19,8 +19,9 @@
 //!   heartbeat, hello: the sender's heartbeat interval in milliseconds
 //!   token changed: the SHA-256 of the token (32 bytes), never the token
 //!   interest:      the epoch of the first change, a count, then per change
-//!                  one byte (1 added, 0 removed) and an anchor (16 bytes)
-//!   snapshot:      epoch, part, parts, a count, then that many anchors
+//!                  one byte (1 added, 0 withdrawn) and a tag set (a tag
+//!                  count, then each tag as length and UTF-8 bytes)
+//!   snapshot:      epoch, part, parts, a count, then that many tag sets
 //!   ack:           the epoch of the addressee's interest acknowledged
 //!   leaving, recheck every token, snapshot request: nothing
 //! last, when the key id is not 0: HMAC-SHA256 of every byte before it
@@ -59,11 +60,13 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 pub const MAX_MESSAGES: u64 = 65_536;
 /// Tags of one message at most (the broker's own limit is lower).
 pub const MAX_TAGS: u64 = 65_536;
-/// Anchors in one interest or snapshot payload at most (16 bytes each:
-/// 512 KiB, under NATS's default 1 MiB payload limit).
-pub const MAX_ANCHORS: u64 = 32_768;
-/// Parts of one snapshot at most (2^20 anchors in all).
-pub const MAX_PARTS: u64 = 32;
+/// Tag sets in one interest or snapshot payload at most.
+pub const MAX_SETS: u64 = 32_768;
+/// Bytes of tag sets a node puts in one interest or snapshot payload at
+/// most (under NATS's default 1 MiB payload limit); one set may pass it.
+pub const MAX_SET_BYTES: usize = 256 << 10;
+/// Parts of one snapshot at most.
+pub const MAX_PARTS: u64 = 4096;
 
 /// Why a payload was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -100,9 +103,9 @@ pub enum Kind {
     /// A heartbeat from a node that (re)joined: forget what you knew of its
     /// interest and ask it again.
     Hello = 6,
-    /// Changes of the sender's anchors, numbered by epoch.
+    /// Changes of the sender's tag sets, numbered by epoch.
     Interest = 7,
-    /// All of the sender's anchors at an epoch (to the node that asked).
+    /// All of the sender's tag sets at an epoch (to the node that asked).
     Snapshot = 8,
     /// "Send me your snapshot" (to one node).
     SnapshotRequest = 9,
@@ -173,26 +176,22 @@ pub enum Body<'a> {
     Hello {
         interval_ms: u64,
     },
-    /// Changes from `first` on: `(added, anchor)`, one epoch each.
+    /// Changes from `first` on: `(added, tag set)`, one epoch each.
     Interest {
         first: u64,
-        changes: Vec<(bool, Anchor)>,
+        changes: Vec<(bool, Tags<'a>)>,
     },
     Snapshot {
         epoch: u64,
         part: u64,
         parts: u64,
-        anchors: Vec<Anchor>,
+        sets: Vec<Tags<'a>>,
     },
     SnapshotRequest,
     Ack {
         epoch: u64,
     },
 }
-
-/// An anchor as it crosses the backplane: the first 128 bits of its tag's
-/// SHA-256 ([`super::channel::tag_hash`]).
-pub type Anchor = [u8; 16];
 
 /// One message from another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,12 +327,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 /// Appends one message (without the count that precedes the messages).
 /// `data` must be one JSON string token; tags must be non-empty.
 pub fn put_message<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S], data: &str) {
-    put_varint(out, tags.len() as u64);
-    for tag in tags {
-        let tag = tag.as_ref();
-        put_varint(out, tag.len() as u64);
-        out.extend_from_slice(tag.as_bytes());
-    }
+    put_tag_set(out, tags);
     put_varint(out, data.len() as u64);
     out.extend_from_slice(data.as_bytes());
 }
@@ -546,18 +540,18 @@ pub fn body(kind: Kind, body: &[u8]) -> Result<Body<'_>, WireError> {
         Kind::Interest => {
             let first = r.varint()?;
             let count = r.varint()?;
-            if count == 0 || count > MAX_ANCHORS {
+            if count == 0 || count > MAX_SETS {
                 return Err(WireError::Range("change count"));
             }
             first.checked_add(count).ok_or(WireError::Range("epoch"))?;
-            let mut changes = Vec::with_capacity((count as usize).min(r.bytes.len() / 17));
+            let mut changes = Vec::with_capacity((count as usize).min(r.bytes.len() / 4));
             for _ in 0..count {
                 let added = match r.u8()? {
                     0 => false,
                     1 => true,
                     _ => return Err(WireError::Range("change")),
                 };
-                changes.push((added, anchor(&mut r)?));
+                changes.push((added, tag_set(&mut r)?));
             }
             Body::Interest { first, changes }
         }
@@ -569,18 +563,18 @@ pub fn body(kind: Kind, body: &[u8]) -> Result<Body<'_>, WireError> {
                 return Err(WireError::Range("snapshot part"));
             }
             let count = r.varint()?;
-            if count > MAX_ANCHORS {
-                return Err(WireError::Range("anchor count"));
+            if count > MAX_SETS {
+                return Err(WireError::Range("set count"));
             }
-            let mut anchors = Vec::with_capacity((count as usize).min(r.bytes.len() / 16));
+            let mut sets = Vec::with_capacity((count as usize).min(r.bytes.len() / 3));
             for _ in 0..count {
-                anchors.push(anchor(&mut r)?);
+                sets.push(tag_set(&mut r)?);
             }
             Body::Snapshot {
                 epoch,
                 part,
                 parts,
-                anchors,
+                sets,
             }
         }
         Kind::SnapshotRequest => Body::SnapshotRequest,
@@ -592,33 +586,57 @@ pub fn body(kind: Kind, body: &[u8]) -> Result<Body<'_>, WireError> {
     Ok(body)
 }
 
-fn anchor(r: &mut Reader<'_>) -> Result<Anchor, WireError> {
-    let mut anchor = [0u8; 16];
-    anchor.copy_from_slice(r.take(16)?);
-    Ok(anchor)
+/// A tag set: a count (at least one, at most [`MAX_TAGS`]), then each
+/// tag, not empty.
+fn tag_set<'a>(r: &mut Reader<'a>) -> Result<Tags<'a>, WireError> {
+    let count = r.varint()?;
+    if count == 0 || count > MAX_TAGS {
+        return Err(WireError::Range("tag count"));
+    }
+    let start = r.bytes;
+    for _ in 0..count {
+        if r.text()?.is_empty() {
+            return Err(WireError::Range("tag length"));
+        }
+    }
+    let len = start.len() - r.bytes.len();
+    Ok(Tags {
+        raw: &start[..len],
+        count: count as usize,
+    })
+}
+
+/// Appends a tag set: a count, then each tag (length, UTF-8 bytes).
+pub fn put_tag_set<S: AsRef<str>>(out: &mut Vec<u8>, tags: &[S]) {
+    put_varint(out, tags.len() as u64);
+    for tag in tags {
+        let tag = tag.as_ref();
+        put_varint(out, tag.len() as u64);
+        out.extend_from_slice(tag.as_bytes());
+    }
 }
 
 /// The body of an interest payload: changes numbered from `first`.
-pub fn interest_body(first: u64, changes: &[(bool, Anchor)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + changes.len() * 17);
+pub fn interest_body<S: AsRef<str>>(first: u64, changes: &[(bool, &[S])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + changes.len() * 16);
     put_varint(&mut out, first);
     put_varint(&mut out, changes.len() as u64);
-    for (added, anchor) in changes {
+    for (added, set) in changes {
         out.push(u8::from(*added));
-        out.extend_from_slice(anchor);
+        put_tag_set(&mut out, set);
     }
     out
 }
 
 /// The body of one part of a snapshot.
-pub fn snapshot_body(epoch: u64, part: u64, parts: u64, anchors: &[Anchor]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + anchors.len() * 16);
+pub fn snapshot_body<S: AsRef<str>>(epoch: u64, part: u64, parts: u64, sets: &[&[S]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + sets.len() * 16);
     put_varint(&mut out, epoch);
     put_varint(&mut out, part);
     put_varint(&mut out, parts);
-    put_varint(&mut out, anchors.len() as u64);
-    for anchor in anchors {
-        out.extend_from_slice(anchor);
+    put_varint(&mut out, sets.len() as u64);
+    for set in sets {
+        put_tag_set(&mut out, set);
     }
     out
 }
@@ -720,28 +738,37 @@ mod tests {
 
     #[test]
     fn interest_payloads_round_trip_and_bad_ones_are_refused() {
-        let changes = [(true, [1; 16]), (false, [2; 16])];
-        let body = interest_body(7, &changes);
+        let ab: &[&str] = &["a", "b"];
+        let c: &[&str] = &["c"];
+        let body = interest_body(7, &[(true, ab), (false, c)]);
         let payload = seal_to(Kind::Interest, 1, 0, 5, 0, Some(&keys()), &[&body]);
+        let Body::Interest { first, changes } = body_of(&payload) else {
+            panic!()
+        };
+        assert_eq!(first, 7);
+        let changes: Vec<(bool, Vec<String>)> =
+            changes.iter().map(|(a, t)| (*a, t.to_vec())).collect();
         assert_eq!(
-            body_of(&payload),
-            Body::Interest {
-                first: 7,
-                changes: changes.to_vec()
-            }
+            changes,
+            [
+                (true, vec!["a".into(), "b".into()]),
+                (false, vec!["c".into()])
+            ]
         );
-        let snapshot = snapshot_body(9, 1, 2, &[[3; 16]]);
+        let snapshot = snapshot_body(9, 1, 2, &[ab]);
         let payload = seal_to(Kind::Snapshot, 1, 42, 6, 0, None, &[&snapshot]);
         assert_eq!(open(&payload).unwrap().header.to, 42);
-        assert_eq!(
-            body_of(&payload),
-            Body::Snapshot {
-                epoch: 9,
-                part: 1,
-                parts: 2,
-                anchors: vec![[3; 16]]
-            }
-        );
+        let Body::Snapshot {
+            epoch,
+            part,
+            parts,
+            sets,
+        } = body_of(&payload)
+        else {
+            panic!()
+        };
+        assert_eq!((epoch, part, parts), (9, 1, 2));
+        assert_eq!(sets[0].to_vec(), ["a", "b"]);
         let mut ack = Vec::new();
         put_varint(&mut ack, 12);
         assert_eq!(
@@ -757,22 +784,29 @@ mod tests {
             body_of(&seal(Kind::Hello, 1, 9, 0, None, &[&hello])),
             Body::Hello { interval_ms: 1000 }
         );
-        // A change that is neither added nor removed, an empty change list,
-        // a part past the count, an epoch that overflows, a short anchor.
-        let mut bad_change = interest_body(1, &[(true, [0; 16])]);
+        // A change that is neither added nor withdrawn, an empty change
+        // list, an empty set, an empty tag, an epoch that overflows, a part
+        // past the count, too many parts, a set cut short.
+        let mut bad_change = interest_body(1, &[(true, c)]);
         bad_change[2] = 2;
         let mut overflow = Vec::new();
         put_varint(&mut overflow, u64::MAX);
         put_varint(&mut overflow, 1);
         overflow.push(1);
-        overflow.extend_from_slice(&[0; 16]);
-        let short = &snapshot_body(1, 0, 1, &[[5; 16]])[..10];
+        put_tag_set(&mut overflow, c);
+        let no_changes: &[(bool, &[&str])] = &[];
+        let empty_set: &[&str] = &[];
+        let empty_tag: &[&str] = &[""];
+        let no_sets: &[&[&str]] = &[];
+        let short = &snapshot_body(1, 0, 1, &[ab])[..8];
         for (kind, bad) in [
             (Kind::Interest, bad_change),
-            (Kind::Interest, interest_body(1, &[])),
+            (Kind::Interest, interest_body(1, no_changes)),
+            (Kind::Interest, interest_body(1, &[(true, empty_set)])),
+            (Kind::Interest, interest_body(1, &[(true, empty_tag)])),
             (Kind::Interest, overflow),
-            (Kind::Snapshot, snapshot_body(1, 2, 2, &[])),
-            (Kind::Snapshot, snapshot_body(1, 0, MAX_PARTS + 1, &[])),
+            (Kind::Snapshot, snapshot_body(1, 2, 2, no_sets)),
+            (Kind::Snapshot, snapshot_body(1, 0, MAX_PARTS + 1, no_sets)),
             (Kind::Snapshot, short.to_vec()),
         ] {
             assert!(
