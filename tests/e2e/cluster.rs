@@ -226,8 +226,8 @@ async fn the_seeds_table_holds_across_nodes(kind: Kind) {
     }
 }
 
-/// A node holding several matching subscriptions (and so several anchors
-/// among a message's tags) delivers it once to each matching client; a
+/// A node holding several matching subscriptions (several of its tag sets
+/// match the message) delivers it once to each matching client; a
 /// node whose interest the message misses gets nothing.
 async fn overlapping_subscriptions_get_a_message_exactly_once(kind: Kind) {
     let cluster = Cluster::start(kind, 3, &[]);
@@ -258,7 +258,7 @@ async fn overlapping_subscriptions_get_a_message_exactly_once(kind: Kind) {
     }
     assert!(until_fence(&mut unrelated, "fence").await.is_empty());
 
-    // One copy per node, whatever its anchors among the tags: node 0 had
+    // One copy per node, however many of its sets match: node 0 had
     // no copy to drop.
     let metrics = http(&cluster.http(0), "GET", "/metrics", &[], b"")
         .await
