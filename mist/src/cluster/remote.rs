@@ -110,10 +110,10 @@ impl Remote {
 
     /// What this node knew of `node` is void (it said hello again, or this
     /// node's own backplane reconnected): it is sent everything until its
-    /// snapshot arrives. Returns true: ask it for a snapshot.
-    pub fn reset(&mut self, node: u64) -> bool {
+    /// snapshot arrives (ask it for one).
+    pub fn reset(&mut self, node: u64) {
         if self.heard(node) {
-            return true;
+            return;
         }
         self.unfile(node);
         if let Some(entry) = self.nodes.get_mut(&node) {
@@ -121,7 +121,6 @@ impl Remote {
             entry.loading = None;
         }
         self.set_unknown(node, true);
-        true
     }
 
     /// Every node's interest is void (this node's backplane came back: it
