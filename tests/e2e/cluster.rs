@@ -416,6 +416,62 @@ async fn a_killed_node_harms_no_other(kind: Kind) {
     assert_eq!(await_readyz(&cluster.http(0), 200).await.status, 200);
 }
 
+/// A rolling restart: each node in turn is stopped (SIGTERM: it hands the
+/// backplane what waits and says goodbye) and a new one started in its
+/// place (a new node: new id, new ports), as an operator upgrading a
+/// cluster does. Meanwhile nothing is lost between the nodes that stay: a
+/// subscriber on one gets every message a publisher on another sends,
+/// once, in order. And each new node joins at once: a client of it that
+/// subscribes has, after its pong, what the others publish, and what it
+/// publishes reaches them.
+async fn a_rolling_restart_loses_nothing_between_the_nodes_that_stay(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 3, &[]);
+    let uri = cluster.backplane.uri();
+    for round in 0..3 {
+        let (stays, publishes) = ((round + 1) % 3, (round + 2) % 3);
+        let mut subscriber = cluster.client(stays).await;
+        subscriber.subscribe(&["roll"]).await;
+        let mut publisher = cluster.client(publishes).await;
+        publisher.publish(&["roll"], "before").await;
+        assert_eq!(subscriber.recv().await, delivery(&["roll"], "before"));
+
+        assert!(cluster.nodes[round].terminate().success(), "round {round}");
+        for i in 0..50 {
+            publisher.publish(&["roll"], &format!("{round}-{i}")).await;
+        }
+        cluster.nodes[round] = node(&uri, &[]);
+        for i in 50..100 {
+            publisher.publish(&["roll"], &format!("{round}-{i}")).await;
+        }
+        publisher.publish(&["roll"], "fence").await;
+        let expected: Vec<Value> = (0..100)
+            .map(|i| delivery(&["roll"], &format!("{round}-{i}")))
+            .collect();
+        assert_eq!(
+            until_fence(&mut subscriber, "fence").await,
+            expected,
+            "round {round}"
+        );
+
+        // The new node: its client's subscription is live after the pong,
+        // across nodes, both ways.
+        let mut fresh = cluster.client(round).await;
+        fresh.subscribe(&["roll"]).await;
+        publisher.publish(&["roll"], "to the new node").await;
+        assert_eq!(fresh.recv().await, delivery(&["roll"], "to the new node"));
+        assert_eq!(
+            subscriber.recv().await,
+            delivery(&["roll"], "to the new node")
+        );
+        fresh.publish(&["roll"], "from the new node").await;
+        assert_eq!(
+            subscriber.recv().await,
+            delivery(&["roll"], "from the new node")
+        );
+        subscriber.expect_nothing().await;
+    }
+}
+
 /// The backplane killed: each node goes on serving its own clients,
 /// `/readyz` says the cluster is down, cross-node messages are dropped and
 /// counted. Restarted on the same port: the nodes reconnect by themselves
@@ -747,6 +803,7 @@ on_both_backplanes!(
     the_ping_barrier_holds_across_nodes,
     unsubscribe_and_close_release_interest,
     a_killed_node_harms_no_other,
+    a_rolling_restart_loses_nothing_between_the_nodes_that_stay,
     the_cluster_survives_a_backplane_restart,
     revocation_reaches_every_node,
     a_flood_faster_than_the_backplane_loses_nothing,
