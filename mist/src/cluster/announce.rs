@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::inbound::Verdict;
 use super::interest::{canonical, Interest, TagSet};
 use super::outbound::EVERY_NODE;
-use super::remote::Applied;
+use super::remote::{Applied, Loaded};
 use super::wire::{self, Kind};
 use super::{ClusterError, Confirmation, Node, Sender};
 
@@ -236,17 +236,19 @@ impl Node {
                 sets,
             } => {
                 let sets: Vec<TagSet> = sets.iter().map(|t| canonical(&t.to_vec())).collect();
-                let mut remote = self.remote.write();
-                let installed = remote.snapshot(origin, epoch, part, parts, sets);
-                let failed = installed.is_none() && part + 1 == parts && !remote.is_known(origin);
-                drop(remote);
-                if let Some(epoch) = installed {
-                    self.owe(|acks| {
+                let loaded = self
+                    .remote
+                    .write()
+                    .snapshot(origin, epoch, part, parts, sets);
+                match loaded {
+                    Loaded::Installed(epoch) | Loaded::TooLarge(epoch) => self.owe(|acks| {
                         let owed = acks.owed.entry(origin).or_default();
                         *owed = (*owed).max(epoch);
-                    });
-                } else if failed {
-                    self.owe(|acks| acks.requests.insert(origin));
+                    }),
+                    Loaded::Lost => self.owe(|acks| {
+                        acks.requests.insert(origin);
+                    }),
+                    Loaded::Pending => {}
                 }
             }
             Verdict::SnapshotRequest { origin } => {

@@ -13,19 +13,28 @@
 //! A node whose interest this node does not know for sure is *unknown* and
 //! is sent every publish: one it just heard of, one that said hello again
 //! (its backplane reconnected), one whose changes arrived with a gap (a
-//! payload lost), or one past [`MAX_SETS_PER_NODE`]. Unknown costs
+//! payload lost), or one whose sets would pass [`MAX_SETS`] or
+//! [`MAX_BYTES`] (for every node together). Unknown costs
 //! traffic, never a message; this node asks it for a snapshot, which makes
 //! it known again.
 
 use std::collections::HashMap;
 
-use super::interest::TagSet;
+use super::interest::{canonical, TagSet};
 use crate::tags::{Index, MatchScratch};
 
-/// Tag sets kept per node; past it the node is sent everything (a bound
-/// against a node, or a forger without the cluster key, announcing
-/// without end).
-pub const MAX_SETS_PER_NODE: usize = 1 << 20;
+/// Tag sets kept for every other node together; a node whose sets would
+/// pass it is sent everything instead (a bound against a node, or a forger
+/// without the cluster key, announcing without end).
+pub const MAX_SETS: usize = 1 << 20;
+/// Bytes of those sets' tags (plus a fixed cost per tag and per set) kept
+/// for every other node together, the same way.
+pub const MAX_BYTES: usize = 64 << 20;
+
+/// What keeping `set` costs against [`MAX_BYTES`].
+fn cost(set: &[impl AsRef<str>]) -> usize {
+    set.iter().map(|t| t.as_ref().len() + 32).sum::<usize>() + 64
+}
 
 /// The other nodes' interest.
 #[derive(Default)]
@@ -37,6 +46,9 @@ pub struct Remote {
     slots: Vec<u64>,
     /// Nodes sent everything, sorted.
     unknown: Vec<u64>,
+    /// Sets filed, and their cost, for every node together.
+    total_sets: usize,
+    total_bytes: usize,
 }
 
 struct NodeInterest {
@@ -45,10 +57,14 @@ struct NodeInterest {
     known: bool,
     /// The epoch applied (known), or the highest heard (unknown).
     epoch: u64,
-    /// Sets filed in the index (while known).
+    /// Sets filed in the index (while known), and their cost.
     sets: usize,
+    bytes: usize,
     /// A snapshot being received: its epoch, the parts in hand.
     loading: Option<Loading>,
+    /// The epoch of a snapshot refused as too large: its remaining parts
+    /// are ignored, and it is not asked for again.
+    oversized: Option<u64>,
 }
 
 struct Loading {
@@ -56,6 +72,21 @@ struct Loading {
     parts: u64,
     next: u64,
     sets: Vec<TagSet>,
+    bytes: usize,
+}
+
+/// What a part of a snapshot did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// More parts to come (or parts of a refused snapshot: nothing to do).
+    Pending,
+    /// The node is known at this epoch: acknowledge it.
+    Installed(u64),
+    /// A part went missing: ask for the snapshot again.
+    Lost,
+    /// Over [`MAX_SETS`] or [`MAX_BYTES`]: the node stays unknown (sent
+    /// everything); acknowledge this epoch, do not ask again.
+    TooLarge(u64),
 }
 
 /// What an `interest` payload did.
@@ -101,7 +132,9 @@ impl Remote {
                 known: false,
                 epoch: 0,
                 sets: 0,
+                bytes: 0,
                 loading: None,
+                oversized: None,
             },
         );
         self.set_unknown(node, true);
@@ -191,16 +224,26 @@ impl Remote {
             let Some(entry) = self.nodes.get_mut(&node) else {
                 break;
             };
+            // Canonical, so that a set costs the same added and withdrawn
+            // however a sender writes it.
+            let set = canonical(&set);
+            let bytes = cost(&set);
             if added {
-                if entry.sets >= MAX_SETS_PER_NODE {
+                if self.total_sets >= MAX_SETS || self.total_bytes + bytes > MAX_BYTES {
                     over = true;
                     break;
                 }
                 if self.index.subscribe(slot, &set) {
                     entry.sets += 1;
+                    entry.bytes += bytes;
+                    self.total_sets += 1;
+                    self.total_bytes += bytes;
                 }
             } else if self.index.unsubscribe(slot, &set) {
-                entry.sets -= 1;
+                entry.sets = entry.sets.saturating_sub(1);
+                entry.bytes = entry.bytes.saturating_sub(bytes);
+                self.total_sets = self.total_sets.saturating_sub(1);
+                self.total_bytes = self.total_bytes.saturating_sub(bytes);
             }
         }
         if over {
@@ -210,8 +253,7 @@ impl Remote {
         Applied::Ack(last)
     }
 
-    /// One part of `node`'s snapshot at `epoch`. Returns the epoch to
-    /// acknowledge once the last part made it known.
+    /// One part of `node`'s snapshot at `epoch`.
     pub fn snapshot(
         &mut self,
         node: u64,
@@ -219,51 +261,76 @@ impl Remote {
         part: u64,
         parts: u64,
         sets: Vec<TagSet>,
-    ) -> Option<u64> {
+    ) -> Loaded {
         self.heard(node);
-        let entry = self.nodes.get_mut(&node)?;
+        let room_sets = MAX_SETS.saturating_sub(self.total_sets);
+        let room_bytes = MAX_BYTES.saturating_sub(self.total_bytes);
+        let Some(entry) = self.nodes.get_mut(&node) else {
+            return Loaded::Pending;
+        };
         if part == 0 {
+            entry.oversized = None;
             entry.loading = Some(Loading {
                 epoch,
                 parts,
                 next: 0,
                 sets: Vec::new(),
+                bytes: 0,
             });
         }
-        let loading = entry.loading.as_mut()?;
+        let last = part + 1 == parts;
+        let Some(loading) = entry.loading.as_mut() else {
+            return if last && entry.oversized != Some(epoch) {
+                Loaded::Lost
+            } else {
+                Loaded::Pending
+            };
+        };
         if loading.epoch != epoch || loading.parts != parts || loading.next != part {
             entry.loading = None; // a part lost: ask again (it stays unknown)
-            return None;
+            return if last { Loaded::Lost } else { Loaded::Pending };
         }
-        if loading.sets.len() + sets.len() > MAX_SETS_PER_NODE {
-            entry.loading = None;
-            return None;
-        }
+        loading.bytes += sets.iter().map(|s| cost(s)).sum::<usize>();
         loading.sets.extend(sets);
         loading.next += 1;
-        if loading.next < parts {
-            return None;
+        // Its own sets go when this one is installed: they count as room.
+        if loading.sets.len() > room_sets + entry.sets || loading.bytes > room_bytes + entry.bytes {
+            entry.loading = None;
+            entry.oversized = Some(epoch);
+            entry.epoch = entry.epoch.max(epoch);
+            return Loaded::TooLarge(epoch);
         }
-        let loading = entry.loading.take()?;
+        if loading.next < parts {
+            return Loaded::Pending;
+        }
+        let Some(loading) = entry.loading.take() else {
+            return Loaded::Pending;
+        };
         if entry.known && entry.epoch >= epoch {
-            return Some(entry.epoch); // an older answer
+            return Loaded::Installed(entry.epoch); // an older answer
         }
         self.unfile(node);
-        let entry = self.nodes.get_mut(&node)?;
+        let Some(entry) = self.nodes.get_mut(&node) else {
+            return Loaded::Pending;
+        };
         entry.known = true;
         entry.epoch = epoch;
         let slot = entry.slot;
-        let mut filed = 0;
+        let (mut filed, mut bytes) = (0, 0);
         for set in &loading.sets {
             if self.index.subscribe(slot, set) {
                 filed += 1;
+                bytes += cost(set);
             }
         }
         if let Some(entry) = self.nodes.get_mut(&node) {
             entry.sets = filed;
+            entry.bytes = bytes;
         }
+        self.total_sets += filed;
+        self.total_bytes += bytes;
         self.set_unknown(node, false);
-        Some(epoch)
+        Loaded::Installed(epoch)
     }
 
     /// Appends to `out` the nodes a publish of `tags` goes to: the unknown
@@ -296,7 +363,10 @@ impl Remote {
     fn unfile(&mut self, node: u64) {
         if let Some(entry) = self.nodes.get_mut(&node) {
             self.index.remove_session(entry.slot);
+            self.total_sets = self.total_sets.saturating_sub(entry.sets);
+            self.total_bytes = self.total_bytes.saturating_sub(entry.bytes);
             entry.sets = 0;
+            entry.bytes = 0;
         }
     }
 
@@ -335,8 +405,14 @@ mod tests {
         assert!(remote.heard(7));
         assert!(!remote.heard(7));
         assert_eq!(route(&remote, &["a"]), [7]);
-        assert_eq!(remote.snapshot(7, 3, 0, 2, vec![set(&["a"])]), None);
-        assert_eq!(remote.snapshot(7, 3, 1, 2, vec![set(&["b", "c"])]), Some(3));
+        assert_eq!(
+            remote.snapshot(7, 3, 0, 2, vec![set(&["a"])]),
+            Loaded::Pending
+        );
+        assert_eq!(
+            remote.snapshot(7, 3, 1, 2, vec![set(&["b", "c"])]),
+            Loaded::Installed(3)
+        );
         assert!(remote.is_known(7));
         assert_eq!(route(&remote, &["a", "z"]), [7]);
         assert_eq!(route(&remote, &["c", "b"]), [7]);
@@ -376,7 +452,10 @@ mod tests {
         assert!(!remote.is_known(7));
         assert_eq!(route(&remote, &["q"]), [7]);
         // Its snapshot makes it known again.
-        assert_eq!(remote.snapshot(7, 5, 0, 1, vec![set(&["q"])]), Some(5));
+        assert_eq!(
+            remote.snapshot(7, 5, 0, 1, vec![set(&["q"])]),
+            Loaded::Installed(5)
+        );
         assert_eq!(route(&remote, &["q"]), [7]);
         assert!(route(&remote, &["b"]).is_empty());
     }
@@ -385,10 +464,44 @@ mod tests {
     fn a_snapshot_with_a_missing_part_is_not_installed() {
         let mut remote = Remote::default();
         remote.heard(7);
-        assert_eq!(remote.snapshot(7, 3, 0, 3, vec![set(&["a"])]), None);
-        assert_eq!(remote.snapshot(7, 3, 2, 3, vec![set(&["b"])]), None);
+        assert_eq!(
+            remote.snapshot(7, 3, 0, 3, vec![set(&["a"])]),
+            Loaded::Pending
+        );
+        assert_eq!(remote.snapshot(7, 3, 2, 3, vec![set(&["b"])]), Loaded::Lost);
         assert!(!remote.is_known(7));
         assert_eq!(route(&remote, &["z"]), [7]);
+    }
+
+    #[test]
+    fn sets_past_the_bound_leave_the_node_unknown_and_acknowledged() {
+        let mut remote = Remote::default();
+        remote.heard(7);
+        let huge: TagSet = vec!["x".repeat(MAX_BYTES)].into_boxed_slice();
+        // Too large: acknowledged, never asked again, sent everything.
+        assert_eq!(
+            remote.snapshot(7, 4, 0, 2, vec![huge.clone()]),
+            Loaded::TooLarge(4)
+        );
+        assert_eq!(remote.snapshot(7, 4, 1, 2, vec![]), Loaded::Pending);
+        assert!(!remote.is_known(7));
+        assert_eq!(route(&remote, &["a"]), [7]);
+        // Known, then a change past the bound: unknown again.
+        assert_eq!(
+            remote.snapshot(7, 5, 0, 1, vec![set(&["a"])]),
+            Loaded::Installed(5)
+        );
+        assert_eq!(route(&remote, &["z"]), Vec::<u64>::new());
+        let applied = remote.changes(7, 6, [(true, vec![huge[0].as_str()])].into_iter());
+        assert_eq!(applied, Applied::Unknown(6));
+        assert_eq!(route(&remote, &["z"]), [7]);
+        // Forgetting it gives its room back.
+        remote.forget(7);
+        remote.heard(8);
+        assert_eq!(
+            remote.snapshot(8, 1, 0, 1, vec![set(&["b"])]),
+            Loaded::Installed(1)
+        );
     }
 
     #[test]
