@@ -40,7 +40,6 @@
 //! 16 MiB); `prefix` is the host's (channel names) and is ignored here.
 
 mod link;
-mod list;
 mod reader;
 mod settings;
 mod subject;

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use mist_sdk::SdkError;
 
-use crate::list;
-
 /// How long connecting may take before the attempt counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a subscription's confirmation may take.
@@ -57,7 +55,7 @@ fn decoded(text: &str) -> String {
 pub(crate) fn settings(uri: &str) -> Result<Settings, SdkError> {
     let usage = "expected nats://[user:pass@]host:port[,host:port...][?buffer=BYTES]";
     // Never echo the URI: it may hold a password.
-    let (addresses, parameters) = list::split(uri, "nats", 4222)
+    let (addresses, parameters) = mist_server_list::split(uri, "nats", 4222)
         .map_err(|e| SdkError::invalid_input(format!("bad NATS URI: {e}; {usage}")))?;
     let mut buffer = DEFAULT_BUFFER;
     for (key, value) in parameters {
@@ -83,7 +81,7 @@ pub(crate) fn settings(uri: &str) -> Result<Settings, SdkError> {
     let mut credentials = None;
     let mut servers = Vec::with_capacity(addresses.len());
     let mut places = Vec::with_capacity(addresses.len());
-    for (n, list::Address { mut url, place }) in addresses.into_iter().enumerate() {
+    for (n, mist_server_list::Address { mut url, place }) in addresses.into_iter().enumerate() {
         let these = match (url.username(), url.password()) {
             ("", None) => None,
             (user, Some(pass)) => Some(Credentials::UserAndPassword(decoded(user), decoded(pass))),

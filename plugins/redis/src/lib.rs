@@ -28,7 +28,6 @@
 //! ```
 
 mod link;
-mod list;
 mod placement;
 mod publisher;
 mod settings;

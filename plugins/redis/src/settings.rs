@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use mist_sdk::SdkError;
 
-use crate::list;
-
 /// How long connecting may take before the attempt counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command (a subscription, a pipeline, a ping) may take.
@@ -60,7 +58,7 @@ impl Settings {
 pub(crate) fn settings(uri: &str) -> Result<Settings, SdkError> {
     let usage = "expected redis://[user:pass@]host:port[/db][,host:port...][?buffer=BYTES]";
     // Never echo the URI: it may hold a password.
-    let (addresses, parameters) = list::split(uri, "redis", 6379)
+    let (addresses, parameters) = mist_server_list::split(uri, "redis", 6379)
         .map_err(|e| SdkError::invalid_input(format!("bad Redis URI: {e}; {usage}")))?;
     let mut buffer = DEFAULT_BUFFER;
     let mut kept = Vec::new();
@@ -78,7 +76,7 @@ pub(crate) fn settings(uri: &str) -> Result<Settings, SdkError> {
         }
     }
     let mut servers = Vec::with_capacity(addresses.len());
-    for list::Address { mut url, place } in addresses {
+    for mist_server_list::Address { mut url, place } in addresses {
         if !kept.is_empty() {
             url.query_pairs_mut().clear().extend_pairs(&kept);
         }

@@ -9,14 +9,22 @@
 //! a password must be percent-encoded (`%2C`). One address is the list of
 //! one: exactly the single-server URI it always was.
 //!
-//! (The redis plugin holds the same file: a backplane's URI is its own, and
-//! the SDK stays as it is.)
+//! Used by the redis and nats backplane plugins; not part of the sdk (a
+//! backplane's URI is its own).
+//!
+//! ```
+//! let (servers, parameters) =
+//!     mist_server_list::split("nats://u:p@a:4222,b:4222?prefix=x", "nats", 4222).unwrap();
+//! assert_eq!(servers[1].url.as_str(), "nats://u:p@b:4222");
+//! assert_eq!(servers[1].place, "b:4222");
+//! assert_eq!(parameters, [("prefix".to_string(), "x".to_string())]);
+//! ```
 
 use url::Url;
 
 /// Why a list was refused. Never holds the URI: it may hold a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ListError {
+pub enum ListError {
     #[error("bad URI: {0}")]
     Malformed(#[from] url::ParseError),
     #[error("not a {0}:// URI")]
@@ -34,17 +42,17 @@ pub(crate) enum ListError {
 /// One server of the list: its URI (without parameters) and `host:port`
 /// (for messages and identity; never the password).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Address {
-    pub(crate) url: Url,
-    pub(crate) place: String,
+pub struct Address {
+    pub url: Url,
+    pub place: String,
 }
 
 /// The URI's `key=value` parameters, decoded, in order.
-pub(crate) type Parameters = Vec<(String, String)>;
+pub type Parameters = Vec<(String, String)>;
 
 /// Splits `uri` into its servers (in the order given, each `host:port`
 /// once) and its parameters; `default_port` fills a missing port.
-pub(crate) fn split(
+pub fn split(
     uri: &str,
     scheme: &'static str,
     default_port: u16,
