@@ -8,6 +8,8 @@ use mist_e2e::web::{
 };
 use mist_e2e::Client;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -237,4 +239,108 @@ async fn a_client_that_vanishes_leaves_no_session() {
     await_sessions(&server, "http", 0).await;
     let figures = who(&server).await;
     assert_eq!(figures["subscriptions"], 0, "{figures}");
+}
+
+/// Reads text frames of a `mist.lines` WebSocket until `count` lines have
+/// come: each frame must be whole `\n`-ended lines of JSON. Returns the
+/// lines and how many frames carried them.
+async fn read_lines(client: &mut WsClient, count: usize) -> (Vec<serde_json::Value>, usize) {
+    let (mut lines, mut frames) = (Vec::new(), 0);
+    while lines.len() < count {
+        let Message::Text(text) = client.recv_frame().await else {
+            continue;
+        };
+        frames += 1;
+        assert!(text.ends_with('\n'), "a frame cut mid-line: {text:?}");
+        for line in text.lines() {
+            lines.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}")),
+            );
+        }
+    }
+    assert_eq!(lines.len(), count, "more lines than asked for: {lines:?}");
+    (lines, frames)
+}
+
+/// A client offering the `mist.lines` subprotocol (among others) gets it,
+/// on the ws port and through the http port's upgrade: its frames then
+/// carry many lines each, both ways, read exactly as the TCP listener reads
+/// lines (a bad one answered on its own, the rest served); a client that
+/// did not ask, subscribed to the same messages, still gets one JSON
+/// message per frame.
+#[tokio::test]
+async fn the_lines_subprotocol_carries_many_lines_per_frame_both_ways() {
+    let server = server(&[]);
+    let offer = [("sec-websocket-protocol", "chat, mist.lines")];
+    let ws = server.addr("ws");
+    let mut lines = WsClient::connect_with(&format!("ws://{ws}/subscribe/websocket"), &offer).await;
+    assert_eq!(lines.protocol(), Some("mist.lines"));
+    let through_http = WsClient::connect_with(
+        &format!("ws://{}/subscribe/websocket", server.addr("http")),
+        &offer,
+    )
+    .await;
+    assert_eq!(through_http.protocol(), Some("mist.lines"));
+    // Only mist.lines is agreed to: a client that required another gives up.
+    let mut chat = format!("ws://{ws}/").into_client_request().unwrap();
+    chat.headers_mut()
+        .insert("sec-websocket-protocol", "chat".parse().unwrap());
+    match tokio_tungstenite::connect_async(chat).await {
+        Err(tokio_tungstenite::tungstenite::Error::Protocol(
+            ProtocolError::SecWebSocketSubProtocolError(SubProtocolError::NoSubProtocol),
+        )) => {}
+        other => panic!("expected no subprotocol agreed, got {:?}", other.map(|_| ())),
+    }
+    let mut plain = WsClient::connect(&format!("ws://{ws}/")).await;
+    assert_eq!(plain.protocol(), None);
+    plain.subscribe(&["many"]).await;
+
+    // Two commands in one frame, the last without its newline, a bad line
+    // between them.
+    lines
+        .send_frame(Message::text(
+            "{\"command\":\"subscribe\",\"tags\":[\"many\"]}\n{not json\n{\"command\":\"ping\"}",
+        ))
+        .await;
+    let (replies, _) = read_lines(&mut lines, 2).await;
+    assert!(
+        error_of(&replies[0]).contains("invalid JSON"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[1], json!({"command": "ping", "data": "pong"}));
+
+    // A publisher in the same mode: 100 publishes and a 20 KB one (past the
+    // size fed in batches) in one frame each.
+    let mut publisher =
+        WsClient::connect_with(&format!("ws://{ws}/subscribe/websocket"), &offer).await;
+    let mut frame = String::new();
+    for n in 0..100 {
+        frame +=
+            &json!({"command": "publish", "tags": ["many"], "data": n.to_string()}).to_string();
+        frame.push('\n');
+    }
+    publisher.send_frame(Message::text(frame)).await;
+    let big = "x".repeat(20_000);
+    let publish_big = json!({"command": "publish", "tags": ["many"], "data": big}).to_string();
+    publisher
+        .send_frame(Message::text(publish_big + "\n{\"command\":\"ping\"}\n"))
+        .await;
+    let (replies, _) = read_lines(&mut publisher, 1).await;
+    assert_eq!(replies, [json!({"command": "ping", "data": "pong"})]);
+
+    let (deliveries, frames) = read_lines(&mut lines, 101).await;
+    for (n, message) in deliveries[..100].iter().enumerate() {
+        assert_eq!(message, &delivery(&["many"], &n.to_string()));
+    }
+    assert_eq!(deliveries[100], delivery(&["many"], &big));
+    assert!(
+        frames < 50,
+        "101 deliveries fed as two batches came in {frames} frames"
+    );
+    for n in 0..100 {
+        assert_eq!(plain.recv().await, delivery(&["many"], &n.to_string()));
+    }
+    assert_eq!(plain.recv().await, delivery(&["many"], &big));
+    assert!(plain.sync().await.is_empty());
 }

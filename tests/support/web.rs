@@ -17,6 +17,9 @@ use crate::{Client, MistServer, TIMEOUT};
 /// One WebSocket connection to mist.
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol mist agreed to (`Sec-WebSocket-Protocol` in its
+    /// `101`), if any.
+    protocol: Option<String>,
 }
 
 impl WsClient {
@@ -28,11 +31,21 @@ impl WsClient {
                 .headers_mut()
                 .insert(*name, value.parse().expect("a header value"));
         }
-        let (socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("WebSocket connect timed out")
-            .expect("WebSocket connect");
-        WsClient { socket }
+        let (socket, response) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+                .expect("WebSocket connect timed out")
+                .expect("WebSocket connect");
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|value| value.to_str().expect("an ASCII subprotocol").to_owned());
+        WsClient { socket, protocol }
+    }
+
+    /// The subprotocol mist agreed to, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
     }
 
     /// Connects to `url`.

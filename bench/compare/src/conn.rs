@@ -10,6 +10,8 @@
 //! WebSocket: Mist takes one JSON command per text frame and sends one per
 //! frame (a newline is added where a frame has none); nats-server's
 //! protocol is a byte stream carried in binary frames, one per write.
+//! `ws-lines`: Mist with the `mist.lines` subprotocol, its lines many to a
+//! text frame both ways (one frame per write); nats-server as with `ws`.
 
 use std::io;
 use std::path::Path;
@@ -27,6 +29,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -43,6 +47,10 @@ pub enum Transport {
     Tls,
     /// WebSocket: Mist's `ws://` listener, nats-server's websocket block.
     Ws,
+    /// WebSocket, Mist's lines many to a frame (`mist.lines`).
+    #[value(name = "ws-lines")]
+    #[serde(rename = "ws-lines")]
+    WsLines,
 }
 
 impl Transport {
@@ -52,6 +60,7 @@ impl Transport {
             Transport::Plain => "plain",
             Transport::Tls => "tls",
             Transport::Ws => "ws",
+            Transport::WsLines => "ws-lines",
         }
     }
 }
@@ -67,8 +76,12 @@ const READ_BUFFER: usize = 256 * 1024;
 pub enum Dialer {
     Plain,
     Tls(TlsConnector),
-    /// The path to upgrade on.
-    Ws(String),
+    Ws {
+        /// The path to upgrade on.
+        path: String,
+        /// Ask for `mist.lines`.
+        lines: bool,
+    },
 }
 
 impl Dialer {
@@ -87,13 +100,16 @@ impl Dialer {
                 let ca = ca.context("--transport tls needs --tls-ca")?;
                 Dialer::Tls(TlsConnector::from(client_config(ca)?))
             }
-            Transport::Ws => Dialer::Ws(ws_path.map_or_else(
-                || match proto {
-                    Proto::Mist => "/subscribe/websocket".to_owned(),
-                    _ => "/".to_owned(),
-                },
-                str::to_owned,
-            )),
+            Transport::Ws | Transport::WsLines => Dialer::Ws {
+                path: ws_path.map_or_else(
+                    || match proto {
+                        Proto::Mist => "/subscribe/websocket".to_owned(),
+                        _ => "/".to_owned(),
+                    },
+                    str::to_owned,
+                ),
+                lines: transport == Transport::WsLines && proto == Proto::Mist,
+            },
         })
     }
 
@@ -134,8 +150,15 @@ impl Dialer {
                 let reader = Reader::Tls(BufReader::with_capacity(READ_BUFFER, read));
                 return Ok((reader, Writer::Tls(write)));
             }
-            Dialer::Ws(path) => {
-                let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), sock)
+            Dialer::Ws { path, lines } => {
+                let mut request = format!("ws://{addr}{path}").into_client_request()?;
+                if *lines {
+                    request.headers_mut().insert(
+                        "sec-websocket-protocol",
+                        HeaderValue::from_static("mist.lines"),
+                    );
+                }
+                let (ws, _) = tokio_tungstenite::client_async(request, sock)
                     .await
                     .with_context(|| format!("WebSocket upgrade at {addr}{path}"))?;
                 let (tx, rx) = ws.split();
@@ -147,7 +170,11 @@ impl Dialer {
                     },
                     Writer::Ws {
                         tx,
-                        text_lines: proto == Proto::Mist,
+                        send: match (proto, lines) {
+                            (Proto::Mist, true) => WsSend::Lines,
+                            (Proto::Mist, false) => WsSend::TextPerLine,
+                            _ => WsSend::Binary,
+                        },
                     },
                 )
             }
@@ -260,11 +287,21 @@ impl Reader {
 pub enum Writer {
     Plain(OwnedWriteHalf),
     Tls(WriteHalf<TlsStream<TcpStream>>),
-    /// Mist: one text frame per line; nats: one binary frame per write.
     Ws {
         tx: SplitSink<Ws, Message>,
-        text_lines: bool,
+        send: WsSend,
     },
+}
+
+/// How a write goes out over a WebSocket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WsSend {
+    /// Mist: one text frame per line.
+    TextPerLine,
+    /// Mist under `mist.lines`: one text frame per write, its lines and all.
+    Lines,
+    /// nats: one binary frame per write.
+    Binary,
 }
 
 impl Writer {
@@ -278,7 +315,7 @@ impl Writer {
             }
             Writer::Ws {
                 tx,
-                text_lines: true,
+                send: WsSend::TextPerLine,
             } => {
                 for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     let text = std::str::from_utf8(line).map_err(io::Error::other)?;
@@ -288,16 +325,17 @@ impl Writer {
                 }
                 tx.flush().await.map_err(io::Error::other)
             }
-            Writer::Ws {
-                tx,
-                text_lines: false,
-            } => {
+            Writer::Ws { tx, send } => {
                 if data.is_empty() {
                     return Ok(());
                 }
-                tx.send(Message::binary(data.to_vec()))
-                    .await
-                    .map_err(io::Error::other)
+                let frame = if *send == WsSend::Lines {
+                    let text = std::str::from_utf8(data).map_err(io::Error::other)?;
+                    Message::text(text)
+                } else {
+                    Message::binary(data.to_vec())
+                };
+                tx.send(frame).await.map_err(io::Error::other)
             }
         }
     }

@@ -4,8 +4,8 @@
 //! (with `--mist-bin`) Mist on loopback ports, and drives each with the same
 //! load driver and scenarios, one fresh driver process per run; it prints a
 //! table of medians and ratios and keeps every run's JSON line. With
-//! `--transport tls` or `ws` only Mist and nats-server run, every client
-//! over TLS or WebSocket. `scripts/compare`
+//! `--transport tls`, `ws` or `ws-lines` only Mist and nats-server run,
+//! every client over TLS or WebSocket. `scripts/compare`
 //! builds and runs it. The other subcommands are its parts: `load` runs one
 //! scenario against one target, `relay` is the no-parse relay.
 

@@ -13,8 +13,10 @@
 //! `localhost` and 127.0.0.1 in the output directory, serves it from Mist's
 //! `tls://` listener and `nats-server --tls`, and has the driver trust it
 //! alone. `--transport ws` uses Mist's `ws://` listener and nats-server's
-//! websocket listener (`no_tls`). Redis and the raw relay have neither, so
-//! those runs are Mist and nats-server only.
+//! websocket listener (`no_tls`); `--transport ws-lines` the same, Mist's
+//! clients asking for the `mist.lines` subprotocol (several lines per
+//! frame). Redis and the raw relay have neither, so those runs are Mist and
+//! nats-server only.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -225,7 +227,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         transport: args.transport,
         cert: match args.transport {
             Transport::Tls => Some(make_cert(&out)?),
-            Transport::Plain | Transport::Ws => None,
+            Transport::Plain | Transport::Ws | Transport::WsLines => None,
         },
     };
 
@@ -486,7 +488,7 @@ fn start(
                     )?;
                     c.arg("-c").arg(conf);
                 }
-                (Transport::Ws, _) => {
+                (Transport::Ws | Transport::WsLines, _) => {
                     // Clients come in on the websocket listener; the plain
                     // one is required and unused.
                     let conf = out.join("nats-ws.conf");
@@ -536,7 +538,7 @@ fn start(
             let scheme = match reach.transport {
                 Transport::Plain => "tcp",
                 Transport::Tls => "tls",
-                Transport::Ws => "ws",
+                Transport::Ws | Transport::WsLines => "ws",
             };
             let mut c = Command::new(bin);
             c.args([

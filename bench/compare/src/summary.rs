@@ -191,6 +191,12 @@ pub fn table(results: &[Value]) -> String {
             "Over WebSocket: Mist's ws:// listener (one JSON command per text frame) and \
              nats-server's websocket listener (no_tls; its protocol in binary frames).\n\n",
         ),
+        Some("ws-lines") => out.push_str(
+            "Over WebSocket, Mist's lines many to a frame: Mist's ws:// listener under the \
+             mist.lines subprotocol (each write one text frame of lines, deliveries many to \
+             a frame) and nats-server's websocket listener (no_tls; its protocol in binary \
+             frames).\n\n",
+        ),
         _ => {}
     }
     out.push_str("| scenario |");

@@ -8,8 +8,11 @@
 //! server's writer run between reads, as it would against a real client.)
 //! What the server sends back is decoded as a WebSocket client
 //! (tungstenite) would decode it.
+//! Each input is served twice: as a client that took the `mist.lines`
+//! subprotocol ([`Framing::Lines`]) and as one that did not.
 //! Checked: `serve` finishes; every frame the server sends is valid
-//! WebSocket; every text frame holds one protocol JSON object; a subscriber
+//! WebSocket; every text frame holds one protocol JSON object (under
+//! `mist.lines`, whole `\n`-ended lines of them); a subscriber
 //! to `["a"]` and `["b","c"]` on the same broker gets only deliveries it
 //! matches; nothing outlives the connection.
 //!
@@ -22,6 +25,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use mist_plugin_ws::Framing;
 use mist_sdk::SessionInfo;
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::sync::watch;
@@ -66,11 +70,13 @@ const LIMITS: Limits = Limits {
 
 /// Runs one input. Panics when an invariant breaks.
 pub fn websocket_frames(input: &[u8]) {
-    serve(input);
+    serve(input, Framing::Message);
+    serve(input, Framing::Lines);
 }
 
-/// Serves `input`; returns the text frames the server sent.
-fn serve(input: &[u8]) -> usize {
+/// Serves `input`; returns the messages the server sent (text frames, or
+/// lines under [`Framing::Lines`]).
+fn serve(input: &[u8], framing: Framing) -> usize {
     let broker = Broker::new(LIMITS);
     let handle = broker.handle();
     let mut watcher = Client::open(
@@ -100,9 +106,9 @@ fn serve(input: &[u8]) -> usize {
     };
     let exchange = async {
         tokio::join!(
-            mist_plugin_ws::serve(server, session, LIMITS.max_message_bytes, stop),
+            mist_plugin_ws::serve(server, session, LIMITS.max_message_bytes, stop, framing),
             send,
-            receive(from_server),
+            receive(from_server, framing),
         )
     };
     // The watcher is drained only at the end, as before: its queue may
@@ -133,7 +139,7 @@ async fn pause() {
 }
 
 /// Reads what the server sends as a WebSocket client would, checking it.
-async fn receive(from_server: ReadHalf<DuplexStream>) -> usize {
+async fn receive(from_server: ReadHalf<DuplexStream>, framing: Framing) -> usize {
     // The client's own answers (pongs, a close) go nowhere: the fuzz input
     // is all the server hears.
     let stream = tokio::io::join(from_server, tokio::io::sink());
@@ -142,10 +148,20 @@ async fn receive(from_server: ReadHalf<DuplexStream>) -> usize {
     let mut texts = 0;
     while let Some(frame) = socket.next().await {
         match frame {
-            Ok(Message::Text(text)) => {
-                check::line(text.as_bytes(), Expect::Any);
-                texts += 1;
-            }
+            Ok(Message::Text(text)) => match framing {
+                Framing::Message => {
+                    check::line(text.as_bytes(), Expect::Any);
+                    texts += 1;
+                }
+                Framing::Lines => {
+                    let text = text.as_bytes();
+                    assert!(text.ends_with(b"\n"), "a frame cut mid-line: {text:?}");
+                    for line in text[..text.len() - 1].split(|&b| b == b'\n') {
+                        check::line(line, Expect::Any);
+                        texts += 1;
+                    }
+                }
+            },
             Ok(Message::Close(_) | Message::Pong(_)) => {}
             Ok(other) => panic!("the server sent {other:?}"),
             // The server may end the connection without a closing handshake
@@ -179,12 +195,25 @@ mod tests {
 
     #[test]
     fn each_request_frame_is_answered_with_a_text_frame() {
-        let ping = frame(1, br#"{"command":"ping"}"#);
-        assert_eq!(serve(&ping), 1);
-        let binary = frame(2, b"\x00");
-        let not_json = frame(1, b"not json");
-        assert_eq!(serve(&[binary, ping.clone(), not_json].concat()), 3);
-        // Nothing after a close frame is read.
-        assert_eq!(serve(&[frame(8, b""), ping].concat()), 0);
+        for framing in [Framing::Message, Framing::Lines] {
+            let ping = frame(1, br#"{"command":"ping"}"#);
+            assert_eq!(serve(&ping, framing), 1);
+            let binary = frame(2, b"\x00");
+            let not_json = frame(1, b"not json");
+            assert_eq!(
+                serve(&[binary, ping.clone(), not_json].concat(), framing),
+                3
+            );
+            // Nothing after a close frame is read.
+            assert_eq!(serve(&[frame(8, b""), ping].concat(), framing), 0);
+        }
+    }
+
+    #[test]
+    fn under_mist_lines_each_line_of_a_frame_is_answered() {
+        let two = frame(1, b"{\"command\":\"ping\"}\n{\"command\":\"ping\"}");
+        assert_eq!(serve(&two, Framing::Lines), 2);
+        // One message, not JSON: one error.
+        assert_eq!(serve(&two, Framing::Message), 1);
     }
 }
