@@ -29,6 +29,8 @@ interface Queued {
 }
 
 const PING = '{"command":"ping"}';
+/** The subprotocol for several messages per frame (docs/protocol.md). */
+const LINES = "mist.lines";
 const noop = () => {};
 
 /** A tag set's identity: the broker treats `["b","a","a"]` as `["a","b"]`. */
@@ -103,6 +105,8 @@ export class Client {
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private connectTimer?: ReturnType<typeof setTimeout>;
   private heartbeat?: ReturnType<typeof setInterval>;
+  /** Whether the open socket speaks `mist.lines`: a request and its ping go in one frame. */
+  private lines = false;
   /** Wall time of the last frame received, and how many have come. */
   private lastHeard = 0;
   private heard = 0;
@@ -126,6 +130,7 @@ export class Client {
       pingTimeout: 10_000,
       connectTimeout: 10_000,
       queueLimit: 0,
+      lines: true,
       // An option given as undefined keeps its default.
       ...Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)),
     };
@@ -206,7 +211,8 @@ export class Client {
       if (token !== undefined && tokenIn === "query") url.searchParams.set("x-auth-token", token);
       if (token !== undefined && tokenIn === "header") headers["X-AUTH-TOKEN"] = token;
       // Browsers ignore the third argument; the `ws` package takes its options there.
-      socket = new Socket(url.href, [], { ...wsOptions, headers });
+      const protocols = this.options.lines ? [LINES] : [];
+      socket = new Socket(url.href, protocols, { ...wsOptions, headers });
     } catch (error) {
       // getToken failed, or the `ws` package is missing: tell, and try again later.
       if (generation === this.generation) this.emit("error", error as Error);
@@ -214,7 +220,10 @@ export class Client {
     }
     if (generation !== this.generation) return socket.close();
     this.socket = socket;
-    socket.onopen = () => this.handshake(generation);
+    socket.onopen = () => {
+      this.lines = socket.protocol === LINES;
+      this.handshake(generation);
+    };
     socket.onmessage = (event) => generation === this.generation && this.receive(event.data);
     socket.onclose = (event) => this.lost(generation, "socket", event.code, event.reason || undefined);
     // Keep a listener: the `ws` package throws an `error` event nobody listens to.
@@ -367,16 +376,26 @@ export class Client {
     if (wasReady) this.emit("disconnected", { reason, code, detail, willReconnect: next === "connecting" });
   }
 
-  /** Sorts one frame: a delivery, a notice, or part of the oldest request's answer. */
+  /**
+   * One frame: one message, or under `mist.lines` one or more lines of them.
+   * Split either way: a one-message frame holds no raw newline (JSON has
+   * none outside its whitespace, and the broker writes none), so this does
+   * not depend on the socket reporting its subprotocol.
+   */
   private receive(raw: unknown) {
     this.lastHeard = Date.now();
     this.heard++;
+    for (const line of String(raw).split("\n")) if (line) this.receiveOne(line);
+  }
+
+  /** Sorts one message: a delivery, a notice, or part of the oldest request's answer. */
+  private receiveOne(raw: string) {
     let message: Message;
     try {
-      message = JSON.parse(String(raw));
+      message = JSON.parse(raw);
       if (typeof message !== "object" || !message) throw 0;
     } catch {
-      return this.emit("error", new Error(`the broker sent a frame that is no JSON object: ${String(raw).slice(0, 100)}`));
+      return this.emit("error", new Error(`the broker sent a message that is no JSON object: ${raw.slice(0, 100)}`));
     }
     const { command, error } = message;
     if (command === "publish" && error === undefined) return this.deliver(message);
@@ -429,8 +448,15 @@ export class Client {
     const socket = this.socket;
     if (!socket) return Promise.reject(closedError("not-connected", "not connected"));
     return new Promise((resolve, reject) => {
-      socket.send(JSON.stringify(message));
-      if (message.command !== "ping") socket.send(PING);
+      const text = JSON.stringify(message);
+      if (message.command === "ping") socket.send(text);
+      // One frame for the request and its barrier (JSON.stringify never
+      // writes a raw newline).
+      else if (this.lines) socket.send(`${text}\n${PING}`);
+      else {
+        socket.send(text);
+        socket.send(PING);
+      }
       this.waiting.push({ command: message.command, resolve, reject });
     });
   }

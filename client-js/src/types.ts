@@ -27,6 +27,8 @@ export type TokenTransport =
 /** What `new WebSocket(...)` must provide; the browser's, Node's and the `ws` package's all do. */
 export interface SocketLike {
   readonly readyState: number;
+  /** The subprotocol the server agreed to, once open ("" for none). */
+  readonly protocol?: string;
   send(data: string): void;
   close(code?: number): void;
   /** The `ws` package's immediate teardown, used when present. */
@@ -62,6 +64,14 @@ export interface ClientOptions {
   connectTimeout?: number;
   /** Publishes kept while disconnected, sent after the next connect. Default 0: such a publish fails at once. */
   queueLimit?: number;
+  /**
+   * Ask for the `mist.lines` subprotocol (docs/protocol.md): the broker then
+   * sends deliveries many to a frame, and each request goes out with its
+   * barrier ping in one frame. Default true. A broker too old to know it
+   * agrees to no subprotocol, and browsers then refuse the connection: set
+   * false for those.
+   */
+  lines?: boolean;
   /** The WebSocket implementation; default the global one, else the `ws` package. */
   WebSocket?: SocketConstructor;
   /** Options for the `ws` package's constructor in Node (`ca`, `headers`, ...); giving them selects `ws`. */

@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { BrokerError, Client, ConnectionError } from "mist-client";
+import WebSocket from "ws";
 import { Broker, closeAll, collector, connected, within } from "./support.mjs";
 
 /** @param {unknown} error */
@@ -59,6 +60,45 @@ describe("basic commands, no authenticator", () => {
     await b.publish(["h"], "via http");
     await got.until(1);
     assert.deepEqual(got.got, [{ tags: ["h"], data: "via http" }]);
+  });
+
+  test("mist.lines by default: deliveries many to a frame; lines: false keeps one per frame", { timeout: 30_000 }, async () => {
+    /** @type {number[]} frames each socket the clients opened has received, in order of opening */
+    const frames = [];
+    class Counting extends WebSocket {
+      /** @param {string} url @param {string[] | undefined} protocols @param {object | undefined} options */
+      constructor(url, protocols, options) {
+        super(url, protocols, options);
+        const index = frames.push(0) - 1;
+        this.on("message", () => frames[index]++);
+      }
+    }
+    const batched = collector();
+    const single = collector();
+    const a = await connected(broker.url("ws"), { WebSocket: /** @type {any} */ (Counting) });
+    const b = await connected(broker.url("ws"), { WebSocket: /** @type {any} */ (Counting), lines: false });
+    await a.subscribe(["burst"], batched.handler);
+    await b.subscribe(["burst"], single.handler);
+    const [aBefore, bBefore] = frames;
+
+    // 200 publishes in one frame, fed to the broker as one batch.
+    const publisher = new WebSocket(broker.url("ws"), ["mist.lines"]);
+    await within(new Promise((resolve, reject) => {
+      publisher.once("open", resolve);
+      publisher.once("error", reject);
+    }), "the publisher's connection");
+    assert.equal(publisher.protocol, "mist.lines");
+    const lines = [];
+    for (let i = 0; i < 200; i++) lines.push(JSON.stringify({ command: "publish", tags: ["burst"], data: String(i) }));
+    publisher.send(lines.join("\n"));
+    await batched.until(200);
+    await single.until(200);
+    publisher.close();
+    const expected = Array.from({ length: 200 }, (_, i) => ({ tags: ["burst"], data: String(i) }));
+    assert.deepEqual(batched.got, expected);
+    assert.deepEqual(single.got, expected);
+    assert.equal(frames[1] - bBefore, 200, "lines: false gets one frame per delivery");
+    assert.ok(frames[0] - aBefore < 20, `200 deliveries of one batch came in ${frames[0] - aBefore} frames`);
   });
 
   test("two handles on one tag set: each gets every message once, the set stays until both go", { timeout: 30_000 }, async () => {
