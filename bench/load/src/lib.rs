@@ -207,8 +207,12 @@ pub enum BenchError {
     /// Reading or writing an open connection failed.
     #[error("connection to the broker failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The broker answered a command with an error.
-    #[error("the broker refused {command}: {error}")]
+    /// The broker answered a command with an error (with no command: it
+    /// refused the connection, as a full broker does).
+    #[error(
+        "the broker refused {}: {error}",
+        if command.is_empty() { "the connection" } else { command.as_str() }
+    )]
     Refused { command: String, error: String },
     /// The broker closed a connection the bench still needed.
     #[error("the broker closed the connection")]
