@@ -15,6 +15,15 @@
 //! A panic in the accept loop is logged and the listener reports itself
 //! failed through [`Listener::health`]; `SIGHUP` reaches
 //! [`Listener::reload`], which re-reads the TLS certificate files.
+//!
+//! A process out of file descriptors (`accept` failing with `EMFILE` or
+//! `ENFILE`) keeps serving the connections it has and refuses the ones
+//! waiting to be accepted, in the listener's protocol, rather than leaving
+//! them in the kernel's queue with no answer: the accept loops keep one
+//! spare descriptor (`/dev/null`), give it up to take a waiting
+//! connection, refuse and close it, and take the spare back. Once
+//! descriptors are free again, connections are served as before. Each
+//! listener warns about it at most every 10 s.
 
 use std::future::Future;
 use std::io;
@@ -285,11 +294,18 @@ impl Serve {
             stop: stopped.clone(),
         });
         let health = Arc::new(Health::default());
+        // Out of file descriptors, a waiting client is told so in the
+        // listener's protocol; over TLS there is no handshake to say it in.
+        let starved = match tls {
+            None => Some(self.refusal.bytes(OUT_OF_FILES)),
+            Some(_) => None,
+        };
         let dispatch = move |stream: TcpStream, peer: SocketAddr| {
             let permit = context.permits.admit();
             tokio::spawn(connection(stream, peer, permit, context.clone()));
         };
-        spawn_monitored(&self.uri, accept(bound, dispatch, stopped), health.clone());
+        let accepting = accept(bound, dispatch, starved, listener_name(&self.uri), stopped);
+        spawn_monitored(&self.uri, accepting, health.clone());
         Ok(Box::new(Serving {
             local_addr,
             stop,
@@ -325,7 +341,8 @@ where
     let dispatch = move |stream: TcpStream, peer: SocketAddr| {
         tokio::spawn(serve(stream, peer, connection_stop.clone()));
     };
-    spawn_monitored(uri, accept(bound, dispatch, stopped), health.clone());
+    let accepting = accept(bound, dispatch, None, listener_name(uri), stopped);
+    spawn_monitored(uri, accepting, health.clone());
     Ok(Box::new(Serving {
         local_addr,
         stop,
@@ -477,23 +494,190 @@ async fn refuse(mut stream: Stream, refusal: Refusal, message: &str) {
     .await;
 }
 
-async fn accept<D>(listener: TcpListener, dispatch: D, mut stop: watch::Receiver<bool>)
-where
+/// What a client waiting to be accepted is told when the process has no
+/// file descriptor left for it.
+const OUT_OF_FILES: &str = "this broker has run out of file descriptors; try again later";
+
+/// How often, at most, an accept loop out of file descriptors says so.
+const STARVED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long an accept loop waits before trying again after an error it
+/// cannot do anything about.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+async fn accept<D>(
+    listener: TcpListener,
+    dispatch: D,
+    refusal: Option<Vec<u8>>,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) where
     D: Fn(TcpStream, SocketAddr),
 {
+    spare::hold();
+    let mut starved = Starved::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => dispatch(stream, peer),
-                // Out of file descriptors and the like: keep serving the
-                // connections we have and try again shortly.
+                Err(e) if spare::out_of_files(&e) => {
+                    let outcome = spare::refuse_waiting(&listener, refusal.as_deref());
+                    starved.note(&name, &e, outcome);
+                    // Refused one: the next may be waiting too. None
+                    // waiting: the listener's readiness is cleared, the
+                    // next accept waits for a connection. No spare: nothing
+                    // to do but try again shortly.
+                    if outcome == spare::Outcome::NoSpare {
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
+                // Out of memory for socket buffers and the like: keep
+                // serving the connections we have and try again shortly.
                 Err(e) => {
-                    tracing::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::warn!("{name}: accepting a connection failed: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
             _ = stopping(&mut stop) => return,
         }
+    }
+}
+
+/// A listener's URI without its query (which may name key files), for logs.
+fn listener_name(uri: &str) -> String {
+    uri.split(['?', '#']).next().unwrap_or(uri).to_owned()
+}
+
+/// An accept loop's record of running out of file descriptors: one warning
+/// at most every [`STARVED_LOG_EVERY`], with what happened since the last.
+#[derive(Default)]
+struct Starved {
+    refused: u64,
+    stuck: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Starved {
+    fn note(&mut self, name: &str, error: &io::Error, outcome: spare::Outcome) {
+        match outcome {
+            spare::Outcome::Refused => self.refused += 1,
+            spare::Outcome::NoSpare => self.stuck += 1,
+            spare::Outcome::NoneWaiting => {}
+        }
+        let now = std::time::Instant::now();
+        if self
+            .logged
+            .is_some_and(|at| now.duration_since(at) < STARVED_LOG_EVERY)
+        {
+            return;
+        }
+        if self.refused == 0 && self.stuck == 0 {
+            return;
+        }
+        tracing::warn!(
+            "{name}: out of file descriptors ({error}): the open connections are served, \
+             {} waiting connection(s) refused{}",
+            self.refused,
+            if self.stuck > 0 {
+                " (no spare descriptor to refuse more with: they wait)"
+            } else {
+                ""
+            }
+        );
+        self.refused = 0;
+        self.stuck = 0;
+        self.logged = Some(now);
+    }
+}
+
+/// The spare file descriptor that lets an accept loop refuse a client when
+/// the process has none left: one per process (per copy of this library),
+/// shared by its listeners.
+mod spare {
+    use std::fs::File;
+    use std::io::{self, Read, Write};
+    use std::net::Shutdown;
+    use std::sync::{Mutex, PoisonError};
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::net::TcpListener;
+
+    static SPARE: Mutex<Option<File>> = Mutex::new(None);
+
+    /// What [`refuse_waiting`] did.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Outcome {
+        /// A waiting connection was refused and closed.
+        Refused,
+        /// No connection was waiting after all.
+        NoneWaiting,
+        /// No spare descriptor to do it with (something else took it).
+        NoSpare,
+    }
+
+    /// Whether `error` is the process (`EMFILE`) or the system (`ENFILE`)
+    /// out of file descriptors.
+    pub(super) fn out_of_files(error: &io::Error) -> bool {
+        // The same numbers on Linux, the BSDs and macOS.
+        cfg!(unix) && matches!(error.raw_os_error(), Some(23 | 24))
+    }
+
+    fn open() -> Option<File> {
+        if cfg!(unix) {
+            File::open("/dev/null").ok()
+        } else {
+            None
+        }
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, Option<File>> {
+        SPARE.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the spare descriptor if there is none yet.
+    pub(super) fn hold() {
+        let mut spare = lock();
+        if spare.is_none() {
+            *spare = open();
+        }
+    }
+
+    /// Gives up the spare, accepts the connection waiting on `listener`
+    /// with its descriptor, writes `refusal` to it (best effort: a fresh
+    /// socket's buffer takes a line), closes it, and takes the spare back.
+    pub(super) fn refuse_waiting(listener: &TcpListener, refusal: Option<&[u8]>) -> Outcome {
+        let mut spare = lock();
+        if spare.take().is_none() {
+            *spare = open();
+            return Outcome::NoSpare;
+        }
+        // Polled once: `Pending` means nothing is waiting (Linux fails
+        // `accept` for want of a descriptor before it looks), and clears
+        // the listener's readiness, so that the loop waits again.
+        let outcome = match listener.poll_accept(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok((stream, _))) => {
+                if let Ok(stream) = stream.into_std() {
+                    refuse(stream, refusal);
+                }
+                Outcome::Refused
+            }
+            Poll::Ready(Err(_)) => Outcome::NoSpare,
+            Poll::Pending => Outcome::NoneWaiting,
+        };
+        *spare = open();
+        outcome
+    }
+
+    /// Refuses a non-blocking socket at once, without a task: what the
+    /// client sent already is read first, so that closing sends its
+    /// refusal and a FIN rather than a reset.
+    fn refuse(stream: std::net::TcpStream, refusal: Option<&[u8]>) {
+        let mut sink = [0; 1024];
+        let _ = (&stream).read(&mut sink);
+        if let Some(refusal) = refusal {
+            let _ = (&stream).write(refusal);
+        }
+        let _ = stream.shutdown(Shutdown::Write);
     }
 }
 
@@ -522,7 +706,7 @@ fn spawn_monitored<Fut>(uri: &str, accepting: Fut, health: Arc<Health>)
 where
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let uri = uri.split(['?', '#']).next().unwrap_or(uri).to_owned();
+    let uri = listener_name(uri);
     let running = tokio::spawn(accepting);
     tokio::spawn(async move {
         if let Err(e) = running.await {

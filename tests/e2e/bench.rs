@@ -563,3 +563,139 @@ fn the_comparison_harness_runs_over_tls() {
 fn the_comparison_harness_runs_over_websocket() {
     check_transport("ws", "Over WebSocket:");
 }
+
+/// Starts `mist bench ARGS` in the background (a holder).
+fn bench_child(args: &[&str]) -> std::process::Child {
+    Command::new(artifacts().mist())
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting mist bench")
+}
+
+/// Waits for a holder's report; panics if it takes longer than the test
+/// timeout.
+fn report_of(child: std::process::Child) -> Value {
+    let pid = child.id();
+    let (done, wait) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let output = match wait.recv_timeout(TIMEOUT * 3) {
+        Ok(output) => output.expect("mist bench output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("mist bench --hold did not finish in time");
+        }
+    };
+    assert!(
+        output.status.success(),
+        "mist bench --hold failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until `path` exists; panics after the test timeout.
+fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT * 3;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path:?} never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two processes hold connections, a third publishes one message: each
+/// holder times it from the publisher's send stamp (one wall clock) and
+/// reports its arrivals whole, as a histogram a script can merge.
+#[test]
+fn held_connections_in_several_processes_time_one_message_from_another() {
+    let server = MistServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut holders = Vec::new();
+    for (i, (count, from)) in [("30", "127.0.0.2"), ("20", "127.0.0.3")]
+        .iter()
+        .enumerate()
+    {
+        let ready = dir.path().join(format!("ready-{i}"));
+        let child = bench_child(&[
+            "conns",
+            "--hold",
+            "--host",
+            &server.tcp(),
+            "--subscribers",
+            count,
+            "--source-addrs",
+            from,
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--duration",
+            "30",
+            "--json",
+        ]);
+        holders.push((child, ready, count.parse::<u64>().unwrap()));
+    }
+    for (_, ready, count) in &holders {
+        assert_eq!(wait_for_file(ready), format!("ready {count}\n"));
+    }
+    let publisher = bench_json(&[
+        "conns",
+        "--host",
+        &server.tcp(),
+        "--subscribers",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(publisher["messages_sent"], 1, "{publisher}");
+    for (child, _, count) in holders {
+        let report = report_of(child);
+        assert_eq!(report["subscribers"], count, "{report}");
+        assert_eq!(report["deliveries_expected"], count, "{report}");
+        assert_eq!(report["delivered"], count, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        // Timed from the other process's stamp: positive, and well under
+        // the run (a clock not shared would give nonsense either way).
+        let max = report["latency"]["max_us"].as_u64().unwrap();
+        assert!(max > 0 && max < 30_000_000, "{report}");
+        assert!(
+            (report["delivery_seconds"].as_f64().unwrap() * 1e6 - max as f64).abs() < 1.0,
+            "{report}"
+        );
+        let histogram = report["latency_histogram_us"].as_array().unwrap();
+        let total: u64 = histogram.iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert_eq!(total, count, "{report}");
+    }
+}
+
+/// A holder whose message never comes gives up after `--duration` and
+/// says how many got nothing.
+#[test]
+fn held_connections_give_up_after_the_duration() {
+    let server = MistServer::start(&[]);
+    let child = bench_child(&[
+        "conns",
+        "--hold",
+        "--host",
+        &server.tcp(),
+        "--subscribers",
+        "5",
+        "--duration",
+        "0.3",
+        "--json",
+    ]);
+    let report = report_of(child);
+    assert_eq!(report["deliveries_expected"], 5, "{report}");
+    assert_eq!(report["delivered"], 0, "{report}");
+
+    let output = bench(&["pubsub", "--hold", "--host", &server.tcp()]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("use it with `conns`"), "{err}");
+}

@@ -74,6 +74,19 @@ impl Client {
         line
     }
 
+    /// The next line, raw, or `None` once the server has closed the
+    /// connection (end of stream or an error). Panics on timeout.
+    pub async fn next_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match tokio::time::timeout(TIMEOUT, self.reader.read_line(&mut line))
+            .await
+            .expect("no line from mist in time")
+        {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        }
+    }
+
     /// The next message.
     pub async fn recv(&mut self) -> Value {
         let line = self.recv_line().await;

@@ -115,6 +115,19 @@ impl MistServer {
         Self::started(Self::spawn(args, env, Some(dir)), listeners)
     }
 
+    /// As [`MistServer::start_with`], under an open-files limit of
+    /// `nofile` (soft and hard, set by the shell that execs mist: the
+    /// process, and so [`MistServer::pid`], is mist's).
+    pub fn start_with_fd_limit(args: &[&str], listeners: usize, nofile: u64) -> MistServer {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"ulimit -n "$0" && exec "$@""#)
+            .arg(nofile.to_string())
+            .arg(artifacts().mist());
+        Self::started(Self::spawn_command(command, args, &[], None), listeners)
+    }
+
     /// `server`, once it logs `listeners` listening lines.
     fn started(mut server: MistServer, listeners: usize) -> MistServer {
         let deadline = Instant::now() + TIMEOUT;
@@ -168,7 +181,16 @@ impl MistServer {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)], dir: Option<&Path>) -> MistServer {
-        let mut command = Command::new(artifacts().mist());
+        Self::spawn_command(Command::new(artifacts().mist()), args, env, dir)
+    }
+
+    /// Runs `command` (mist, or what execs it) with `--server` and `args`.
+    fn spawn_command(
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&Path>,
+    ) -> MistServer {
         if let Some(dir) = dir {
             command.current_dir(dir);
         }

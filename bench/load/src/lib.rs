@@ -5,9 +5,22 @@
 //! `--websocket`) to the `--host` brokers, subscribes, waits for each
 //! subscription to be live (a `ping` after the `subscribe`), then publishes
 //! and counts what arrives. Each payload starts with `~t<ns>~`, the send
-//! time since the start of the run, so a subscriber can tell each message's
-//! latency; the clock is the bench process's own, so no clocks need
-//! agreeing.
+//! time in nanoseconds since the Unix epoch, so a subscriber can tell each
+//! message's latency. The stamp is the wall clock read once at the start of
+//! the run plus the monotonic time since: within a run it never goes back
+//! (a stepped wall clock changes no latency), and the bench processes of
+//! one machine read the same clock, so one of them can time a message
+//! another sent (`conns --hold`, below). Across machines the clocks would
+//! have to agree.
+//!
+//! `conns --hold` is for more connections than one process may open: it
+//! opens and subscribes its `--subscribers`, says `ready K` on stderr (and
+//! in `--ready-file`), publishes nothing, and waits until each connection
+//! has had one delivery or `--duration` has passed. Several such processes
+//! hold the connections; `mist bench conns --subscribers 0` then publishes
+//! the one message, and each holder reports its arrivals, timed from the
+//! message's send stamp, with the whole latency distribution in its JSON
+//! for merging (`bench/scale-out.sh` does all of this).
 //!
 //! The end of a run is a barrier, not a timeout: once a publisher's final
 //! `ping` is answered, the broker has queued every delivery of its messages;
@@ -124,9 +137,22 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
 
-    /// Stop publishing after this many seconds, whatever `--messages` says.
+    /// Stop publishing after this many seconds, whatever `--messages` says;
+    /// with `--hold`, stop waiting for the message this long after ready.
     #[arg(long, value_parser = parse_seconds, default_value = "60")]
     pub duration: Duration,
+
+    /// `conns` only: hold the subscribed connections for a message another
+    /// process publishes (`mist bench conns --subscribers 0`): say `ready
+    /// K` on stderr once all are subscribed, publish nothing, and wait
+    /// until each has had one delivery or `--duration` has passed.
+    #[arg(long)]
+    pub hold: bool,
+
+    /// With `--hold`: also create this file, saying `ready K`, once every
+    /// connection is subscribed.
+    #[arg(long, value_name = "PATH", requires = "hold")]
+    pub ready_file: Option<std::path::PathBuf>,
 
     /// The brokers' process ids, comma separated: the report then gives
     /// their memory growth (summed) per subscribed connection.
@@ -181,8 +207,12 @@ pub enum BenchError {
     /// Reading or writing an open connection failed.
     #[error("connection to the broker failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The broker answered a command with an error.
-    #[error("the broker refused {command}: {error}")]
+    /// The broker answered a command with an error (with no command: it
+    /// refused the connection, as a full broker does).
+    #[error(
+        "the broker refused {}: {error}",
+        if command.is_empty() { "the connection" } else { command.as_str() }
+    )]
     Refused { command: String, error: String },
     /// The broker closed a connection the bench still needed.
     #[error("the broker closed the connection")]
@@ -213,7 +243,17 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.publishers == 0 {
         return Err(BenchError::Usage("--publishers must be at least 1".into()));
     }
+    if args.hold && args.scenario != Scenario::Conns {
+        return Err(BenchError::Usage(
+            "--hold holds idle connections: use it with `conns`".into(),
+        ));
+    }
     if args.sse {
+        if args.hold {
+            return Err(BenchError::Usage(
+                "--hold speaks the line protocol (or WebSocket), not --sse".into(),
+            ));
+        }
         return sse::run(args).await;
     }
     load::run(args).await

@@ -1,8 +1,9 @@
 //! Publishers, subscribers and the run that ties them together.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -16,7 +17,8 @@ use crate::report::{Latency, Memory, Report};
 use crate::{BenchArgs, BenchError, Scenario};
 
 /// `~t` + 20 digits of nanoseconds + `~`: the send time at the start of
-/// every payload (the shared load tool's format too).
+/// every payload (the shared load tool's format too), as a [`Clock`]
+/// stamp.
 pub(crate) const STAMP_LEN: usize = 23;
 const STAMP_DIGITS: usize = 20;
 
@@ -91,6 +93,41 @@ impl Plan {
     }
 }
 
+/// The send stamps: nanoseconds since the Unix epoch, read as the wall
+/// clock once, at the start of the run, plus the monotonic time since. In
+/// one process they never go back (a wall clock stepped mid-run changes
+/// nothing); across processes on one machine they agree to within the
+/// wall clock's reading, so a message stamped by one bench process can be
+/// timed by another (`conns --hold`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// The monotonic start of the run; durations within it are from here.
+    pub base: Instant,
+    /// The wall clock at `base`, in nanoseconds since the epoch.
+    epoch_ns: u64,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Clock {
+        let base = Instant::now();
+        let epoch_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Clock { base, epoch_ns }
+    }
+
+    /// The stamp of now.
+    fn now(&self) -> u64 {
+        self.at(self.base.elapsed())
+    }
+
+    /// The stamp of `elapsed` after the start of the run.
+    fn at(&self, elapsed: Duration) -> u64 {
+        self.epoch_ns
+            .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
 /// Figures every task adds to as it goes, for the progress bar.
 #[derive(Default)]
 struct Counters {
@@ -102,14 +139,16 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let plan = Plan::of(args);
     let endpoints = Endpoint::resolve_all(&args.hosts, args.websocket, args.ca.as_deref()).await?;
     let sources = Arc::new(Sources::new(&args.source_addrs));
-    let connections = plan.subscriptions.len() + plan.publishers;
+    // Held connections wait for another process's message: no publisher.
+    let publishers = if args.hold { 0 } else { plan.publishers };
+    let connections = plan.subscriptions.len() + publishers;
     sources.check(&endpoints, connections)?;
     net::raise_fd_limit(connections)?;
     let buffers = match args.scenario {
         Scenario::Conns => Buffers::Idle,
         _ => Buffers::Busy,
     };
-    let base = Instant::now();
+    let clock = Clock::start();
     let counters = Arc::new(Counters::default());
     let (finish, finished) = watch::channel(false);
     // Over several brokers (a cluster), a subscriber's `pong` from its own
@@ -121,6 +160,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let memory_before = rss_kib_sum(&args.server_pid);
     let connect_started = Instant::now();
     let mut subscribers = JoinSet::new();
+    let mut holds = JoinSet::new();
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut ready = JoinSet::new();
     for (i, tags) in plan.subscriptions.iter().cloned().enumerate() {
@@ -136,14 +176,21 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     }
     while let Some(joined) = ready.join_next().await {
         let (lines, writer) = joined.map_err(join_error)??;
-        subscribers.spawn(subscriber(
-            lines,
-            writer,
-            base,
-            counters.clone(),
-            finished.clone(),
-            settle,
-        ));
+        if args.hold {
+            // Nothing to write: the writer (and its half of the socket)
+            // can go; the connection stays open while `lines` does.
+            drop(writer);
+            holds.spawn(hold(lines, clock, finished.clone()));
+        } else {
+            subscribers.spawn(subscriber(
+                lines,
+                writer,
+                clock,
+                counters.clone(),
+                finished.clone(),
+                settle,
+            ));
+        }
     }
     let connect_time = connect_started.elapsed();
     let memory = match (memory_before, rss_kib_sum(&args.server_pid)) {
@@ -154,6 +201,15 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         }),
         _ => None,
     };
+    if args.hold {
+        let held = Held {
+            endpoints: &endpoints,
+            holds,
+            connect_time,
+            memory,
+        };
+        return held.wait(args, finish).await;
+    }
 
     let mut publishers = JoinSet::new();
     for i in 0..plan.publishers {
@@ -170,7 +226,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             messages: plan.messages,
             rate: args.rate,
             duration: args.duration,
-            base,
+            clock,
             counters: counters.clone(),
         };
         publishers.spawn(job.run(lines, writer));
@@ -211,11 +267,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     Ok(Report {
         scenario: args.scenario.name(),
         host: args.hosts.join(","),
-        transport: if endpoints.iter().any(|e| e.ws_url.is_some()) {
-            "websocket"
-        } else {
-            "tcp"
-        },
+        transport: transport(&endpoints),
         publishers: plan.publishers,
         subscribers: plan.subscriptions.len(),
         payload_bytes: args.size,
@@ -229,6 +281,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         errors,
         first_error,
         memory,
+        latency_histogram_us: None,
     })
 }
 
@@ -269,16 +322,12 @@ fn write_stamp(at: &mut [u8], mut nanos: u64) {
     }
 }
 
-fn since(base: Instant) -> u64 {
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
 struct Publish {
     templates: Vec<Template>,
     messages: u64,
     rate: u64,
     duration: Duration,
-    base: Instant,
+    clock: Clock,
     counters: Arc<Counters>,
 }
 
@@ -295,19 +344,20 @@ impl Publish {
         // Replies are read while publishing: a broker refusing every
         // publish would otherwise fill this connection's queue and stall it.
         let replies = tokio::spawn(publisher_replies(lines));
-        let started = self.base.elapsed();
+        let clock = self.clock;
+        let started = clock.base.elapsed();
         let mut out = Vec::with_capacity(WRITE_CHUNK + 4096);
         let mut sent = 0u64;
         let mut next = 0usize;
-        while sent < self.messages && started + self.duration > self.base.elapsed() {
+        while sent < self.messages && started + self.duration > clock.base.elapsed() {
             let due = if self.rate == 0 {
                 self.messages
             } else {
-                let elapsed = self.base.elapsed().saturating_sub(started);
+                let elapsed = clock.base.elapsed().saturating_sub(started);
                 let due = (elapsed.as_secs_f64() * self.rate as f64) as u64 + 1;
                 if due <= sent {
                     let wait = Duration::from_secs_f64((sent + 1) as f64 / self.rate as f64);
-                    tokio::time::sleep_until((self.base + started + wait).into()).await;
+                    tokio::time::sleep_until((clock.base + started + wait).into()).await;
                     continue;
                 }
                 due.min(self.messages)
@@ -318,7 +368,7 @@ impl Publish {
                 next = (next + 1) % self.templates.len();
                 let at = out.len() + template.stamp_at + 2;
                 out.extend_from_slice(&template.line);
-                write_stamp(&mut out[at..at + STAMP_DIGITS], since(self.base));
+                write_stamp(&mut out[at..at + STAMP_DIGITS], clock.now());
                 sent += 1;
             }
             writer.send(&out).await?;
@@ -327,7 +377,7 @@ impl Publish {
                 .fetch_add(sent - batch_start, Ordering::Relaxed);
             out.clear();
         }
-        let ended = self.base.elapsed();
+        let ended = clock.base.elapsed();
         writer.send(b"{\"command\":\"ping\"}\n").await?;
         let (errors, first_error) = tokio::time::timeout(REPLY_TIMEOUT, replies)
             .await
@@ -421,7 +471,7 @@ struct Received {
 async fn subscriber(
     mut lines: Lines,
     mut writer: Writer,
-    base: Instant,
+    clock: Clock,
     counters: Arc<Counters>,
     mut finished: watch::Receiver<bool>,
     settle: Option<Duration>,
@@ -438,7 +488,8 @@ async fn subscriber(
     let mut answered = false;
     loop {
         // Every message in one read arrived at about the same time.
-        let now = since(base);
+        let elapsed = clock.base.elapsed();
+        let now = clock.at(elapsed);
         let mut batch = 0;
         while let Some(line) = lines.next_line() {
             match line {
@@ -465,7 +516,7 @@ async fn subscriber(
         }
         if batch > 0 {
             done.received += batch;
-            done.last = Duration::from_nanos(now);
+            done.last = elapsed;
             counters.delivered.fetch_add(batch, Ordering::Relaxed);
         }
         if let (true, Some(quiet)) = (answered, settle) {
@@ -493,6 +544,150 @@ async fn subscriber(
                 }
             }
         }
+    }
+}
+
+/// `conns --hold`: the subscribed connections, waiting for one message
+/// that another process publishes.
+struct Held<'a> {
+    endpoints: &'a [Endpoint],
+    holds: JoinSet<Result<Arrived, BenchError>>,
+    connect_time: Duration,
+    memory: Option<Memory>,
+}
+
+impl Held<'_> {
+    /// Says the connections are ready, then waits until each has had a
+    /// delivery or `--duration` has passed, and reports what arrived.
+    async fn wait(
+        mut self,
+        args: &BenchArgs,
+        finish: watch::Sender<bool>,
+    ) -> Result<Report, BenchError> {
+        let held = self.holds.len();
+        if let Some(path) = &args.ready_file {
+            write_ready_file(path, held)?;
+        }
+        eprintln!("ready {held}");
+        let duration = args.duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = finish.send(true);
+        });
+        let mut delivered = 0;
+        let mut errors = 0;
+        let mut first_error = None;
+        let mut latency = histogram()?;
+        while let Some(joined) = self.holds.join_next().await {
+            match joined.map_err(join_error)? {
+                Ok(Arrived::After(micros)) => {
+                    delivered += 1;
+                    latency.saturating_record(micros.max(1));
+                }
+                Ok(Arrived::Unstamped) => delivered += 1,
+                Ok(Arrived::Nothing) => {}
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        let latency_summary = Latency::of(&latency);
+        Ok(Report {
+            scenario: args.scenario.name(),
+            host: args.hosts.join(","),
+            transport: transport(self.endpoints),
+            publishers: 0,
+            subscribers: held,
+            payload_bytes: args.size,
+            messages_sent: 0,
+            deliveries_expected: held as u64,
+            delivered,
+            publish_seconds: 0.0,
+            // One message: from its send stamp to the last arrival.
+            delivery_seconds: latency_summary.max_us as f64 / 1e6,
+            connect_seconds: self.connect_time.as_secs_f64(),
+            latency: latency_summary,
+            errors,
+            first_error,
+            memory: self.memory,
+            latency_histogram_us: Some(
+                latency
+                    .iter_recorded()
+                    .map(|v| [v.value_iterated_to(), v.count_at_value()])
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// Creates `path` saying `ready HELD`, whole or not at all (written
+/// beside it, then renamed), for a script waiting on it.
+fn write_ready_file(path: &Path, held: usize) -> Result<(), BenchError> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("ready {held}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| {
+            BenchError::Usage(format!("cannot write --ready-file {}: {e}", path.display()))
+        })
+}
+
+/// What one held connection got.
+enum Arrived {
+    /// A delivery, this many microseconds after its send stamp.
+    After(u64),
+    /// A delivery without a stamp (not a bench's message).
+    Unstamped,
+    /// Nothing before `--duration` was up.
+    Nothing,
+}
+
+/// A held connection: reads until its first delivery, or until `finished`.
+async fn hold(
+    mut lines: Lines,
+    clock: Clock,
+    mut finished: watch::Receiver<bool>,
+) -> Result<Arrived, BenchError> {
+    let stamp = memmem::Finder::new(br#""data":"~t"#);
+    loop {
+        let now = clock.now();
+        while let Some(line) = lines.next_line() {
+            match line {
+                Line::Delivery(line) => {
+                    return Ok(
+                        match stamp.find(line).and_then(|at| read_stamp(&line[at + 10..])) {
+                            Some(sent) => Arrived::After(now.saturating_sub(sent) / 1000),
+                            None => Arrived::Unstamped,
+                        },
+                    );
+                }
+                Line::Error { command, error } => {
+                    return Err(BenchError::Refused { command, error })
+                }
+                Line::Pong | Line::Other => {}
+            }
+        }
+        tokio::select! {
+            more = lines.fill() => {
+                if !more? {
+                    return Err(BenchError::Closed);
+                }
+            }
+            changed = finished.changed() => {
+                if changed.is_err() || *finished.borrow() {
+                    return Ok(Arrived::Nothing);
+                }
+            }
+        }
+    }
+}
+
+fn transport(endpoints: &[Endpoint]) -> &'static str {
+    if endpoints.iter().any(|e| e.ws_url.is_some()) {
+        "websocket"
+    } else {
+        "tcp"
     }
 }
 
@@ -549,6 +744,37 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_are_the_wall_clock_and_never_go_back() {
+        let wall = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = wall();
+        let clock = Clock::start();
+        let first = clock.now();
+        let after = wall();
+        assert!(
+            before <= first && first <= after,
+            "{before} {first} {after}"
+        );
+        // Two clocks started in one process (or two processes on one
+        // machine) agree to within the wall clock's reading.
+        let other = Clock::start();
+        assert!(other.now().abs_diff(clock.now()) < 1_000_000_000);
+        let mut last = first;
+        for _ in 0..1000 {
+            let now = clock.now();
+            assert!(now >= last);
+            last = now;
+        }
+        // Still 20 digits (the format) for centuries.
+        assert!(last.to_string().len() <= STAMP_DIGITS);
+        assert_eq!(clock.at(Duration::from_nanos(5)), clock.epoch_ns + 5);
+    }
 
     #[test]
     fn stamps_round_trip_inside_a_valid_line() {

@@ -36,6 +36,11 @@ pub struct Report {
     /// The broker's memory growth while the subscribers connected, when
     /// its process id was given.
     pub memory: Option<Memory>,
+    /// `conns --hold`: every recorded latency, as `[microseconds, count]`
+    /// pairs in increasing order (3 significant digits), so that several
+    /// holding processes' figures can be merged into one distribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_histogram_us: Option<Vec<[u64; 2]>>,
 }
 
 /// Latency percentiles in microseconds.
@@ -134,8 +139,66 @@ fn micros(us: u64) -> String {
     }
 }
 
+impl Report {
+    /// The text of a `conns --hold` run: connections held, one message.
+    fn fmt_held(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "mist bench conns --hold against {}{}: {} idle subscriber(s) held for one message",
+            self.host,
+            if self.transport == "websocket" {
+                " over WebSocket"
+            } else {
+                ""
+            },
+            grouped(self.subscribers as u64),
+        )?;
+        writeln!(
+            f,
+            "  delivered  {:>14} of {} ({:.2}%), the last {:.3} s after it was sent",
+            grouped(self.delivered),
+            grouped(self.deliveries_expected),
+            self.delivered_fraction() * 100.0,
+            self.delivery_seconds,
+        )?;
+        writeln!(
+            f,
+            "  latency    p50 {}  p90 {}  p99 {}  max {}",
+            micros(self.latency.p50_us),
+            micros(self.latency.p90_us),
+            micros(self.latency.p99_us),
+            micros(self.latency.max_us)
+        )?;
+        write!(
+            f,
+            "  connected  {} subscribers in {:.3} s",
+            grouped(self.subscribers as u64),
+            self.connect_seconds
+        )?;
+        if let Some(memory) = self.memory {
+            write!(
+                f,
+                "; broker memory {:.2} KiB per connection",
+                memory.kib_per_connection
+            )?;
+        }
+        if self.errors > 0 {
+            write!(
+                f,
+                "\n  errors     {} connection(s) failed, the first: {}",
+                grouped(self.errors),
+                self.first_error.as_deref().unwrap_or("?")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.latency_histogram_us.is_some() {
+            return self.fmt_held(f);
+        }
         writeln!(
             f,
             "mist bench {} against {}{}: {} publisher(s) → {} subscriber(s), {} B payloads",

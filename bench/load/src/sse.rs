@@ -102,6 +102,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         errors,
         first_error,
         memory,
+        latency_histogram_us: None,
     })
 }
 
