@@ -9,7 +9,8 @@
 # Starts redis-server (or nats-server) on a free port and --nodes release
 # `mist --server --cluster ...` nodes, each with one tcp listener. Then, per
 # node, ceil(per-node / per-holder) `mist bench conns --hold` processes, each
-# from its own loopback source address (127.0.0.2, .3, ...), which together
+# from its own loopback source address (127.R.S.2, .3, ..., R and S picked
+# at random for each run), which together
 # open --per-node subscribed idle connections to that node (tag `bench`) and
 # say when all of them are subscribed. Each node's VmRSS is read before any
 # connection and once all are subscribed. Then `mist bench conns
@@ -74,6 +75,11 @@ else
   mkdir -p "$out"
 fi
 holders_per_node=$(( (per_node + per_holder - 1) / per_holder ))
+# Source addresses new to this run: the previous run's closed connections
+# sit in TIME_WAIT for a minute on theirs, holding the ports, and binding
+# a port next to tens of thousands of those is slow (a run right after
+# another took 55 s instead of 8 to connect) or fails.
+source_net="127.$(( RANDOM % 254 + 1 )).$(( RANDOM % 256 ))"
 holders=$(( nodes * holders_per_node ))
 [ "$holders" -le 250 ] || die "$holders holders need more than 250 source addresses"
 
@@ -210,7 +216,7 @@ for i in $(seq 0 $(( nodes - 1 ))); do
     name="holder-$(( i + 1 ))-$(( j + 1 ))"
     "$mist" bench conns --hold --json \
       --host "127.0.0.1:${node_ports[$i]}" --subscribers "$count" \
-      --source-addrs "127.0.0.$(( h + 2 ))" --duration "$timeout" \
+      --source-addrs "$source_net.$(( h + 2 ))" --duration "$timeout" \
       --ready-file "$out/$name.ready" \
       >"$out/$name.json" 2>"$out/$name.err" </dev/null &
     pids+=($!)
