@@ -2,7 +2,7 @@
 # Many idle connections over several Mist nodes on this machine, one message
 # to all of them: RSS per node and the time until the last connection has it.
 #
-# usage: bench/scale-out.sh [--nodes 5] [--per-node 19980] [--backplane redis|nats]
+# usage: bench/scale-out.sh [--nodes 5] [--per-node 19983] [--backplane redis|nats]
 #                           [--per-holder 10000] [--timeout 600] [--out DIR]
 #                           [--mist-bin PATH]
 #
@@ -35,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 nodes=5
-per_node=19980
+per_node=19983
 backplane=redis
 per_holder=10000
 timeout=600
@@ -74,6 +74,19 @@ if [ -z "$out" ]; then
 else
   mkdir -p "$out"
 fi
+# Descriptors this script was started with beyond the standard three (a
+# terminal multiplexer's, a CI runner's) would be inherited by every node
+# and count against its open-files limit: closed here, so that a node's
+# limit is the same however the script is run.
+for info in /proc/$$/fdinfo/*; do
+  fd="${info##*/}"
+  [ "$fd" -gt 2 ] || continue
+  flags="$(awk '/^flags:/ { print $2 }' "$info" 2>/dev/null)" || continue
+  # Close-on-exec (bash's own) is not inherited.
+  if [ -n "$flags" ] && (( (8#$flags & 8#2000000) == 0 )); then
+    exec {fd}>&-
+  fi
+done
 holders_per_node=$(( (per_node + per_holder - 1) / per_holder ))
 # Source addresses new to this run: the previous run's closed connections
 # sit in TIME_WAIT for a minute on theirs, holding the ports, and binding
