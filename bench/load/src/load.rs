@@ -371,14 +371,18 @@ impl Publish {
                 write_stamp(&mut out[at..at + STAMP_DIGITS], clock.now());
                 sent += 1;
             }
-            writer.send(&out).await?;
+            if let Err(e) = writer.send(&out).await {
+                return Err(why_closed(replies, e).await);
+            }
             self.counters
                 .published
                 .fetch_add(sent - batch_start, Ordering::Relaxed);
             out.clear();
         }
         let ended = clock.base.elapsed();
-        writer.send(b"{\"command\":\"ping\"}\n").await?;
+        if let Err(e) = writer.send(b"{\"command\":\"ping\"}\n").await {
+            return Err(why_closed(replies, e).await);
+        }
         let (errors, first_error) = tokio::time::timeout(REPLY_TIMEOUT, replies)
             .await
             .map_err(|_| BenchError::Timeout(REPLY_TIMEOUT))?
@@ -393,23 +397,48 @@ impl Publish {
     }
 }
 
+/// Why a publisher's connection broke under a write (`error`): the error
+/// line the broker sent before closing it, when it sent one (a broker out
+/// of room refuses a connection so), else `error`.
+async fn why_closed(
+    replies: tokio::task::JoinHandle<Result<(u64, Option<String>), BenchError>>,
+    error: BenchError,
+) -> BenchError {
+    match tokio::time::timeout(Duration::from_secs(1), replies).await {
+        Ok(Ok(Err(refused @ BenchError::Refused { .. }))) => refused,
+        _ => error,
+    }
+}
+
 /// Counts a publisher's error replies until the `pong` that ends its run.
+/// A connection closed before it is refused with its first error reply.
 async fn publisher_replies(mut lines: Lines) -> Result<(u64, Option<String>), BenchError> {
     let mut errors = 0;
     let mut first = None;
     loop {
         while let Some(line) = lines.next_line() {
             match line {
-                Line::Pong => return Ok((errors, first)),
+                Line::Pong => {
+                    let first = first.map(|(command, error)| format!("{command}: {error}"));
+                    return Ok((errors, first));
+                }
                 Line::Error { command, error } => {
                     errors += 1;
-                    first.get_or_insert_with(|| format!("{command}: {error}"));
+                    first.get_or_insert((command, error));
                 }
                 Line::Delivery(_) | Line::Other => {}
             }
         }
-        if !lines.fill().await? {
-            return Err(BenchError::Closed);
+        match lines.fill().await {
+            Ok(true) => {}
+            // Closed or reset: after an error reply, that was the reason.
+            ended => {
+                return Err(match (first, ended) {
+                    (Some((command, error)), _) => BenchError::Refused { command, error },
+                    (None, Err(e)) => e,
+                    (None, Ok(_)) => BenchError::Closed,
+                })
+            }
         }
     }
 }
@@ -551,7 +580,7 @@ async fn subscriber(
 /// that another process publishes.
 struct Held<'a> {
     endpoints: &'a [Endpoint],
-    holds: JoinSet<Result<Arrived, BenchError>>,
+    holds: JoinSet<(Lines, Result<Arrived, BenchError>)>,
     connect_time: Duration,
     memory: Option<Memory>,
 }
@@ -578,8 +607,14 @@ impl Held<'_> {
         let mut errors = 0;
         let mut first_error = None;
         let mut latency = histogram()?;
+        // A connection that has had its message stays open until every
+        // other has too: closing it would make its broker handle the close
+        // while it still delivers to the others.
+        let mut done = Vec::with_capacity(held);
         while let Some(joined) = self.holds.join_next().await {
-            match joined.map_err(join_error)? {
+            let (lines, arrived) = joined.map_err(join_error)?;
+            done.push(lines);
+            match arrived {
                 Ok(Arrived::After(micros)) => {
                     delivered += 1;
                     latency.saturating_record(micros.max(1));
@@ -643,9 +678,19 @@ enum Arrived {
     Nothing,
 }
 
-/// A held connection: reads until its first delivery, or until `finished`.
+/// A held connection: reads until its first delivery, or until `finished`;
+/// gives the connection back, still open.
 async fn hold(
     mut lines: Lines,
+    clock: Clock,
+    finished: watch::Receiver<bool>,
+) -> (Lines, Result<Arrived, BenchError>) {
+    let arrived = first_delivery(&mut lines, clock, finished).await;
+    (lines, arrived)
+}
+
+async fn first_delivery(
+    lines: &mut Lines,
     clock: Clock,
     mut finished: watch::Receiver<bool>,
 ) -> Result<Arrived, BenchError> {
