@@ -290,7 +290,10 @@ async fn the_lines_subprotocol_carries_many_lines_per_frame_both_ways() {
         Err(tokio_tungstenite::tungstenite::Error::Protocol(
             ProtocolError::SecWebSocketSubProtocolError(SubProtocolError::NoSubProtocol),
         )) => {}
-        other => panic!("expected no subprotocol agreed, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "expected no subprotocol agreed, got {:?}",
+            other.map(|_| ())
+        ),
     }
     let mut plain = WsClient::connect(&format!("ws://{ws}/")).await;
     assert_eq!(plain.protocol(), None);

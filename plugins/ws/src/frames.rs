@@ -91,6 +91,9 @@ pub(crate) trait Buffered {
 
     /// Reads ahead what is there now, without waiting; whether bytes came.
     fn read_ahead(&mut self, cx: &mut std::task::Context<'_>) -> bool;
+
+    /// Hands out the first `n` buffered bytes (at most all of them).
+    fn consume(&mut self, n: usize);
 }
 
 impl<R: AsyncRead + Unpin> Buffered for crate::lazy::LazyBufReader<R> {
@@ -100,6 +103,10 @@ impl<R: AsyncRead + Unpin> Buffered for crate::lazy::LazyBufReader<R> {
 
     fn read_ahead(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         crate::lazy::LazyBufReader::read_ahead(self, cx)
+    }
+
+    fn consume(&mut self, n: usize) {
+        crate::lazy::LazyBufReader::consume(self, n);
     }
 }
 
@@ -111,6 +118,10 @@ impl Buffered for &[u8] {
 
     fn read_ahead(&mut self, _: &mut std::task::Context<'_>) -> bool {
         false
+    }
+
+    fn consume(&mut self, n: usize) {
+        *self = &self[n.min(self.len())..];
     }
 }
 
@@ -174,6 +185,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // A fragment: `next` goes on to the frames after it.
             bytes = &bytes[end as usize..];
         }
+    }
+
+    /// Appends the next message to `into`, unmasked, and returns true, if it
+    /// is one whole text frame already buffered, at most [`HOLD_FREE`]
+    /// bytes and within the limit, and `accept` (shown the text) agrees;
+    /// otherwise leaves everything as it was and returns false, and
+    /// [`FrameReader::next`] reads it. The path most messages take: no
+    /// buffer of their own, no copy but this one, nothing awaited.
+    pub(crate) fn take_buffered_text(
+        &mut self,
+        into: &mut Vec<u8>,
+        accept: impl FnOnce(&[u8]) -> bool,
+    ) -> bool
+    where
+        R: Buffered,
+    {
+        if self.partial.is_some() {
+            return false;
+        }
+        let bytes = self.io.buffered();
+        // Final, text, no reserved bits; masked.
+        let [0x81, second, ..] = *bytes else {
+            return false;
+        };
+        if second & 0x80 == 0 {
+            return false;
+        }
+        let (extended, length) = match second & 0x7f {
+            126 => match bytes.get(2..4) {
+                Some(n) => (2, usize::from(u16::from_be_bytes([n[0], n[1]]))),
+                None => return false,
+            },
+            127 => return false,
+            n => (0, usize::from(n)),
+        };
+        if length > HOLD_FREE || length as u64 > self.limit {
+            return false;
+        }
+        let start = 2 + extended + 4;
+        let Some(frame) = bytes.get(..start + length) else {
+            return false;
+        };
+        let mask = [
+            frame[start - 4],
+            frame[start - 3],
+            frame[start - 2],
+            frame[start - 1],
+        ];
+        let at = into.len();
+        into.extend_from_slice(&frame[start..]);
+        unmask(&mut into[at..], mask);
+        if !accept(&into[at..]) {
+            into.truncate(at);
+            return false;
+        }
+        self.io.consume(start + length);
+        true
     }
 
     /// Whether a whole message is buffered, after reading ahead what the
@@ -572,6 +640,62 @@ mod tests {
             let last = got.last().unwrap().as_ref().unwrap_err();
             assert!(last.contains(expected), "{last} lacks {expected}");
         }
+    }
+
+    #[tokio::test]
+    async fn takes_whole_buffered_text_frames_and_leaves_the_rest_to_next() {
+        let no_newline = |text: &[u8]| !text.contains(&b'\n');
+        let wire = [
+            client_frame(true, TEXT, b"one"),
+            client_frame(true, TEXT, b"two\nlines"),
+            client_frame(true, TEXT, &[b'x'; 300]),
+            client_frame(false, TEXT, b"frag"),
+            client_frame(true, CONTINUATION, b"ment"),
+            client_frame(true, PING, b"p"),
+            client_frame(true, TEXT, b"cut short"),
+        ]
+        .concat();
+        let cut = &wire[..wire.len() - 2];
+        let mut frames = FrameReader::new(cut, 1024);
+        let mut into = b"before\n".to_vec();
+        assert!(frames.take_buffered_text(&mut into, no_newline));
+        assert_eq!(into, b"before\none");
+        // Refused by `accept`: nothing taken, `next` reads it.
+        assert!(!frames.take_buffered_text(&mut into, no_newline));
+        assert_eq!(into, b"before\none");
+        let next = frames.next(&Unlimited).await.unwrap();
+        assert_eq!(next, Some(Incoming::Text(b"two\nlines".to_vec())));
+        // The 16-bit length form.
+        assert!(frames.take_buffered_text(&mut into, |_| true));
+        assert_eq!(into.len(), b"before\none".len() + 300);
+        // Fragments and control frames are `next`'s.
+        assert!(!frames.take_buffered_text(&mut into, |_| true));
+        let next = frames.next(&Unlimited).await.unwrap();
+        assert_eq!(next, Some(Incoming::Text(b"fragment".to_vec())));
+        assert!(!frames.take_buffered_text(&mut into, |_| true));
+        assert_eq!(
+            frames.next(&Unlimited).await.unwrap(),
+            Some(Incoming::Ping(b"p".to_vec()))
+        );
+        // Not all here yet.
+        assert!(!frames.take_buffered_text(&mut into, |_| true));
+        assert_eq!(into.len(), b"before\none".len() + 300);
+    }
+
+    #[tokio::test]
+    async fn leaves_big_and_unmasked_frames_to_next() {
+        let big = client_frame(true, TEXT, &[b'x'; 200]);
+        let mut frames = FrameReader::new(&big[..], 100);
+        assert!(!frames.take_buffered_text(&mut Vec::new(), |_| true));
+        assert_eq!(
+            frames.next(&Unlimited).await.unwrap(),
+            Some(Incoming::TooLarge(200))
+        );
+        let mut unmasked = client_frame(true, TEXT, b"x");
+        unmasked[1] &= 0x7f;
+        let mut frames = FrameReader::new(&unmasked[..], 100);
+        assert!(!frames.take_buffered_text(&mut Vec::new(), |_| true));
+        assert!(frames.next(&Unlimited).await.is_err());
     }
 
     #[test]

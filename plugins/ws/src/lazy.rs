@@ -33,6 +33,11 @@ impl<R> LazyBufReader<R> {
         &self.buffer[self.taken..]
     }
 
+    /// Hands out the first `n` buffered bytes (at most all of them).
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.taken = (self.taken + n).min(self.buffer.len());
+    }
+
     /// Reads what the socket holds now, without waiting, behind what is
     /// buffered (up to `capacity` in all). Whether bytes came; an error or
     /// the end of the stream is left for the next read to meet.

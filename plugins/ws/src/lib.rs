@@ -528,6 +528,25 @@ where
         // queue push and a wake (the broker's fan-out was a fifth of its time).
         let mut lines = Vec::new();
         loop {
+            // Most messages: a whole small text frame already read goes
+            // straight into the batch, unmasked on the way. One message per
+            // frame: only if it is a line of its own (not empty, no newline).
+            let taken = match framing {
+                Framing::Message => frames.take_buffered_text(&mut lines, |text| {
+                    !text.is_empty() && memchr::memchr(b'\n', text).is_none()
+                }),
+                Framing::Lines => frames.take_buffered_text(&mut lines, |_| true),
+            };
+            if taken {
+                if lines.last() != Some(&b'\n') {
+                    lines.push(b'\n');
+                }
+                if lines.len() < BATCH_LINES && frames.message_ready().await {
+                    continue;
+                }
+                session.feed(&std::mem::take(&mut lines)).await;
+                continue;
+            }
             // A message arriving that is larger than a small buffer counts
             // against the broker's memory budget until it is handed over.
             let next = frames.next(session).await;
