@@ -161,6 +161,12 @@ impl Report {
             self.delivered_fraction() * 100.0,
             self.delivery_seconds,
         )?;
+        self.fmt_tail(f, "connection(s) failed")
+    }
+
+    /// The lines every report ends with: latency, connections, errors
+    /// (`errors` says what they were).
+    fn fmt_tail(&self, f: &mut fmt::Formatter<'_>, errors: &str) -> fmt::Result {
         writeln!(
             f,
             "  latency    p50 {}  p90 {}  p99 {}  max {}",
@@ -185,7 +191,7 @@ impl Report {
         if self.errors > 0 {
             write!(
                 f,
-                "\n  errors     {} connection(s) failed, the first: {}",
+                "\n  errors     {} {errors}, the first: {}",
                 grouped(self.errors),
                 self.first_error.as_deref().unwrap_or("?")
             )?;
@@ -229,36 +235,7 @@ impl fmt::Display for Report {
             self.delivery_seconds,
             grouped(self.delivery_rate().round() as u64)
         )?;
-        writeln!(
-            f,
-            "  latency    p50 {}  p90 {}  p99 {}  max {}",
-            micros(self.latency.p50_us),
-            micros(self.latency.p90_us),
-            micros(self.latency.p99_us),
-            micros(self.latency.max_us)
-        )?;
-        write!(
-            f,
-            "  connected  {} subscribers in {:.3} s",
-            grouped(self.subscribers as u64),
-            self.connect_seconds
-        )?;
-        if let Some(memory) = self.memory {
-            write!(
-                f,
-                "; broker memory {:.2} KiB per connection",
-                memory.kib_per_connection
-            )?;
-        }
-        if self.errors > 0 {
-            write!(
-                f,
-                "\n  errors     {} error replies, the first: {}",
-                grouped(self.errors),
-                self.first_error.as_deref().unwrap_or("?")
-            )?;
-        }
-        Ok(())
+        self.fmt_tail(f, "error replies")
     }
 }
 

@@ -699,30 +699,25 @@ where
             // continuation frames with the next.
             wire.reserve(output.len() + output.len() / 16 + 16);
             let mut rest = &output[..];
-            while shared.framing == Framing::Lines && !rest.is_empty() {
-                // As many whole lines as fit a frame, newlines and all; a
-                // line cut at the end of the output begins a message the
-                // next output finishes.
-                let window = &rest[..rest.len().min(LINES_FRAME)];
-                let end = memchr::memrchr(b'\n', window).or_else(|| memchr::memchr(b'\n', rest));
+            while !rest.is_empty() {
+                // The end of the next message: a line, or under `mist.lines`
+                // as many whole lines as fit a frame (a single longer line
+                // whole).
+                let end = match shared.framing {
+                    Framing::Message => memchr::memchr(b'\n', rest),
+                    Framing::Lines => memchr::memrchr(b'\n', &rest[..rest.len().min(LINES_FRAME)])
+                        .or_else(|| memchr::memchr(b'\n', rest)),
+                };
                 match end {
                     Some(end) => {
-                        frames::text_piece(&mut wire, !open_message, true, &rest[..=end]);
-                        open_message = false;
-                        rest = &rest[end + 1..];
-                    }
-                    None => {
-                        frames::text_piece(&mut wire, !open_message, false, rest);
-                        open_message = true;
-                        rest = &[];
-                    }
-                }
-            }
-            while !rest.is_empty() {
-                match memchr::memchr(b'\n', rest) {
-                    Some(end) => {
-                        if open_message || end > 0 {
-                            frames::text_piece(&mut wire, !open_message, true, &rest[..end]);
+                        // One message per frame goes without its newline (an
+                        // empty line is no message); lines keep theirs.
+                        let piece = match shared.framing {
+                            Framing::Message => &rest[..end],
+                            Framing::Lines => &rest[..=end],
+                        };
+                        if open_message || !piece.is_empty() {
+                            frames::text_piece(&mut wire, !open_message, true, piece);
                         }
                         open_message = false;
                         rest = &rest[end + 1..];
