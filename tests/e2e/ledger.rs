@@ -412,7 +412,8 @@ async fn cycle(i: usize, tcp: &str, ws: &str, http: &str) {
 }
 
 /// Attack 2 over WebSocket and HTTP, where the listener (not the broker)
-/// holds a message while it arrives: 100 WebSockets each send half of a
+/// holds a message while it arrives: 100 WebSockets (half of them under
+/// `mist.lines`, whose frames are lines) each send half of a
 /// 1 MB text frame, and 100 HTTP publishes half of a 1 MB body, under a
 /// 32 MiB budget. What the listeners hold is charged: those that cannot
 /// be held are closed (1013 "try again later", or `503`), memory stays
@@ -442,19 +443,26 @@ async fn half_sent_big_messages_over_websocket_and_http_are_charged() {
         let addr = if websocket { &ws_addr } else { &http_addr };
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         if websocket {
-            let upgrade = "GET / HTTP/1.1\r\nHost: mist\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+            let lines = i % 4 == 0;
+            let upgrade = format!(
+                "GET / HTTP/1.1\r\nHost: mist\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+                if lines { "Sec-WebSocket-Protocol: mist.lines\r\n" } else { "" }
+            );
             stream.write_all(upgrade.as_bytes()).await.expect("upgrade");
             let mut reader = BufReader::new(stream);
+            let mut agreed = false;
             loop {
                 let mut line = String::new();
                 tokio::time::timeout(TIMEOUT, reader.read_line(&mut line))
                     .await
                     .expect("handshake in time")
                     .expect("read");
+                agreed |= line.eq_ignore_ascii_case("sec-websocket-protocol: mist.lines\r\n");
                 if line == "\r\n" {
                     break;
                 }
             }
+            assert_eq!(agreed, lines, "mist.lines agreed to exactly when asked for");
             stream = reader.into_inner();
             stream.write_all(ws_first).await.expect("first half");
         } else {

@@ -312,6 +312,19 @@ async fn the_lines_subprotocol_carries_many_lines_per_frame_both_ways() {
         "{replies:?}"
     );
     assert_eq!(replies[1], json!({"command": "ping", "data": "pong"}));
+    // A frame over the size limit is refused whole, and the connection
+    // stays.
+    let huge = format!("{{\"command\":\"ping\"}}\n{}", "x".repeat(1_100_000));
+    lines.send_frame(Message::text(huge)).await;
+    lines
+        .send_frame(Message::text("{\"command\":\"ping\"}"))
+        .await;
+    let (replies, _) = read_lines(&mut lines, 2).await;
+    assert!(
+        error_of(&replies[0]).contains("message too large"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[1], json!({"command": "ping", "data": "pong"}));
 
     // A publisher in the same mode: 100 publishes and a 20 KB one (past the
     // size fed in batches) in one frame each.
